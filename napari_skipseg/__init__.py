@@ -1,0 +1,53 @@
+"""napari-skipseg: UNet segmentation of image stacks in napari, with every skip connection visible.
+
+The public API is imported lazily, so ``import napari_skipseg`` does not import torch::
+
+    import napari_skipseg as ss
+    model = ss.load_model("nuclei2d")
+    labels = ss.segment(image, model=model, output="instances")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["default_model_for", "list_models", "load_model", "segment"]
+
+
+def load_model(name_or_path="nuclei2d", device: str = "cpu"):
+    """The torch module of a bundled or stored model (by name or folder), in eval mode."""
+    from .model.store import load_model as _load
+
+    return _load(name_or_path, device=device)
+
+
+def list_models():
+    """Models that can be used: bundled ones and the user's."""
+    from .model.store import list_models as _list
+
+    return _list()
+
+
+def segment(image, model="nuclei2d", output: str = "instances", channel_axis=None, **kwargs):
+    """Segment ``image`` (numpy/dask/zarr) and return a numpy array.
+
+    ``output`` is ``"instances"``, ``"semantic"`` (label images shaped like the image without
+    its channel axis) or ``"probabilities"`` (``(classes, *shape)`` float32). Other keyword
+    arguments go to :func:`napari_skipseg.inference.engine.predict` (``mode``, ``tile``,
+    ``overlap``, ``batch_size``, ``device``).
+    """
+    from .inference.engine import predict, run
+
+    result = run(predict(model, image, output=output, channel_axis=channel_axis, **kwargs))
+    return result.probabilities if output == "probabilities" else result.labels
+
+
+def default_model_for(meta_or_ndim) -> str:
+    """Name of the bundled model to use for an image: 3D nuclei for ZYX data when a 3D
+    model is installed, else the 2D nuclei model."""
+    from .model.store import list_models as _list
+
+    names = {e.name: e for e in _list()}
+    spatial = meta_or_ndim if isinstance(meta_or_ndim, int) else sum(a in "ZYX" for a in meta_or_ndim.axes)
+    if spatial >= 3 and "nuclei3d" in names:
+        return "nuclei3d"
+    return "nuclei2d"

@@ -1,0 +1,226 @@
+"""Dock widget "Segment": pick an image layer and a model, run, watch progress, cancel."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..layers import result_layers, source_from_layer
+
+
+def _segment_job(model_name: str, source, options: dict):
+    """Runs in the worker thread: load the model, then drive the engine generator."""
+    from ..inference.engine import predict
+    from ..model.store import load_model
+
+    import threading
+
+    model = load_model(model_name)
+    result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options)
+    return result, source, threading.get_ident()
+
+
+class SegmentWidget(QWidget):
+    """Segment the chosen image layer with a UNet, off the main thread."""
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_result = None
+        self.last_thread = None  # thread the last job ran in (never the GUI thread)
+
+        self.layer_combo = QComboBox()
+        self.model_combo = QComboBox()
+        self.model_info = QLabel()
+        self.model_info.setWordWrap(True)
+        self.model_info.setStyleSheet("color: #9aa0a6;")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.mode_combo = QComboBox()
+        self.mode_combo.addItems(["auto", "2d", "3d"])
+        self.output_combo = QComboBox()
+        self.output_combo.addItems(["instances", "semantic", "probabilities"])
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 4096)
+        self.tile_spin.setSpecialValueText("model default")
+        self.tile_spin.setSingleStep(32)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.5)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setDecimals(3)
+        self.overlap_spin.setValue(0.125)
+
+        self.run_button = QPushButton("Segment")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tiles")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        self.device_label = QLabel("device: chosen when a job starts")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("image", self.layer_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("", self.model_info)
+        form.addRow("device", self.device_combo)
+        form.addRow("mode", self.mode_combo)
+        form.addRow("output", self.output_combo)
+        form.addRow("tile", self.tile_spin)
+        form.addRow("overlap", self.overlap_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.device_label)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.reordered.connect(self._refresh_layers)
+        self._refresh_layers()
+        self.refresh_models()
+
+    # -- lists ----------------------------------------------------------------------------
+    def _image_layers(self):
+        from napari.layers import Image
+
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _refresh_layers(self, event=None) -> None:
+        current = self.layer_combo.currentText()
+        self.layer_combo.clear()
+        names = [layer.name for layer in self._image_layers()]
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        self.run_button.setEnabled(bool(names) and self.worker is None)
+
+    def refresh_models(self, select: str | None = None) -> None:
+        from ..model.store import list_models
+
+        self._models = {e.name: e for e in list_models()}
+        self.model_combo.clear()
+        for name, entry in self._models.items():
+            self.model_combo.addItem(name)
+            self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path), Qt.ItemDataRole.ToolTipRole)
+        if select and select in self._models:
+            self.model_combo.setCurrentText(select)
+        self._show_model_info()
+
+    def _show_model_info(self) -> None:
+        entry = self._models.get(self.model_combo.currentText())
+        if entry is None:
+            self.model_info.setText("no model found")
+            return
+        cfg = entry.config
+        metrics = ", ".join(f"{k} {v}" for k, v in list(cfg.card.get("metrics", {}).items())[:2])
+        text = f"{cfg.spatial_dims}D, {cfg.output} ({entry.source})"
+        if metrics:
+            text += f"; validation: {metrics}"
+        self.model_info.setText(text)
+        self.model_info.setToolTip(cfg.card.get("task", ""))
+        if cfg.output != "instances" and self.output_combo.currentText() == "instances":
+            self.output_combo.setCurrentText("semantic")
+
+    # -- running ----------------------------------------------------------------------------
+    def options(self) -> dict:
+        return {
+            "device": self.device_combo.currentText(),
+            "mode": self.mode_combo.currentText(),
+            "output": self.output_combo.currentText(),
+            "tile": self.tile_spin.value() or None,
+            "overlap": self.overlap_spin.value(),
+            "keep_probabilities": True,
+        }
+
+    def run(self):
+        """Start segmenting the selected layer; returns the worker (or None)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_warning
+
+        name = self.layer_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            show_warning("Segment: open an image first")
+            return None
+        model_name = self.model_combo.currentText()
+        if not model_name:
+            show_warning("Segment: no model available")
+            return None
+        source = source_from_layer(self.viewer.layers[name])
+        self.worker = create_worker(
+            _segment_job, model_name, source, self.options(), _start_thread=False, _ignore_errors=True
+        )
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_result)
+        self.worker.errored.connect(self._on_error)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress.setRange(0, 0)  # busy until the first event
+        self.status.setText(f"segmenting {name} with {model_name} ...")
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.status.setText("cancelling ...")
+            self.worker.quit()
+
+    def _on_progress(self, event) -> None:
+        self.progress.setTextVisible(True)
+        self.progress.setRange(0, max(event.total, 1))
+        self.progress.setValue(event.done)
+        if "device" in event.info:
+            self.device_label.setText(f"device: {event.info['device']}")
+
+    def _on_result(self, value) -> None:
+        result, source, self.last_thread = value
+        self.last_result = result
+        for data, kwargs, kind in result_layers(result, source):
+            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        extra = ""
+        if result.output == "instances":
+            extra = f", {int(result.labels.max())} objects"
+        self.status.setText(f"done in {result.seconds:.1f} s{extra}")
+
+    def _on_error(self, err) -> None:
+        from napari.utils.notifications import show_error
+
+        self.status.setText(f"failed: {err}")
+        show_error(f"Segment failed: {err}")
+
+    def _on_aborted(self) -> None:
+        self.status.setText("cancelled; no layer was changed")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.cancel_button.setEnabled(False)
+        self.run_button.setEnabled(bool(self._image_layers()))

@@ -1,0 +1,162 @@
+"""Training data: image/mask pairs, targets for each output kind, patch sampling, augmentation."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..inference.preprocess import normalize, percentile_range
+
+IGNORE = -1  # target value of pixels that carry no label (not taken as background)
+
+
+@dataclass
+class Sample:
+    """One normalised image ``(C, *spatial)`` float32 and its target ``(*spatial)`` int64."""
+
+    name: str
+    image: np.ndarray
+    target: np.ndarray
+    instances: np.ndarray | None = None  # the instance labels, for instance models
+
+
+def instance_target(labels: np.ndarray) -> np.ndarray:
+    """Instance labels -> classes 0 background, 1 interior, 2 boundary (inner object edge)."""
+    from skimage.segmentation import find_boundaries
+
+    target = (labels > 0).astype(np.int64)
+    edge = find_boundaries(labels, mode="inner") & (labels > 0)
+    target[edge] = 2
+    return target
+
+
+def make_target(mask: np.ndarray, output: str, num_classes: int) -> np.ndarray:
+    if output == "instances":
+        return instance_target(mask)
+    target = mask.astype(np.int64)
+    if target.max() >= num_classes:
+        raise ValueError(f"mask has class {target.max()} but the model has {num_classes} classes")
+    return target
+
+
+def prepare_image(image: np.ndarray, in_channels: int, spatial_dims: int, norm: dict) -> np.ndarray:
+    """Raw image -> ``(C, *spatial)`` float32 normalised as the engine does it."""
+    image = np.asarray(image)
+    if image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4) and in_channels == 1:
+        image = image[..., :3].astype(np.float32).mean(axis=-1)
+    if image.ndim != spatial_dims:
+        raise ValueError(f"expected a {spatial_dims}D image, got shape {image.shape}")
+    lo, hi = percentile_range(image, norm.get("low", 1.0), norm.get("high", 99.8))
+    return normalize(image, lo, hi)[None]
+
+
+def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[Sample]:
+    """Read ``folder/images/*`` and ``folder/masks/*`` (same file names)."""
+    import tifffile
+
+    folder = Path(folder)
+    img_dir, mask_dir = folder / "images", folder / "masks"
+    if not img_dir.is_dir() or not mask_dir.is_dir():
+        raise FileNotFoundError(f"{folder}: needs 'images' and 'masks' subfolders")
+    names = names if names is not None else sorted(p.name for p in img_dir.iterdir() if p.is_file())
+    samples = []
+    for name in names:
+        mask_path = mask_dir / name
+        if not mask_path.exists():
+            raise FileNotFoundError(f"{mask_path}: no mask for image {name}")
+        image = prepare_image(tifffile.imread(img_dir / name), cfg.in_channels, cfg.spatial_dims, cfg.normalization)
+        mask = tifffile.imread(mask_path)
+        if mask.shape != image.shape[1:]:
+            raise ValueError(f"{name}: image {image.shape[1:]} and mask {mask.shape} differ in shape")
+        target = make_target(mask, cfg.output, cfg.num_classes)
+        instances = mask if cfg.output == "instances" else None
+        samples.append(Sample(name, image, target, instances))
+    return samples
+
+
+def split_names(names: list[str], val_fraction: float = 0.15, seed: str = "skipseg") -> tuple[list[str], list[str]]:
+    """Deterministic split by a hash of each file name: the same names always give the same split."""
+    def h(name: str) -> float:
+        return int(hashlib.sha1(f"{seed}:{name}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    val = sorted(n for n in names if h(n) < val_fraction)
+    train = sorted(n for n in names if h(n) >= val_fraction)
+    if not val and len(names) > 1:
+        val, train = train[-1:], train[:-1]
+    return train, val
+
+
+class PatchSampler:
+    """Random patches with augmentation, drawn from in-memory samples.
+
+    Patches smaller than the patch size are padded (image with 0, target with IGNORE).
+    ``foreground_bias`` of the patches are centred on a labelled foreground pixel.
+    """
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        patch: tuple[int, ...],
+        rng: np.random.Generator,
+        augment: bool = True,
+        foreground_bias: float = 0.5,
+        anisotropic: bool = False,
+    ) -> None:
+        if not samples:
+            raise ValueError("no training samples")
+        self.samples = samples
+        self.patch = tuple(patch)
+        self.rng = rng
+        self.augment = augment
+        self.fg_bias = foreground_bias
+        self.anisotropic = anisotropic
+        weights = np.array([max(s.target.size, 1) for s in samples], dtype=float) ** 0.5
+        self.weights = weights / weights.sum()
+        self._fg = [np.flatnonzero(s.target.ravel() > 0) for s in samples]
+
+    def draw(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        i = rng.choice(len(self.samples), p=self.weights)
+        s = self.samples[i]
+        spatial = s.target.shape
+        if self._fg[i].size and rng.random() < self.fg_bias:
+            centre = np.unravel_index(self._fg[i][rng.integers(self._fg[i].size)], spatial)
+            start = [int(c) - p // 2 for c, p in zip(centre, self.patch, strict=True)]
+        else:
+            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(spatial, self.patch, strict=True)]
+        start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, spatial, self.patch, strict=True)]
+        sl = tuple(slice(st, st + p) for st, p in zip(start, self.patch, strict=True))
+        img = s.image[(slice(None), *sl)]
+        tgt = s.target[sl]
+        if img.shape[1:] != self.patch:
+            pad = [(0, p - n) for n, p in zip(tgt.shape, self.patch, strict=True)]
+            img = np.pad(img, [(0, 0), *pad])
+            tgt = np.pad(tgt, pad, constant_values=IGNORE)
+        if self.augment:
+            img, tgt = self._augment(img, tgt)
+        return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(tgt)
+
+    def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [self.draw() for _ in range(n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def _augment(self, img: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rng = self.rng
+        nd = tgt.ndim
+        # flips along every axis, and 90 degree turns in the YX plane when it is square
+        for ax in range(nd):
+            if rng.random() < 0.5:
+                img, tgt = np.flip(img, ax + 1), np.flip(tgt, ax)
+        if tgt.shape[-1] == tgt.shape[-2]:
+            k = int(rng.integers(4))
+            img, tgt = np.rot90(img, k, axes=(-2, -1)), np.rot90(tgt, k, axes=(-2, -1))
+        # intensity: contrast, brightness, gamma, noise
+        img = img * rng.uniform(0.7, 1.4) + rng.uniform(-0.15, 0.15)
+        if rng.random() < 0.3:
+            img = np.clip(img, 0, None) ** rng.uniform(0.7, 1.5)
+        if rng.random() < 0.3:
+            img = img + rng.normal(0, rng.uniform(0.01, 0.08), img.shape).astype(np.float32)
+        return img, tgt

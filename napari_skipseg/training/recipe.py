@@ -1,0 +1,88 @@
+"""Train a model from a folder of images and masks, following a recipe file.
+
+A recipe is JSON: ``{"model": {ModelConfig fields}, "training": {TrainConfig fields},
+"val_fraction": 0.15}``. ``train_from_folder`` is a generator (progress events) that
+returns the saved model's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+from ..inference.engine import Progress
+from ..model.config import ModelConfig
+from .data import load_pairs, split_names
+from .loop import TrainConfig, train, tune_postprocess
+
+
+def load_recipe(path: str | Path) -> tuple[ModelConfig, TrainConfig, dict]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read recipe ({err})") from err
+    extra = {k: v for k, v in data.items() if k not in ("model", "training")}
+    return ModelConfig.from_dict(data.get("model", {})), TrainConfig.from_dict(data.get("training", {})), extra
+
+
+def train_from_folder(
+    data_dir: str | Path,
+    recipe: str | Path,
+    out_dir: str | Path,
+    *,
+    steps: int | None = None,
+    time_budget: float | None = None,
+    device: str = "auto",
+) -> Generator[Progress, None, Path]:
+    """Train the recipe's model on ``data_dir`` (``images/`` + ``masks/``), save it to ``out_dir``."""
+    import torch
+
+    from ..inference.device import describe, select_device
+    from ..model.store import save_model
+    from ..model.unet import SkipUNet
+
+    cfg, tcfg, extra = load_recipe(recipe)
+    if steps is not None:
+        tcfg.steps = steps
+    if time_budget is not None:
+        tcfg.time_budget = time_budget
+    dev = select_device(device)
+    data_dir = Path(data_dir)
+    names = sorted(p.name for p in (data_dir / "images").iterdir() if p.is_file())
+    train_names, val_names = split_names(names, extra.get("val_fraction", 0.15))
+    yield Progress(0, tcfg.steps, f"loading {len(names)} images")
+    train_s = load_pairs(data_dir, cfg, train_names)
+    val_s = load_pairs(data_dir, cfg, val_names)
+    model = SkipUNet(cfg)
+    t0 = time.perf_counter()
+    result = yield from train(model, train_s, val_s, tcfg, device=dev)
+    yield Progress(result.best_step, result.best_step, "validating on all held-out images")
+    if cfg.output == "instances":
+        cfg.postprocess, metrics = tune_postprocess(model, cfg, val_s, dev)
+    else:
+        from .loop import predict_probabilities, score
+
+        metrics = score(cfg, [predict_probabilities(model, s.image, dev) for s in val_s], val_s)
+    metrics.pop("score", None)
+    cfg.card.update(
+        {
+            "data": f"{data_dir.name}: {len(names)} images ({len(train_names)} train, {len(val_names)} validation)",
+            "split": f"hash of file name (napari_skipseg.training.data.split_names, val_fraction={extra.get('val_fraction', 0.15)}); validation files: {', '.join(val_names[:5])}{' ...' if len(val_names) > 5 else ''}",
+            "training": f"{result.best_step} of {len(result.history)} steps kept (best validation score), "
+            f"batch {tcfg.batch_size} x patch {tcfg.patch}, AdamW lr {tcfg.lr} cosine, CE + Dice, "
+            f"{time.perf_counter() - t0:.0f} s",
+            "hardware": f"{describe(dev)}, {platform.processor() or platform.machine()}, torch {torch.__version__}",
+            "parameters": model.num_parameters(),
+            "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        }
+    )
+    out = save_model(model, out_dir)
+    (Path(out) / "validation_split.json").write_text(
+        json.dumps({"train": train_names, "validation": val_names}, indent=1) + "\n"
+    )
+    (Path(out) / "history.json").write_text(json.dumps(result.history) + "\n")
+    return out

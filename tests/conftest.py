@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny real model saved in a temporary user model store."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def make_tiny_model(name: str = "tiny", spatial_dims: int = 2, output: str = "instances", seed: int = 0):
+    import torch
+
+    from napari_skipseg.model.config import ModelConfig
+    from napari_skipseg.model.unet import SkipUNet
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(
+        name=name,
+        spatial_dims=spatial_dims,
+        num_classes=3 if output == "instances" else 2,
+        base_channels=4,
+        depth=2,
+        output=output,
+        class_names=["background", "interior", "boundary"] if output == "instances" else ["background", "object"],
+        tile=[64, 64] if spatial_dims == 2 else [16, 32, 32],
+        card={"task": f"tiny untrained {spatial_dims}D test model"},
+    )
+    return SkipUNet(cfg).eval()
+
+
+@pytest.fixture
+def model_home(tmp_path, monkeypatch):
+    """``SKIPSEG_HOME`` pointing at a fresh store holding ``tiny`` (2D) and ``tiny3d``."""
+    from napari_skipseg.model.store import save_model
+
+    home = tmp_path / "skipseg_home"
+    monkeypatch.setenv("SKIPSEG_HOME", str(home))
+    save_model(make_tiny_model("tiny"), home / "models" / "tiny")
+    save_model(make_tiny_model("tiny3d", spatial_dims=3, output="semantic"), home / "models" / "tiny3d")
+    return home

@@ -1,0 +1,113 @@
+"""From probabilities to labels: seeded watershed, small-object removal, relabelling."""
+
+import numpy as np
+import pytest
+
+from napari_skipseg.inference.postprocess import (
+    instance_labels,
+    relabel_sequential,
+    remove_small,
+    semantic_labels,
+)
+
+
+def two_touching_discs(shape=(40, 60), r=12):
+    """Probabilities (background, interior, boundary) of two discs that touch at x=30."""
+    yy, xx = np.indices(shape, dtype=float)
+    c1, c2 = (20, 18), (20, 42)
+    d1 = np.hypot(yy - c1[0], xx - c1[1])
+    d2 = np.hypot(yy - c2[0], xx - c2[1])
+    fg = (d1 <= r + 0.5) | (d2 <= r + 0.5)
+    # interior: high in each centre, falling to 0 at the rim and at the dividing line x=30
+    interior = np.clip(1 - np.minimum(d1, d2) / r, 0, 1) * np.clip(np.abs(xx - 30) / 4, 0, 1)
+    interior = np.where(fg, 0.05 + 0.9 * interior, 0.0)
+    boundary = np.where(fg, 1 - interior, 0.0)
+    background = 1 - interior - boundary
+    probs = np.stack([background, interior, boundary]).astype(np.float32)
+    return probs, d1 <= r + 0.5, d2 <= r + 0.5, fg
+
+
+def test_touching_discs_split_into_two():
+    probs, disc1, disc2, fg = two_touching_discs()
+    assert (disc1 & disc2).any() or fg[20, 30]  # they do touch
+    labels = instance_labels(probs, {"min_size": 8})
+    assert labels.dtype == np.uint32
+    assert sorted(np.unique(labels)) == [0, 1, 2]
+    left, right = labels[20, 18], labels[20, 42]
+    assert {left, right} == {1, 2}
+    assert (labels[:, :28][labels[:, :28] > 0] == left).all()
+    assert (labels[:, 33:][labels[:, 33:] > 0] == right).all()
+    np.testing.assert_array_equal(labels > 0, fg)  # every foreground pixel is given to one
+
+
+def test_without_boundary_the_discs_merge():
+    """The same discs with a flat interior and no boundary form one object: the split
+    above comes from the probabilities, not from the geometry alone."""
+    _, _, _, fg = two_touching_discs()
+    probs = np.stack([~fg, fg, np.zeros_like(fg)]).astype(np.float32)
+    labels = instance_labels(probs)
+    assert labels.max() == 1
+
+
+def test_seed_and_mask_thresholds():
+    probs, disc1, disc2, fg = two_touching_discs()
+    assert instance_labels(probs, {"seed": 0.99}).max() == 0  # no seeds, no objects
+    # make the outer rim less certain: foreground 0.7 there
+    yy, xx = np.indices(fg.shape)
+    rim = fg & ((np.hypot(yy - 20, xx - 18) > 9) & (np.hypot(yy - 20, xx - 42) > 9))
+    probs[1:, rim] *= 0.7
+    probs[0, rim] = 0.3
+    loose = instance_labels(probs, {"mask": 0.5}) > 0
+    tight = instance_labels(probs, {"mask": 0.8}) > 0
+    np.testing.assert_array_equal(loose, fg)
+    np.testing.assert_array_equal(tight, fg & ~rim)
+
+
+def test_small_objects_dropped():
+    probs = np.zeros((3, 20, 20), np.float32)
+    probs[0] = 1
+    probs[:, 2:4, 2:4] = [[[0]], [[1]], [[0]]]  # 4 pixels
+    probs[:, 10:16, 10:16] = [[[0]], [[1]], [[0]]]  # 36 pixels
+    labels = instance_labels(probs, {"min_size": 8, "min_seed_size": 1})
+    assert labels.max() == 1
+    assert labels[12, 12] == 1 and labels[3, 3] == 0
+    labels = instance_labels(probs, {"min_size": 1, "min_seed_size": 1})
+    assert labels.max() == 2
+
+
+def test_remove_small():
+    labels = np.array([[1, 1, 2, 0], [1, 3, 3, 3], [0, 0, 0, 3]])
+    out = remove_small(labels, 3)
+    np.testing.assert_array_equal(out, [[1, 1, 0, 0], [1, 3, 3, 3], [0, 0, 0, 3]])
+    assert labels[0, 2] == 2  # the input is left alone
+    assert remove_small(labels, 1) is labels
+
+
+def test_relabel_sequential():
+    labels = np.array([[0, 7, 7], [3, 0, 42]])
+    out = relabel_sequential(labels)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, [[0, 2, 2], [1, 0, 3]])  # order of old ids kept
+    # no background at all: ids still start at 1
+    np.testing.assert_array_equal(relabel_sequential(np.array([5, 9, 5])), [1, 2, 1])
+    assert relabel_sequential(np.zeros((2, 2), int)).max() == 0
+
+
+def test_semantic_labels():
+    probs = np.array([[[0.7, 0.2]], [[0.2, 0.3]], [[0.1, 0.5]]], np.float32)  # 3 classes, 1x2
+    np.testing.assert_array_equal(semantic_labels(probs), [[0, 2]])
+    # for an instance model: foreground = interior + boundary > background
+    probs = np.array([[[0.6, 0.4]], [[0.3, 0.3]], [[0.1, 0.3]]], np.float32)
+    np.testing.assert_array_equal(semantic_labels(probs, "instances"), [[0, 1]])
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_instance_labels_any_dimension(dims):
+    shape = (16,) * dims
+    probs = np.zeros((3, *shape), np.float32)
+    probs[0] = 1
+    inner = tuple(slice(4, 12) for _ in range(dims))
+    probs[(slice(None), *inner)] = np.reshape([0, 1, 0], (3,) + (1,) * dims)
+    labels = instance_labels(probs)
+    assert labels.shape == shape and labels.max() == 1
+    assert (labels[inner] == 1).all()

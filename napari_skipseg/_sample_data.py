@@ -38,7 +38,7 @@ def synthetic_nuclei(
             d[-2], d[-1] = y * np.cos(angle) - x * np.sin(angle), y * np.sin(angle) + x * np.cos(angle)
         inside = sum((di / r) ** 2 for di, r in zip(d, radii, strict=True)) <= 1.0
         region = labels[box]
-        if (region[inside] > 0).mean() > 0.15 if inside.any() else True:
+        if (region[inside] > 0).mean() > 0.03 if inside.any() else True:
             continue  # overlaps an existing nucleus too much
         placed += 1
         free = inside & (region == 0)

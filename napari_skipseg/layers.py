@@ -40,14 +40,11 @@ def result_layers(result, source: LayerSource) -> list[tuple]:
     placed = {"scale": source.scale, "translate": source.translate}
     layers: list[tuple] = []
     if result.probabilities is not None:
-        names = result.class_names or [f"class {i}" for i in range(result.probabilities.shape[0])]
         show = result.output == "probabilities"
-        for i, cls in enumerate(names):
-            if i == 0 and len(names) > 1:
-                continue  # background is 1 - the rest
+        for name, prob in probability_maps(result):
             layers.append((
-                np.ascontiguousarray(result.probabilities[i]),
-                {"name": f"{source.name} [{result.model_name}] p({cls})", **placed, "metadata": meta,
+                prob,
+                {"name": f"{source.name} [{result.model_name}] p({name})", **placed, "metadata": meta,
                  "colormap": "magma", "contrast_limits": (0.0, 1.0), "visible": show,
                  "blending": "additive", "opacity": 0.7},
                 "image",
@@ -60,3 +57,13 @@ def result_layers(result, source: LayerSource) -> list[tuple]:
             "labels",
         ))
     return layers
+
+
+def probability_maps(result) -> list[tuple[str, np.ndarray]]:
+    """The probability images worth showing: foreground for an instance model (interior +
+    boundary), every class but the background otherwise. Few layers keep napari fast."""
+    probs = result.probabilities
+    names = result.class_names or [f"class {i}" for i in range(probs.shape[0])]
+    if len(names) == 3 and names[1:] == ["interior", "boundary"]:
+        return [("foreground", probs[1] + probs[2])]
+    return [(names[i], np.ascontiguousarray(probs[i])) for i in range(1 if len(names) > 1 else 0, len(names))]

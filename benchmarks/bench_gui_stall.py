@@ -1,0 +1,77 @@
+"""Longest main-thread stall while the Segment widget segments a stack (goal: < 100 ms).
+
+A QTimer ticks every 5 ms on the GUI thread; the longest gap between ticks while the job
+runs is how long the viewer was frozen. Run under a display (or xvfb-run):
+
+    xvfb-run -a python benchmarks/bench_gui_stall.py [--model nuclei2d] [--slices 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="nuclei2d")
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--size", type=int, default=512)
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_skipseg._qt.segment_widget import SegmentWidget
+    from napari_skipseg._sample_data import synthetic_nuclei
+
+    viewer = napari.Viewer(show=True)
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    image, _ = synthetic_nuclei((args.slices, args.size, args.size), radius=9.0, seed=5)
+    viewer.add_image(image, name="stack")
+    widget.model_combo.setCurrentText(args.model)
+    app = QApplication.instance()
+    for _ in range(10):
+        app.processEvents()
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    marks: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+    worker = widget.run()
+    worker.yielded.connect(lambda e: marks.append((time.perf_counter(), f"progress {e.done}/{e.total}")))
+    worker.returned.connect(lambda v: marks.append((time.perf_counter(), "returned")))
+    while widget.worker is not None:
+        app.processEvents()
+        time.sleep(0.001)
+    for _ in range(5):
+        app.processEvents()
+    seconds = time.perf_counter() - t0
+    timer.stop()
+    gaps = np.diff(ticks) * 1000
+    worst = np.argsort(gaps)[::-1][:3]
+    stalls = []
+    for i in worst:  # what happened just before/after the longest stalls
+        start, end = ticks[i], ticks[i + 1]
+        near = [m for t, m in marks if start - 0.05 <= t <= end + 0.05]
+        stalls.append({"ms": round(float(gaps[i]), 1), "at_s": round(start - t0, 2), "events": near[:3]})
+    result = {
+        "model": args.model, "stack": [args.slices, args.size, args.size], "seconds": round(seconds, 2),
+        "ticks": len(ticks), "max_stall_ms": round(float(gaps.max()), 1),
+        "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1), "status": widget.status.text(),
+        "worst": stalls,
+    }
+    print(json.dumps(result, indent=1))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -49,7 +49,8 @@ def test_every_sample_opens(make_napari_viewer, sample):
 def test_plugin_start_does_not_import_torch():
     code = (
         "import sys, napari_skipseg, napari_skipseg._reader, napari_skipseg._writer, "
-        "napari_skipseg._sample_data, napari_skipseg._qt.segment_widget, napari_skipseg.cli;"
+        "napari_skipseg._sample_data, napari_skipseg._qt.segment_widget, napari_skipseg._qt.skip_widget, "
+        "napari_skipseg.feature_layers, napari_skipseg.features, napari_skipseg.cli;"
         "from napari_skipseg.model import list_models; list_models();"
         "assert 'torch' not in sys.modules, 'torch imported'"
     )

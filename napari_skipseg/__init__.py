@@ -10,7 +10,7 @@ The public API is imported lazily, so ``import napari_skipseg`` does not import 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["default_model_for", "list_models", "load_model", "segment"]
+__all__ = ["default_model_for", "list_models", "load_model", "segment", "skip_features"]
 
 
 def load_model(name_or_path="nuclei2d", device: str = "cpu"):
@@ -39,6 +39,22 @@ def segment(image, model="nuclei2d", output: str = "instances", channel_axis=Non
 
     result = run(predict(model, image, output=output, channel_axis=channel_axis, **kwargs))
     return result.probabilities if output == "probabilities" else result.labels
+
+
+def skip_features(model, image, channel_axis=None, **kwargs):
+    """What crosses every skip connection of ``model`` for ``image``: one record per level.
+
+    ``model`` is a SkipUNet, a model name or folder, or a
+    :class:`~napari_skipseg.features.HookedFeatures` wrapping any UNet-shaped torch module.
+    Each :class:`~napari_skipseg.features.SkipRecord` has ``level``, ``scale`` (input pixels
+    per feature pixel), and float32 ``encoder``, ``decoder`` and ``fused`` arrays shaped
+    ``(channels, *spatial)``. A 2D model runs on one slice (``index=`` picks it, default the
+    middle), a 3D model on a block (``center=``, ``block=``); other keyword arguments go to
+    :func:`napari_skipseg.features.capture_features` (``device``, ``ablate``).
+    """
+    from .features import skip_features as _skip_features
+
+    return _skip_features(model, image, channel_axis=channel_axis, **kwargs)
 
 
 def default_model_for(meta_or_ndim) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from napari_skipseg.io import ImageMeta, find_reader, read_image
+from napari_skipseg.io import ImageMeta, ImageReadError, find_reader, read_image
 
 PathLike = str | os.PathLike
 LayerData = tuple[Any, dict[str, Any], str]
@@ -29,13 +29,28 @@ def get_reader(path: PathLike | list[PathLike]) -> Callable[..., list[LayerData]
     Returns
     -------
     callable or None
-        :func:`read_layers` if the file type is supported, else ``None``.
+        :func:`read_layers_or_notify` if the file type is supported, else ``None``.
     """
     if isinstance(path, list | tuple):
         if len(path) != 1:
             return None
         path = path[0]
-    return read_layers if find_reader(path) is not None else None
+    return read_layers_or_notify if find_reader(path) is not None else None
+
+
+def read_layers_or_notify(path: PathLike | list[PathLike]) -> list[LayerData]:
+    """:func:`read_layers` for napari: a file that cannot be read (empty, truncated,
+    corrupt, odd axes) gives one error notification saying why, and no layer, instead of
+    an exception with a traceback."""
+    try:
+        return read_layers(path)
+    except ImageReadError as err:
+        try:
+            from napari.utils.notifications import show_error
+        except ImportError:  # not inside napari: behave like read_layers
+            raise err from None
+        show_error(f"napari-skipseg cannot open {err}")
+        return [(None,)]  # napari's "nothing to add" sentinel
 
 
 def read_layers(path: PathLike | list[PathLike]) -> list[LayerData]:

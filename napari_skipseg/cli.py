@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 IMAGE_SUFFIXES = (".tif", ".tiff")
 
 
@@ -76,7 +78,7 @@ def _output_paths(inputs: list[Path], out: Path, many: bool) -> list[Path]:
 
 
 def cmd_segment(args) -> int:
-    from .inference.engine import predict
+    from .inference.engine import SegmentationError, predict
     from .io import read_image, write_image
     from .model.store import load_config, load_model
 
@@ -97,13 +99,24 @@ def cmd_segment(args) -> int:
     for src, dst in zip(inputs, outputs, strict=True):
         image, meta = read_image(src, lazy=True)
         channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
+        if args.channel is not None:
+            if meta.channel_axis is None:
+                raise CLIError(f"{src}: --channel given but the image has no channel axis (axes {meta.axes})")
+            if not 0 <= args.channel < image.shape[meta.channel_axis]:
+                raise CLIError(f"{src}: --channel {args.channel} out of range (the image has "
+                               f"{image.shape[meta.channel_axis]} channels)")
+            image = np.take(image, args.channel, axis=meta.channel_axis)
+            channel_axis = None
         gen = predict(
             model, image, channel_axis=channel_axis, mode=args.mode, output=args.output_kind,
             tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
         )
         t0 = time.perf_counter()
-        result = _progress_driver(gen, src.name, args.quiet)
-        out_meta = meta.without_channels() if hasattr(meta, "without_channels") else meta
+        try:
+            result = _progress_driver(gen, src.name, args.quiet)
+        except SegmentationError as err:  # name the file: there may be many
+            raise CLIError(f"{src}: {err}") from err
+        out_meta = meta.without_channels()
         dst.parent.mkdir(parents=True, exist_ok=True)
         if result.labels is not None:
             write_image(dst, result.labels, out_meta)
@@ -116,6 +129,71 @@ def cmd_segment(args) -> int:
             n = int(result.labels.max()) if args.output_kind == "instances" else None
             extra = f", {n} objects" if n is not None else ""
             print(f"{src} -> {dst} ({cfg.name}, {result.device}, {time.perf_counter() - t0:.1f} s{extra})")
+    return 0
+
+
+def cmd_features(args) -> int:
+    """Write what crosses every skip connection, for one slice or block, as OME-TIFF + index.json."""
+    from .features import capture_features
+    from .features.export import INDEX_FILE, write_features
+    from .features.taps import as_taps
+    from .io import read_image
+
+    src = Path(args.input)
+    if not src.is_file():
+        raise CLIError(f"{src}: no such file")
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: features are written to a folder, and this is a file")
+    image, meta = read_image(src, lazy=True)
+    channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
+    taps = as_taps(args.model)
+    d = taps.spatial_dims
+    axes = meta.axes.replace("C", "").replace("S", "")
+    if len(axes) < d:
+        raise CLIError(f"{src}: a {d}D model needs {d} spatial axes; the image has axes {meta.axes}")
+    lead, spatial = axes[:-d], axes[-d:]
+    index = []
+    for letter in lead:
+        n = image.shape[meta.axes.index(letter)]
+        pick = {"Z": args.slice, "T": args.time}.get(letter)
+        pick = n // 2 if pick is None and letter == "Z" else (pick or 0)
+        if not 0 <= pick < n:
+            raise CLIError(f"{src}: --{'slice' if letter == 'Z' else 'time'} {pick} is outside 0..{n - 1}")
+        index.append(pick)
+    center = None
+    if args.slice is not None and "Z" not in lead:
+        if "Z" not in spatial:
+            raise CLIError(f"{src}: --slice given but the image has no Z axis (axes {meta.axes})")
+        shape = [image.shape[meta.axes.index(a)] for a in spatial]
+        if not 0 <= args.slice < shape[0]:
+            raise CLIError(f"{src}: --slice {args.slice} is outside 0..{shape[0] - 1}")
+        center = [args.slice] + [(s - 1) / 2 for s in shape[1:]]
+    if args.center:
+        if len(args.center) != d:
+            raise CLIError(f"--center needs {d} coordinates ({spatial}) for this model")
+        center = args.center
+    if args.block and len(args.block) not in (1, d):
+        raise CLIError(f"--block needs 1 or {d} sizes ({spatial}) for this model")
+    block = None if not args.block else (args.block * d if len(args.block) == 1 else args.block)
+    kinds = args.kinds or ["encoder", "decoder", "fused"]
+    if not args.overwrite and out.is_dir() and (out / INDEX_FILE).exists():
+        raise CLIError(f"{out / INDEX_FILE}: exists; pass --overwrite to replace the features there")
+    gen = capture_features(taps, image, channel_axis=channel_axis, index=tuple(index), center=center,
+                           block=block, device=args.device)
+    t0 = time.perf_counter()
+    capture = _progress_driver(gen, src.name, args.quiet)
+    spacing = [meta.spacing[meta.axes.index(a)] for a in spatial]
+    try:
+        index_data = write_features(capture, out, spacing=spacing, unit=meta.unit, kinds=kinds,
+                                    source=str(src), overwrite=args.overwrite)
+    except FileExistsError as err:
+        raise CLIError(str(err)) from err
+    if not args.quiet:
+        where = ", ".join(f"{a}={i}" for a, i in zip(lead, index, strict=True))
+        print(f"{src} -> {out}: {len(index_data['maps'])} maps, {len(capture.records)} levels "
+              f"({capture.model_name}, {capture.device}{', ' + where if where else ''}, "
+              f"{time.perf_counter() - t0:.1f} s); index: {out / INDEX_FILE}")
     return 0
 
 
@@ -135,6 +213,19 @@ def cmd_models(args) -> int:
             print(f"{'':<20} {e.path}")
             if m:
                 print(f"{'':<20} validation: {m}")
+    return 0
+
+
+def cmd_import_model(args) -> int:
+    """Convert a PyTorch checkpoint (read with weights_only=True) into a model folder."""
+    from .model.store import import_checkpoint, load_model
+
+    folder = import_checkpoint(args.checkpoint, args.config, args.output, overwrite=args.overwrite,
+                               half=args.half)
+    model = load_model(folder)  # proves the stored folder loads
+    if not args.quiet:
+        print(f"{args.checkpoint} -> {folder} ({model.config.name}, {model.num_parameters()} parameters); "
+              f"use it with --model {args.output}")
     return 0
 
 
@@ -193,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-kind", "--kind", dest="output_kind", default="instances",
                    choices=["instances", "semantic", "probabilities"])
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--channel", type=int, help="segment this channel of a multi-channel image")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
     p.add_argument("--batch-size", type=int, default=4)
@@ -200,9 +292,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
 
+    p = sub.add_parser("features", help="write the feature maps crossing every skip connection (OME-TIFF)")
+    p.add_argument("input", help="image file")
+    p.add_argument("-o", "--output", required=True, help="folder for L<k>_<kind>.ome.tif files and index.json")
+    p.add_argument("--model", required=True, help="model name or folder")
+    p.add_argument("--slice", type=int, help="Z slice (2D models; for 3D models: centre of the block)")
+    p.add_argument("--time", type=int, help="time point (default 0)")
+    p.add_argument("--center", type=float, nargs="+", help="block centre in pixels, spatial axes (3D models)")
+    p.add_argument("--block", type=int, nargs="+", help="block size in pixels (default: whole slice / model tile)")
+    p.add_argument("--kinds", nargs="+", choices=["encoder", "decoder", "fused"], help="which maps to write")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_features)
+
     p = sub.add_parser("models", help="list the models that can be used")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("import-model", help="convert a PyTorch .pt/.pth state dict into a stored model "
+                       "(tensors only: nothing in the file is executed)")
+    p.add_argument("checkpoint", help=".pt/.pth/.ckpt file holding a state dict (or .safetensors)")
+    p.add_argument("--config", required=True, help="config.json describing the network")
+    p.add_argument("-o", "--output", required=True,
+                   help="model name (stored in the user model folder) or a folder path")
+    p.add_argument("--half", action="store_true", help="store float weights as float16")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_import_model)
 
     p = sub.add_parser("view", help="open napari with the plugin's widgets and an image or sample")
     p.add_argument("inputs", nargs="*", help="images to open (default: a sample)")
@@ -234,8 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("skipseg: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, SegmentationError, ModelLoadError, ModelConfigError, FileNotFoundError, ValueError) as err:
-        print(f"skipseg: error: {err}", file=sys.stderr)
+    except (CLIError, SegmentationError, ModelLoadError, ModelConfigError, OSError, ValueError) as err:
+        message = " ".join(str(err).split("\n")) or type(err).__name__  # one line
+        print(f"skipseg: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("skipseg: error: not enough memory (try a smaller --tile or --batch-size)", file=sys.stderr)
         return 2
 
 

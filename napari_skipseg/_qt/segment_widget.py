@@ -6,6 +6,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -17,15 +18,24 @@ from qtpy.QtWidgets import (
 )
 
 from ..layers import result_layers, source_from_layer
+from ._jobs import job
 
 
+@job
 def _segment_job(model_name: str, source, options: dict):
-    """Runs in the worker thread: load the model, then drive the engine generator."""
+    """Runs in the worker thread: load the model, then drive the engine generator.
+
+    ``model_name`` is a stored model's name or a model folder; a pickled file is refused
+    by the loader (nothing in it is executed)."""
+    import threading
+
     from ..inference.engine import predict
     from ..model.store import load_model
 
-    import threading
-
+    try:  # napari needs these to add a Labels layer; import them here, not on the GUI thread
+        import pandas  # noqa: F401
+    except ImportError:
+        pass
     model = load_model(model_name)
     result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options)
     return result, source, threading.get_ident()
@@ -40,9 +50,14 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.last_result = None
         self.last_thread = None  # thread the last job ran in (never the GUI thread)
+        self._cancelled = False  # cancel asked for the running job: its result is dropped
+        self._extra_models = {}  # name -> ModelEntry of model folders chosen with "…"
 
         self.layer_combo = QComboBox()
         self.model_combo = QComboBox()
+        self.browse_button = QPushButton("…")
+        self.browse_button.setToolTip("use a model folder (config.json + model.safetensors)")
+        self.browse_button.setFixedWidth(28)
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.model_info.setStyleSheet("color: #9aa0a6;")
@@ -77,7 +92,10 @@ class SegmentWidget(QWidget):
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("image", self.layer_combo)
-        form.addRow("model", self.model_combo)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        form.addRow("model", model_row)
         form.addRow("", self.model_info)
         form.addRow("device", self.device_combo)
         form.addRow("mode", self.mode_combo)
@@ -98,6 +116,7 @@ class SegmentWidget(QWidget):
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.browse_button.clicked.connect(self._browse_model)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -124,6 +143,7 @@ class SegmentWidget(QWidget):
         from ..model.store import list_models
 
         self._models = {e.name: e for e in list_models()}
+        self._models.update(self._extra_models)
         self.model_combo.clear()
         for name, entry in self._models.items():
             self.model_combo.addItem(name)
@@ -131,6 +151,42 @@ class SegmentWidget(QWidget):
         if select and select in self._models:
             self.model_combo.setCurrentText(select)
         self._show_model_info()
+
+    def use_model_path(self, path) -> bool:
+        """Offer the model at ``path`` (a model folder, or a file inside one) and select it.
+
+        Anything else, a pickled ``.pt``/``.pth`` checkpoint in particular, is refused with
+        a notification saying why (the file is not executed); returns whether it was taken.
+        """
+        from pathlib import Path
+
+        from napari.utils.notifications import show_error
+
+        from ..model.config import ModelConfigError
+        from ..model.store import ModelEntry, ModelLoadError, load_config, resolve_model
+
+        try:
+            folder = resolve_model(Path(path))
+            cfg = load_config(folder)
+        except (ModelLoadError, ModelConfigError, OSError) as err:
+            self.status.setText(f"model refused: {err}")
+            show_error(f"Segment: {err}")
+            return False
+        name = folder.name
+        if name in self._models and self._models[name].path != folder:
+            name = str(folder)
+        self._extra_models[name] = ModelEntry(name, folder, "folder", cfg)
+        self.refresh_models(select=name)
+        self.status.setText(f"model {name} from {folder}")
+        return True
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model: config.json or model.safetensors in a model folder", "",
+            "Model files (config.json *.safetensors *.pt *.pth *.ckpt);;All files (*)",
+        )
+        if path:
+            self.use_model_path(path)
 
     def _show_model_info(self) -> None:
         entry = self._models.get(self.model_combo.currentText())
@@ -161,8 +217,10 @@ class SegmentWidget(QWidget):
     def run(self):
         """Start segmenting the selected layer; returns the worker (or None)."""
         from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_warning
+        from napari.utils.notifications import show_error, show_warning
 
+        if self.worker is not None:
+            return None
         name = self.layer_combo.currentText()
         if not name or name not in self.viewer.layers:
             show_warning("Segment: open an image first")
@@ -171,9 +229,17 @@ class SegmentWidget(QWidget):
         if not model_name:
             show_warning("Segment: no model available")
             return None
-        source = source_from_layer(self.viewer.layers[name])
+        entry = self._models.get(model_name)
+        model_ref = str(entry.path) if entry is not None else model_name
+        try:
+            source = source_from_layer(self.viewer.layers[name])
+        except Exception as err:  # noqa: BLE001 - an odd layer must not take the viewer down
+            self.status.setText(f"failed: {err}")
+            show_error(f"Segment failed: {err}")
+            return None
+        self._cancelled = False
         self.worker = create_worker(
-            _segment_job, model_name, source, self.options(), _start_thread=False, _ignore_errors=True
+            _segment_job, model_ref, source, self.options(), _start_thread=False, _ignore_errors=True
         )
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
@@ -188,7 +254,9 @@ class SegmentWidget(QWidget):
         return self.worker
 
     def cancel(self) -> None:
+        """Stop the running job. Its result, even one already computed, is never added."""
         if self.worker is not None:
+            self._cancelled = True
             self.status.setText("cancelling ...")
             self.worker.quit()
 
@@ -200,10 +268,24 @@ class SegmentWidget(QWidget):
             self.device_label.setText(f"device: {event.info['device']}")
 
     def _on_result(self, value) -> None:
+        from napari.utils.notifications import show_error
+
+        if self._cancelled:  # finished before the cancel reached it: drop the result
+            self._on_aborted()
+            return
         result, source, self.last_thread = value
         self.last_result = result
-        for data, kwargs, kind in result_layers(result, source):
-            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        added = []
+        try:
+            for data, kwargs, kind in result_layers(result, source):
+                added.append(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
+        except Exception as err:  # noqa: BLE001 - undo, report, keep the viewer working
+            for layer in added:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self.status.setText(f"failed to add the result: {err}")
+            show_error(f"Segment failed to add the result: {err}")
+            return
         extra = ""
         if result.output == "instances":
             extra = f", {int(result.labels.max())} objects"
@@ -212,8 +294,9 @@ class SegmentWidget(QWidget):
     def _on_error(self, err) -> None:
         from napari.utils.notifications import show_error
 
-        self.status.setText(f"failed: {err}")
-        show_error(f"Segment failed: {err}")
+        message = " ".join(str(err).split("\n")) or type(err).__name__
+        self.status.setText(f"failed: {message}")
+        show_error(f"Segment failed: {message}")
 
     def _on_aborted(self) -> None:
         self.status.setText("cancelled; no layer was changed")
@@ -221,6 +304,8 @@ class SegmentWidget(QWidget):
         self.progress.setValue(0)
 
     def _on_finished(self) -> None:
+        if self._cancelled:  # also when the job ended as the cancel came: no aborted/returned
+            self._on_aborted()
         self.worker = None
         self.cancel_button.setEnabled(False)
         self.run_button.setEnabled(bool(self._image_layers()))

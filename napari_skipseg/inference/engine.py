@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .postprocess import instance_labels, semantic_labels
-from .preprocess import normalize, percentile_range
+from .preprocess import check_pixel_dtype, normalize, percentile_range
 from .tiling import blend_window, tile_grid
 
 OUTPUTS = ("instances", "semantic", "probabilities")
@@ -104,6 +104,12 @@ def predict(
         raise SegmentationError(f"mode must be one of {MODES}, got {mode!r}")
     if not 0 <= overlap <= 0.5:
         raise SegmentationError(f"overlap must be between 0 and 0.5, got {overlap}")
+    if not (hasattr(image, "shape") and hasattr(image, "dtype") and hasattr(image, "__getitem__")):
+        image = np.asarray(image)  # lists and other array-likes
+    try:
+        check_pixel_dtype(image.dtype)
+    except ValueError as err:
+        raise SegmentationError(str(err)) from None
     dev = select_device(device)
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         model = load_model(model)
@@ -125,7 +131,7 @@ def predict(
         )
     if len(shape) > 5:
         raise SegmentationError(f"images with more than 5 axes besides channels are not supported; got {shape}")
-    if min(shape[-ndim_spatial:]) < 1:
+    if min(image.shape) < 1:
         raise SegmentationError(f"the image is empty (shape {tuple(image.shape)})")
     if n_channels not in (0, 1, 3, 4) and n_channels != cfg.in_channels:
         raise SegmentationError(
@@ -136,10 +142,7 @@ def predict(
             f"model {cfg.name!r} takes {cfg.in_channels} channels; the image has {n_channels or 1}"
         )
     grey = cfg.in_channels == 1 and n_channels > 1  # RGB -> grey for single-channel models
-    if n_channels > 1 and np.dtype(image.dtype) == np.uint8 and n_channels in (3, 4) and grey:
-        n_read = 3  # ignore alpha
-    else:
-        n_read = n_channels
+    n_read = 3 if grey and n_channels == 4 else n_channels  # RGBA: ignore alpha
 
     lead_shape, spatial = shape[:-ndim_spatial], shape[-ndim_spatial:]
     tile_shape = _tile_shape(tile, cfg, ndim_spatial, spatial)
@@ -155,11 +158,12 @@ def predict(
     else:
         lo, hi = 0.0, 1.0
 
-    model = model.to(dev).eval()
+    # the caller's model is put back as it was (device, train/eval) when the job ends or is
+    # cancelled, so a job leaves nothing behind, not even weights in accelerator memory
+    was_training = bool(getattr(model, "training", False))
+    home = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
     amp = autocast_dtype(dev)
     desc = describe(dev)
-    yield Progress(0, total, f"{cfg.name} on {desc}", {"device": desc})
-
     classes = cfg.num_classes
     keep = keep_probabilities or output == "probabilities"
     probs_out = np.zeros((classes, *shape), dtype=np.float32) if keep else None
@@ -211,6 +215,8 @@ def predict(
             labels_out[idx] = lab
 
     try:
+        model.to(dev).eval()
+        yield Progress(0, total, f"{cfg.name} on {desc}", {"device": desc})
         for idx in units:
             data = read_unit(idx)
             acc[idx] = [np.zeros((classes, *spatial), np.float32), np.zeros(spatial, np.float32)]
@@ -230,6 +236,9 @@ def predict(
             finish(j)
         yield Progress(done, total, "done")
     finally:
+        if home is not None and next(model.parameters()).device != home:
+            model.to(home)
+        model.train(was_training)
         release(dev)
 
     return Segmentation(
@@ -261,6 +270,8 @@ def _channels_last(image, channel_axis: int | None):
     if not -ndim <= channel_axis < ndim:
         raise SegmentationError(f"channel_axis {channel_axis} is out of range for shape {tuple(image.shape)}")
     axis = channel_axis % ndim
+    if image.shape[axis] == 0:
+        raise SegmentationError(f"the image is empty: its channel axis has length 0 (shape {tuple(image.shape)})")
     if axis != ndim - 1:
         image = np.moveaxis(image, axis, -1) if isinstance(image, np.ndarray) else _moveaxis_lazy(image, axis)
     return image, int(image.shape[-1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Every axis letter we know, in canonical order. S holds RGB(A) samples.
 AXES = "TCZYXS"
@@ -87,6 +87,15 @@ class ImageMeta:
         channels split by ``channel_axis`` and RGB samples shown by ``rgb=True``.
         """
         return tuple(s for a, s in zip(self.axes, self.spacing, strict=True) if a not in "CS")
+
+    def without_channels(self) -> ImageMeta:
+        """The same metadata with the C and S axes removed (for label images)."""
+        keep = [i for i, a in enumerate(self.axes) if a not in "CS"]
+        return replace(
+            self,
+            axes="".join(self.axes[i] for i in keep),
+            spacing=tuple(self.spacing[i] for i in keep),
+        )
 
     def validate(self, shape: Sequence[int]) -> None:
         """Check that this metadata describes an array of `shape`.

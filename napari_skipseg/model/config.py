@@ -102,10 +102,14 @@ class ModelConfig:
                 f"num_classes must be 3, got {self.num_classes}"
             )
         if self.pool is not None:
-            if len(self.pool) != self.depth or any(
-                len(p) != self.spatial_dims or any(int(f) not in (1, 2) for f in p)
-                for p in self.pool
-            ):
+            try:
+                bad = len(self.pool) != self.depth or any(
+                    len(p) != self.spatial_dims or any(int(f) not in (1, 2) for f in p)
+                    for p in self.pool
+                )
+            except (TypeError, ValueError):
+                bad = True
+            if bad:
                 raise ModelConfigError(
                     f"pool must list {self.depth} factors of length {self.spatial_dims}, "
                     f"each 1 or 2; got {self.pool!r}"

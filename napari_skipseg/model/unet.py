@@ -158,6 +158,7 @@ class SkipUNet(nn.Module):
         for p in self.parameters():
             p.requires_grad_(True)
         self._encoder_frozen = False
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> SkipUNet:
         super().train(mode)

@@ -33,6 +33,26 @@ def instance_target(labels: np.ndarray) -> np.ndarray:
     return target
 
 
+def check_mask(mask: np.ndarray, name: str = "mask") -> np.ndarray:
+    """``mask`` as integer labels; ``ValueError`` naming the problem if it cannot be one.
+
+    Labels must be whole numbers >= 0 (bool, integer, or float holding whole numbers).
+    """
+    mask = np.asarray(mask)
+    if mask.dtype.kind == "b":
+        return mask.astype(np.uint8)
+    if mask.dtype.kind == "f":
+        finite = np.isfinite(mask)
+        if not finite.all() or not np.array_equal(mask, np.round(mask)):
+            raise ValueError(f"{name}: labels must be whole numbers; this mask holds fractions, NaN or Inf")
+        mask = mask.astype(np.int64)
+    elif mask.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers, got pixels of type {mask.dtype}")
+    if mask.size and mask.min() < 0:
+        raise ValueError(f"{name}: labels must be >= 0 (0 is background), found {int(mask.min())}")
+    return mask
+
+
 def make_target(mask: np.ndarray, output: str, num_classes: int) -> np.ndarray:
     if output == "instances":
         return instance_target(mask)
@@ -54,8 +74,13 @@ def prepare_image(image: np.ndarray, in_channels: int, spatial_dims: int, norm: 
 
 
 def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[Sample]:
-    """Read ``folder/images/*`` and ``folder/masks/*`` (same file names)."""
-    import tifffile
+    """Read ``folder/images/*`` and ``folder/masks/*`` (same file names).
+
+    Raises ``FileNotFoundError``/``ValueError`` naming the file at fault: a missing mask, an
+    unreadable (empty, truncated, corrupt) file, an image and mask of different shapes, or
+    a mask that does not hold whole-number labels.
+    """
+    from ..io import read_image
 
     folder = Path(folder)
     img_dir, mask_dir = folder / "images", folder / "masks"
@@ -67,10 +92,17 @@ def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[
         mask_path = mask_dir / name
         if not mask_path.exists():
             raise FileNotFoundError(f"{mask_path}: no mask for image {name}")
-        image = prepare_image(tifffile.imread(img_dir / name), cfg.in_channels, cfg.spatial_dims, cfg.normalization)
-        mask = tifffile.imread(mask_path)
+        raw, _ = read_image(img_dir / name)
+        try:
+            image = prepare_image(raw, cfg.in_channels, cfg.spatial_dims, cfg.normalization)
+        except ValueError as err:
+            raise ValueError(f"{img_dir / name}: {err}") from err
+        mask = check_mask(read_image(mask_path)[0], str(mask_path))
         if mask.shape != image.shape[1:]:
-            raise ValueError(f"{name}: image {image.shape[1:]} and mask {mask.shape} differ in shape")
+            raise ValueError(
+                f"{name}: image {image.shape[1:]} and mask {mask.shape} differ in shape "
+                "(the mask must label every pixel of the image)"
+            )
         target = make_target(mask, cfg.output, cfg.num_classes)
         instances = mask if cfg.output == "instances" else None
         samples.append(Sample(name, image, target, instances))
@@ -87,6 +119,31 @@ def split_names(names: list[str], val_fraction: float = 0.15, seed: str = "skips
     if not val and len(names) > 1:
         val, train = train[-1:], train[:-1]
     return train, val
+
+
+def _check_sample(s: Sample, dims: int) -> None:
+    """``ValueError`` naming the sample if its image and labels cannot be trained on."""
+    image, target = np.asarray(s.image), np.asarray(s.target)
+    if target.ndim != dims or image.ndim != dims + 1:
+        raise ValueError(
+            f"{s.name}: expected a (C, {', '.join('ZYX'[-dims:])}) image and "
+            f"{dims}D labels for {dims}D patches; got image {image.shape} and labels {target.shape}"
+        )
+    if image.shape[1:] != target.shape:
+        raise ValueError(
+            f"{s.name}: image {image.shape[1:]} and labels {target.shape} differ in shape "
+            "(the labels must cover every pixel of the image)"
+        )
+    if target.size == 0:
+        raise ValueError(f"{s.name}: the image is empty (shape {image.shape})")
+    if target.dtype.kind not in "iu":
+        raise ValueError(f"{s.name}: labels must be integers, got {target.dtype}")
+    if target.min() < IGNORE:
+        raise ValueError(f"{s.name}: labels must be >= 0 (or {IGNORE} for unlabelled), found {int(target.min())}")
+    if image.dtype.kind not in "biuf":
+        raise ValueError(f"{s.name}: image pixels of type {image.dtype} are not real numbers")
+    if not np.isfinite(image).all():
+        raise ValueError(f"{s.name}: the normalised image holds NaN or Inf (normalise it with prepare_image)")
 
 
 class PatchSampler:
@@ -107,8 +164,17 @@ class PatchSampler:
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
+        self.patch = tuple(int(p) for p in patch)
+        for s in samples:
+            _check_sample(s, len(self.patch))
+        if all(not (s.target > 0).any() for s in samples):
+            labelled = any((s.target != IGNORE).any() for s in samples)
+            raise ValueError(
+                "the labels are empty: "
+                + ("every pixel is background" if labelled else "no pixel is labelled")
+                + f" in all {len(samples)} sample(s); label or correct some objects first"
+            )
         self.samples = samples
-        self.patch = tuple(patch)
         self.rng = rng
         self.augment = augment
         self.fg_bias = foreground_bias

@@ -80,9 +80,9 @@ def train_from_folder(
             "metrics": {k: round(v, 4) for k, v in metrics.items()},
         }
     )
-    out = save_model(model, out_dir)
-    (Path(out) / "validation_split.json").write_text(
-        json.dumps({"train": train_names, "validation": val_names}, indent=1) + "\n"
-    )
-    (Path(out) / "history.json").write_text(json.dumps(result.history) + "\n")
-    return out
+    # one atomic version: weights, config, card and these files appear together or not at all
+    extras = {
+        "validation_split.json": json.dumps({"train": train_names, "validation": val_names}, indent=1) + "\n",
+        "history.json": json.dumps(result.history) + "\n",
+    }
+    return save_model(model, out_dir, extra_files=extras)

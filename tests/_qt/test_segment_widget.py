@@ -50,7 +50,7 @@ def test_segment_adds_layers_on_top_of_the_image(widget, qtbot):
     np.testing.assert_allclose(labels.scale, (0.5, 0.25))
     np.testing.assert_allclose(labels.translate, (10.0, -4.0))
     assert labels.metadata["skipseg"]["source"] == "cells"
-    prob = viewer.layers["cells [tiny] p(interior)"]
+    prob = viewer.layers["cells [tiny] p(foreground)"]
     assert prob.data.shape == image.shape and prob.data.dtype == np.float32
     assert w.progress.value() == w.progress.maximum() > 0
     assert "cpu" in w.device_label.text()

@@ -248,6 +248,21 @@ def test_training_reduces_loss_and_keeps_best_weights():
     assert again["score"] == pytest.approx(best_score, abs=1e-6)
 
 
+def test_training_returns_best_not_last_weights():
+    """Validation images whose labels are inverted get worse as the model learns the
+    training images, so the best weights are early ones, and those come back."""
+    samples = _nuclei_samples(3)
+    inverted = [Sample(s.name, s.image, 1 - s.target) for s in samples[2:]]
+    model = _tiny()
+    tcfg = TrainConfig(patch=[32, 32], batch_size=4, steps=12, lr=3e-2, warmup=2, val_every=2)
+    result = run(train(model, samples[:2], inverted, tcfg))
+    vals = {h["step"]: h["val"]["score"] for h in result.history if "val" in h}
+    assert result.best_step < 12
+    assert vals[12] < result.best_score == max(vals.values())
+    again = score(model.config, [predict_probabilities(model, s.image) for s in inverted], inverted)
+    assert again["score"] == pytest.approx(result.best_score, abs=1e-6)
+
+
 def test_training_instance_model_and_stop():
     samples = _nuclei_samples(2, "instances", shape=(48, 48))
     model = _tiny("instances")

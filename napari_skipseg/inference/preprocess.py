@@ -73,3 +73,83 @@ def _work_dtype(dtype) -> type:
 def to_grey(image: np.ndarray, channel_axis: int) -> np.ndarray:
     """Average the channels (RGB to grey) of ``image`` along ``channel_axis``."""
     return np.asarray(image, dtype=np.float32).mean(axis=channel_axis)
+
+
+# -- colour and contrast handling named in a model's ``normalization`` ---------------------------
+#
+# ``{"stain": "hematoxylin"}``: an RGB bright-field image enters the network as its
+# haematoxylin optical density (colour deconvolution, ``skimage.color.rgb2hed``): stained
+# nuclei become bright on a dark background, like fluorescence. Grey images are left grey.
+# ``{"invert": "auto" | true}``: after percentile scaling, a grey image whose background is
+# bright (median above 0.5) is turned over (``1 - x``), so dark objects on a bright field look
+# like bright objects on a dark one; ``true`` always inverts. Both are decided once per image
+# (on a strided sample, like the percentiles), so every slice and tile is treated alike.
+
+
+def wants_input_transform(norm: dict | None) -> bool:
+    """Whether ``norm`` asks for stain separation or contrast inversion."""
+    norm = norm or {}
+    return bool(norm.get("stain")) or norm.get("invert") not in (None, False, "none", "no")
+
+
+def stain_channel(rgb: np.ndarray, stain: str = "hematoxylin") -> np.ndarray:
+    """Optical density of one stain of an RGB image ``(..., 3)`` (channels last), float32."""
+    from skimage.color import rgb2hed
+
+    stains = {"hematoxylin": 0, "haematoxylin": 0, "eosin": 1, "dab": 2}
+    if stain not in stains:
+        raise ValueError(f"unknown stain {stain!r}; choose one of {', '.join(stains)}")
+    rgb = np.asarray(rgb)[..., :3]
+    if rgb.dtype.kind in "iu":
+        scale = float(np.iinfo(rgb.dtype).max)
+    else:
+        finite = rgb[np.isfinite(rgb)]
+        scale = float(finite.max()) if finite.size and finite.max() > 1.0 else 1.0
+    rgb = np.clip(np.nan_to_num(rgb.astype(np.float32) / scale), 0.0, 1.0)
+    return rgb2hed(rgb)[..., stains[stain]].astype(np.float32)
+
+
+class InputTransform:
+    """Raw slices (channels last, or none) -> normalised ``(1, *spatial)`` float32 network input.
+
+    Built once per image from a strided sample of it (``image`` channels last when
+    ``n_channels``): the percentiles, the stain and the inversion it decides hold for every
+    slice and tile afterwards.
+    """
+
+    def __init__(self, image, n_channels: int, norm: dict | None) -> None:
+        norm = dict(norm or {})
+        self.stain = norm.get("stain") if n_channels >= 3 else None
+        self.n_channels = n_channels
+        size = int(np.prod(image.shape))
+        if size > MAX_SAMPLE:
+            step = int(np.ceil((size / MAX_SAMPLE) ** (1 / max(len(image.shape) - bool(n_channels), 1))))
+            idx = tuple(slice(None, None, step) for _ in range(len(image.shape) - bool(n_channels)))
+            sample = np.asarray(image[idx + ((slice(None),) if n_channels else ())])
+        else:
+            sample = np.asarray(image)
+        grey = self.to_grey(sample)
+        if norm.get("kind", "percentile") == "percentile":
+            self.lo, self.hi = percentile_range(grey, norm.get("low", 1.0), norm.get("high", 99.8))
+        else:
+            self.lo, self.hi = 0.0, 1.0
+        invert = norm.get("invert")
+        if invert == "auto":
+            scaled = normalize(grey, self.lo, self.hi)
+            self.invert = bool(np.median(scaled) > 0.5) if scaled.size else False
+        else:
+            self.invert = invert not in (None, False, "none", "no")
+
+    def to_grey(self, data: np.ndarray) -> np.ndarray:
+        data = np.asarray(data)
+        if not self.n_channels:
+            return data
+        if self.stain:
+            return stain_channel(data, self.stain)
+        return data[..., : min(self.n_channels, 3)].astype(np.float32).mean(axis=-1)
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        x = normalize(self.to_grey(data), self.lo, self.hi)
+        if self.invert:
+            x = 1.0 - x
+        return np.ascontiguousarray(x[None], dtype=np.float32)

@@ -64,7 +64,14 @@ def make_target(mask: np.ndarray, output: str, num_classes: int) -> np.ndarray:
 
 def prepare_image(image: np.ndarray, in_channels: int, spatial_dims: int, norm: dict) -> np.ndarray:
     """Raw image -> ``(C, *spatial)`` float32 normalised as the engine does it."""
+    from ..inference.preprocess import InputTransform, wants_input_transform
+
     image = np.asarray(image)
+    if in_channels == 1 and wants_input_transform(norm):  # stain / inverted contrast, as the engine
+        rgb = image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4)
+        if image.ndim != spatial_dims + rgb:
+            raise ValueError(f"expected a {spatial_dims}D image, got shape {image.shape}")
+        return InputTransform(image, image.shape[-1] if rgb else 0, norm)(image)
     if image.ndim == spatial_dims + 1 and image.shape[-1] in (3, 4) and in_channels == 1:
         image = image[..., :3].astype(np.float32).mean(axis=-1)
     if image.ndim != spatial_dims:

@@ -1,0 +1,638 @@
+"""Fine-tune a model on masks corrected by hand (human in the loop), without Qt.
+
+The loop a user lives in: segment, correct the mistakes in a Labels layer, mark the
+corrected slices *reviewed*, fine-tune, segment again. This module is the core of it:
+
+- :class:`Annotated` is one image with its corrected labels and the slices (2D models) or
+  planes of 3D blocks (3D models) marked reviewed. Only reviewed slices are trained on;
+  label 0 inside a reviewed slice is background, and everything not reviewed is ignored
+  (``IGNORE``), never taken as background.
+- :func:`build_samples` turns them into training and held-out validation samples: with 3 or
+  more reviewed units (slices, or runs of consecutive planes for 3D) whole units are held
+  out, evenly spread; with 1 or 2 a band at the far X end of each is held out (so both
+  corrected images still teach the network, and the guard has data nobody trained on).
+- :func:`finetune` is a generator (progress events with ``loss`` and ``val`` in ``info``)
+  returning a :class:`FinetuneResult`: it picks the input handling that suits the starting
+  model (contrast inversion, haematoxylin stain separation for RGB), trains what
+  :attr:`FinetuneOptions.train` says with a warm-up + cosine learning-rate schedule, keeps
+  the best weights on the held-out data (also when stopped early), re-tunes the
+  post-processing there, and compares with the starting model (the guard: ``accepted`` is
+  False unless the new model is better on the held-out data).
+- :func:`save_version` writes the result as a new version ``<base>-ft-<N>`` in the user's
+  store (never overwriting), with the corrected labels and a card saying what it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import io
+import json
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..inference.engine import Progress
+from .data import IGNORE, Sample, check_mask, instance_target
+
+TRAINABLE = ("all", "decoder", "decoder+last")
+LABELS_FILE = "labels.npz"
+
+
+@dataclass
+class FinetuneOptions:
+    """How to fine-tune. Training ends after ``steps`` or ``time_budget`` seconds, whichever
+    comes first (the budget covers the whole job: choosing the input handling, training,
+    tuning)."""
+
+    steps: int = 300
+    time_budget: float | None = None
+    lr: float = 1e-3
+    train: str = "decoder+last"  # "all", "decoder" (encoder frozen) or "decoder+last"
+    augment: bool = True
+    batch_size: int = 4
+    patch: list[int] | None = None  # default: 128 x 128 (2D), 16 x 64 x 64 (3D), within the tile
+    warmup: int = 15
+    val_every: int = 25
+    weight_decay: float = 1e-4
+    dice_weight: float = 1.0
+    foreground_bias: float = 0.5
+    num_classes: int | None = None  # a different class count: new head, the rest kept
+    class_names: list[str] | None = None
+    preprocess: str = "auto"  # "auto": pick inversion / stain handling on the data; "keep"
+    tune: bool = True  # re-tune post-processing (or the decision threshold) on held-out data
+    val_fraction: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train not in TRAINABLE:
+            raise ValueError(f"train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
+        if self.preprocess not in ("auto", "keep"):
+            raise ValueError(f"preprocess must be 'auto' or 'keep', got {self.preprocess!r}")
+        if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
+            raise ValueError("steps must be >= 0, lr > 0 and batch_size >= 1")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+
+
+@dataclass
+class Annotated:
+    """One image and its corrected labels.
+
+    ``image`` is ``labels.shape`` plus an optional trailing channel axis (RGB: ``rgb=True``).
+    ``labels`` has the model's spatial dims, or one more (a stack: axis 0 is the slice axis
+    of a 2D model, or Z of a 3D model when ``labels`` is ``(Z, Y, X)``). ``reviewed`` lists
+    the reviewed indices along axis 0 of a stack (None: all of it; for a single 2D image,
+    None or ``[0]`` means reviewed).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    reviewed: Sequence[int] | None = None
+    name: str = "image"
+    rgb: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    """What :func:`finetune` returns. ``model`` holds the best weights found (on CPU)."""
+
+    model: object
+    parent: str
+    before: dict
+    after: dict
+    accepted: bool
+    message: str
+    history: list[dict]
+    best_step: int
+    steps: int
+    seconds: float
+    stopped: bool
+    options: dict
+    split: dict
+    normalization: dict
+    path: Path | None = None
+    extras: dict = field(default_factory=dict)
+
+
+# -- samples ------------------------------------------------------------------------------------
+
+
+def _input_fn(image: np.ndarray, rgb: bool, norm: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The engine's preprocessing for this image: decided on the whole image (or stack) once,
+    applied to a slice or block (channels last when ``rgb``) -> ``(1, *spatial)`` float32."""
+    from ..inference.preprocess import (
+        InputTransform,
+        normalize,
+        percentile_range,
+        wants_input_transform,
+    )
+
+    n_channels = image.shape[-1] if rgb else 0
+    if wants_input_transform(norm):
+        return InputTransform(image, n_channels, norm)
+    n_read = min(n_channels, 3)
+    if norm.get("kind", "percentile") == "percentile":
+        lo, hi = percentile_range(image[..., :n_read] if n_channels else image,
+                                  norm.get("low", 1.0), norm.get("high", 99.8))
+    else:
+        lo, hi = 0.0, 1.0
+
+    def apply(data: np.ndarray) -> np.ndarray:
+        data = np.asarray(data)
+        if n_channels:
+            data = data[..., :n_read].astype(np.float32).mean(axis=-1)
+        return normalize(data, lo, hi)[None]
+
+    return apply
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs ``[(first, last), ...]`` of sorted indices."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def reviewed_units(item: Annotated, spatial_dims: int) -> list[tuple]:
+    """The reviewed units of ``item``: ``(index,)`` slices for a 2D model on a stack, ``()`` for
+    a single image, ``(first, last)`` runs of planes for a 3D model on a volume."""
+    labels = np.asarray(item.labels)
+    if labels.ndim == spatial_dims:
+        if spatial_dims == 2:
+            return [()] if item.reviewed is None or len(item.reviewed) else []
+        if item.reviewed is None:
+            return [(0, labels.shape[0] - 1)]
+        idx = sorted({int(i) for i in item.reviewed if 0 <= int(i) < labels.shape[0]})
+        return list(_runs(idx))
+    if labels.ndim == spatial_dims + 1 and spatial_dims == 2:
+        n = labels.shape[0]
+        idx = range(n) if item.reviewed is None else sorted({int(i) for i in item.reviewed})
+        bad = [i for i in idx if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"{item.name}: reviewed slice {bad[0]} is outside 0..{n - 1}")
+        return [(i,) for i in idx]
+    raise ValueError(
+        f"{item.name}: labels of shape {labels.shape} do not fit a {spatial_dims}D model "
+        f"(expected {spatial_dims}D labels{', or a stack of 2D slices' if spatial_dims == 2 else ''})"
+    )
+
+
+def build_samples(
+    data: Sequence[Annotated],
+    cfg,
+    val_fraction: float = 0.25,
+    context: int = 8,
+) -> tuple[list[Sample], list[Sample], dict]:
+    """Training and held-out samples from the reviewed parts of ``data`` for a model of ``cfg``.
+
+    Returns ``(train, val, split)`` where ``split`` says in words and indices what was held
+    out. For 3D runs of reviewed planes, up to ``context`` unreviewed planes on each side go
+    into the training image (targets there are ``IGNORE``) so the network sees around them.
+    """
+    dims = cfg.spatial_dims
+    units = []  # (item index, unit)
+    fns = []
+    for k, item in enumerate(data):
+        image, labels = np.asarray(item.image), check_mask(item.labels, f"{item.name} labels")
+        spatial = image.shape[:-1] if item.rgb else image.shape
+        if tuple(spatial) != labels.shape:
+            raise ValueError(
+                f"{item.name}: image {tuple(spatial)} and labels {labels.shape} differ in shape "
+                "(the labels must cover every pixel of the image)"
+            )
+        fns.append(_input_fn(image, item.rgb, cfg.normalization or {}))
+        units += [(k, u) for u in reviewed_units(item, dims)]
+    if not units:
+        raise ValueError("no reviewed slices: mark the corrected slices as reviewed first")
+
+    def unit_arrays(k: int, unit: tuple, with_context: bool):
+        item = data[k]
+        image, labels = np.asarray(item.image), np.asarray(item.labels)
+        if dims == 2:
+            img, lab = (image, labels) if unit == () else (image[unit[0]], labels[unit[0]])
+            return fns[k](img), _target(lab, cfg), lab, f"{item.name}" + (f"[{unit[0]}]" if unit else "")
+        z0, z1 = unit
+        a = max(z0 - context, 0) if with_context else z0
+        b = min(z1 + 1 + context, labels.shape[0]) if with_context else z1 + 1
+        img, lab = image[a:b], labels[a:b]
+        target = _target(lab, cfg)
+        target[: z0 - a] = IGNORE
+        target[z1 + 1 - a:] = IGNORE
+        inst = lab.copy()
+        return fns[k](img), target, inst, f"{item.name}[{z0}:{z1 + 1}]"
+
+    train, val = [], []
+    split: dict = {"units": len(units)}
+    if len(units) >= 3:
+        n_val = max(1, int(round(len(units) * val_fraction)))
+        pos = sorted({int(round(p)) for p in np.linspace(0, len(units) - 1, n_val + 2)[1:-1]})
+        held = [units[p] for p in pos]
+        for k, unit in units:
+            if (k, unit) in held:
+                img, tgt, lab, name = unit_arrays(k, unit, with_context=False)
+                val.append(Sample(name, img, tgt, lab if cfg.output == "instances" else None))
+            else:
+                img, tgt, lab, name = unit_arrays(k, unit, with_context=True)
+                train.append(Sample(name, img, tgt, lab if cfg.output == "instances" else None))
+        split.update(kind="units", held_out=[v.name for v in val])
+        split["text"] = f"held out {len(val)} of {len(units)} reviewed {'slices' if dims == 2 else 'blocks'}: " + ", ".join(
+            v.name for v in val)
+    else:
+        for k, unit in units:
+            img, tgt, lab, name = unit_arrays(k, unit, with_context=True)
+            if dims == 3:  # hold out the band of the reviewed planes only
+                z0 = unit[0] - max(unit[0] - context, 0)
+                vz = slice(z0, z0 + unit[1] - unit[0] + 1)
+            else:
+                vz = slice(None)
+            width = tgt.shape[-1]
+            cut = int(round(width * (1 - val_fraction)))
+            if width - cut < 8 or cut < 8:  # too small to split: train and validate on all of it
+                train.append(Sample(name, img, tgt, lab if cfg.output == "instances" else None))
+                vimg, vtgt, vlab = img, tgt, lab
+                split.setdefault("notes", []).append(f"{name} too narrow to hold out a band")
+            else:
+                train.append(Sample(name, img[..., :cut], tgt[..., :cut],
+                                    lab[..., :cut] if cfg.output == "instances" else None))
+                vimg, vtgt, vlab = img[..., cut:], tgt[..., cut:], lab[..., cut:]
+            if dims == 3:
+                vimg, vtgt, vlab = vimg[:, vz], vtgt[vz], vlab[vz]
+            val.append(Sample(f"{name} x>={cut}", np.ascontiguousarray(vimg), np.ascontiguousarray(vtgt),
+                              np.ascontiguousarray(vlab) if cfg.output == "instances" else None))
+        split.update(kind="band", held_out=[v.name for v in val])
+        split["text"] = (f"{len(units)} reviewed {'slice' if dims == 2 else 'block'}(s): the last "
+                         f"{val_fraction:.0%} of each along X held out")
+    return train, val, split
+
+
+def _target(labels: np.ndarray, cfg) -> np.ndarray:
+    labels = np.asarray(labels)
+    if cfg.output == "instances":
+        return instance_target(labels)
+    target = labels.astype(np.int64)
+    if target.size and target.max() >= cfg.num_classes:
+        raise ValueError(
+            f"the labels hold class {int(target.max())} but the model has {cfg.num_classes} classes "
+            f"(0..{cfg.num_classes - 1}); fine-tune with num_classes={int(target.max()) + 1} for a new head"
+        )
+    return target
+
+
+# -- model surgery ------------------------------------------------------------------------------
+
+
+def adapt_model(model, num_classes: int | None = None, class_names: list[str] | None = None):
+    """A copy of ``model`` for fine-tuning; with a new head when ``num_classes`` differs.
+
+    A new class count makes a semantic model (argmax of the classes): the head is
+    re-initialised, every other weight is kept.
+    """
+    from ..model.unet import SkipUNet
+
+    cfg = copy.deepcopy(model.config)
+    if num_classes is None or num_classes == cfg.num_classes:
+        new = SkipUNet(cfg)
+        new.load_state_dict(model.state_dict())
+        if class_names:
+            new.config.class_names = list(class_names)
+        return new
+    names = list(class_names) if class_names else ["background"] + [f"class {i}" for i in range(1, num_classes)]
+    cfg = replace(cfg, num_classes=num_classes, output="semantic", class_names=names, postprocess={},
+                  card=copy.deepcopy(cfg.card))
+    new = SkipUNet(cfg)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = new.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    return new
+
+
+def set_trainable(model, what: str) -> None:
+    """``all``; ``decoder`` (encoder frozen, batch-norm statistics included); ``decoder+last``
+    (the decoder, the bottleneck and the deepest skip stage train; earlier stages frozen)."""
+    model.unfreeze()
+    if what == "decoder":
+        model.freeze_encoder()
+    elif what == "decoder+last":
+        model.freeze_encoder(stages=max(len(model.encoder.stages) - 2, 0))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def _probs(model, samples: list[Sample], device: str) -> list[np.ndarray]:
+    from .loop import predict_probabilities
+
+    return [predict_probabilities(model, s.image, device) for s in samples]
+
+
+def _score(model, samples: list[Sample], device: str, params: dict | None = None) -> dict:
+    from .loop import score
+
+    return score(model.config, _probs(model, samples, device), samples, params)
+
+
+def _centre_crop(s: Sample, size: int) -> Sample:
+    sl = tuple(slice(max((n - size) // 2, 0), max((n - size) // 2, 0) + size) for n in s.target.shape)
+    inst = None if s.instances is None else s.instances[sl]
+    return Sample(s.name, np.ascontiguousarray(s.image[(slice(None), *sl)]), s.target[sl], inst)
+
+
+def _candidate_norms(base: dict, any_rgb: bool) -> list[dict]:
+    base = dict(base or {})
+    cands = [base]
+    if base.get("invert") in (None, False):
+        cands.append({**base, "invert": "auto"})
+    if any_rgb and not base.get("stain"):
+        cands += [{**base, "stain": "hematoxylin"}, {**base, "stain": "hematoxylin", "invert": "auto"}]
+    return cands
+
+
+def tune_semantic_threshold(model, val: list[Sample], device: str = "cpu") -> tuple[float, dict]:
+    """For a 2-class semantic model: the probability threshold of class 1 that scores best on
+    ``val``; built into the head (bias shift by ``-logit(t)``) so every user of the model gets
+    it. Returns ``(threshold, metrics)``."""
+    import torch
+
+    from .loop import score
+
+    probs = _probs(model, val, device)
+    best_t, best = 0.5, score(model.config, probs, val)
+    for t in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.55, 0.6, 0.65, 0.7):
+        shifted = [np.stack([p[1] <= t, p[1] > t]).astype(np.float32) for p in probs]
+        metrics = score(model.config, shifted, val)
+        if metrics["score"] > best["score"] + 1e-6:
+            best_t, best = t, metrics
+    if best_t != 0.5:
+        with torch.no_grad():
+            model.head.bias[1] -= float(np.log(best_t / (1 - best_t)))
+    return best_t, best
+
+
+def finetune(
+    model,
+    data: Sequence[Annotated],
+    options: FinetuneOptions | None = None,
+    *,
+    device: str = "auto",
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Progress, None, FinetuneResult]:
+    """Fine-tune a copy of ``model`` (a SkipUNet, or a stored model's name) on the reviewed
+    parts of ``data``; yields :class:`Progress` (``info``: ``loss``, ``lr``, ``val``, ``phase``),
+    returns a :class:`FinetuneResult`. The caller's model is never changed.
+
+    ``should_stop()`` returning True ends training early; the best weights so far are kept
+    and the job finishes normally (tuning, guard). Accelerator memory is released at the end.
+    """
+    from ..inference.device import describe, release, select_device
+    from ..model.store import load_model
+    from .loop import TrainConfig, train, tune_postprocess
+
+    t0 = time.perf_counter()
+    opts = options or FinetuneOptions()
+    if isinstance(model, (str, Path)):
+        model = load_model(model)
+    parent = getattr(model, "source_path", None)
+    parent_name = model.config.name
+    data = list(data)
+    if not data:
+        raise ValueError("no images to fine-tune on")
+    dev = select_device(device)
+    base = copy.deepcopy(model).to("cpu").float().eval()
+    head_change = opts.num_classes is not None and opts.num_classes != base.config.num_classes
+    new = adapt_model(base, opts.num_classes, opts.class_names)
+    base.to(dev)  # scored on the job's device; dropped (and its memory released) at the end
+    cfg = new.config
+
+    def budget_left() -> float | None:
+        return None if opts.time_budget is None else opts.time_budget - (time.perf_counter() - t0)
+
+    try:
+        yield Progress(0, max(opts.steps, 1), f"preparing on {describe(dev)}",
+                       {"phase": "prepare", "device": describe(dev)})
+        # the guard's reference: the starting model, as it is, on the held-out data
+        base_train, base_val, split = build_samples(data, base.config if not head_change else cfg,
+                                                    opts.val_fraction)
+        before = {} if head_change else _score(base, base_val, dev)
+        if before:
+            yield Progress(0, max(opts.steps, 1), f"starting model: held-out score {before['score']:.3f}",
+                           {"phase": "prepare", "before": before["score"]})
+        norm = dict(cfg.normalization or {})
+        if opts.preprocess == "auto" and not head_change:
+            # the input handling under which the starting model does best on the training part
+            any_rgb = any(item.rgb for item in data)
+            best_score, seen = -1.0, set()
+            for cand in _candidate_norms(norm, any_rgb):
+                probe = replace(cfg, normalization=cand)
+                tr, _, _ = build_samples(data, probe, opts.val_fraction)
+                crops = [_centre_crop(t, 192) for t in tr[:4]]  # enough to tell, and quick
+                key = b"".join(c.image.tobytes() for c in crops)
+                if key in seen:  # e.g. "invert auto" on fluorescence: the same input again
+                    continue
+                seen.add(key)
+                s = _score(base, crops, dev)["score"]
+                if s > best_score + 1e-3:
+                    best_score, norm = s, cand
+            yield Progress(0, max(opts.steps, 1), f"input handling: {norm}", {"phase": "prepare", "normalization": norm})
+        cfg.normalization = norm
+        train_s, val_s, split = build_samples(data, cfg, opts.val_fraction)
+
+        dims = cfg.spatial_dims
+        patch = opts.patch or ([128, 128] if dims == 2 else [16, 64, 64])
+        set_trainable(new, opts.train)
+        left = budget_left()
+        tcfg = TrainConfig(
+            patch=patch, batch_size=opts.batch_size, steps=opts.steps,
+            time_budget=None if left is None else max(left * 0.9 - 2.0, 1.0),
+            lr=opts.lr, weight_decay=opts.weight_decay, warmup=opts.warmup, val_every=opts.val_every,
+            max_val_images=40, dice_weight=opts.dice_weight, augment=opts.augment,
+            foreground_bias=opts.foreground_bias, seed=opts.seed,
+        )
+        stopped = {"v": False}
+
+        def stop() -> bool:
+            if should_stop is not None and should_stop():
+                stopped["v"] = True
+            return stopped["v"]
+
+        gen = train(new, train_s, val_s, tcfg, device=dev, should_stop=stop)
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as done:
+                tres = done.value
+                break
+            event.info["phase"] = "train"
+            secs = event.info.get("seconds", 0.0)
+            if tcfg.time_budget is not None and event.done >= 3 and secs > 0:  # steps that fit the budget
+                event.total = max(min(opts.steps, int(event.done * tcfg.time_budget / secs)), event.done)
+            yield event
+        new.unfreeze()
+        new.to("cpu").eval()
+        after = dict(tres.metrics)
+        yield Progress(tres.best_step, max(tres.best_step, 1), "tuning on the held-out data", {"phase": "tune"})
+        if opts.tune and val_s:
+            if cfg.output == "instances":
+                cfg.postprocess, after = tune_postprocess(new, cfg, val_s, "cpu")
+            elif cfg.num_classes == 2:
+                t, after = tune_semantic_threshold(new, val_s, "cpu")
+                after["threshold"] = t
+        if not after and val_s:
+            after = _score(new, val_s, "cpu")
+        note = ""
+        if not head_change and val_s and norm != dict(base.config.normalization or {}):
+            # the starting weights with the new input handling are a candidate too: keep them
+            # when training did not beat them on the held-out data
+            ref = adapt_model(base.to("cpu"))
+            ref.config.normalization = norm
+            if opts.tune and cfg.output == "instances":
+                ref.config.postprocess, ref_after = tune_postprocess(ref, ref.config, val_s, "cpu")
+            else:
+                ref_after = _score(ref, val_s, "cpu")
+            if ref_after["score"] >= after.get("score", -1.0):
+                new, after, cfg = ref, ref_after, ref.config
+                tres.best_step = 0
+                note = "; the new input handling alone did best: the starting weights are kept with it"
+        if head_change:
+            accepted = True
+            message = (f"new head for {cfg.num_classes} classes: held-out score {after.get('score', float('nan')):.3f} "
+                       "(no comparison with the starting model, which predicts other classes)")
+        elif not val_s:
+            accepted, message = True, "no held-out data: kept without comparison"
+        else:
+            accepted = after["score"] > before["score"]
+            verdict = "better" if accepted else "not better: the starting model stays active"
+            message = f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict})"
+        message += note
+        return FinetuneResult(
+            model=new, parent=str(parent) if parent else parent_name, before=before, after=after,
+            accepted=accepted, message=message, history=tres.history, best_step=tres.best_step,
+            steps=tres.history[-1]["step"] if tres.history else 0, seconds=time.perf_counter() - t0,
+            stopped=stopped["v"], options=asdict(opts), split=split, normalization=norm,
+        )
+    finally:
+        new.to("cpu")
+        del base
+        release(dev)
+
+
+def run_finetune(*args, callback=None, **kwargs) -> FinetuneResult:
+    """Drive :func:`finetune` to the end (``callback(event)`` for each progress event)."""
+    from ..inference.engine import run
+
+    return run(finetune(*args, **kwargs), callback)
+
+
+# -- versions -----------------------------------------------------------------------------------
+
+
+def labels_npz(data: Sequence[Annotated]) -> bytes:
+    """The corrected labels (and which slices were reviewed) as compressed ``.npz`` bytes."""
+    arrays, names = {}, []
+    for i, item in enumerate(data):
+        arrays[f"labels_{i}"] = np.asarray(item.labels)
+        arrays[f"reviewed_{i}"] = np.asarray([] if item.reviewed is None else list(item.reviewed), dtype=np.int64)
+        arrays[f"all_reviewed_{i}"] = np.asarray(item.reviewed is None)
+        names.append(item.name)
+    arrays["names"] = np.asarray(names)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_labels(folder: str | Path) -> list[tuple[str, np.ndarray, list[int] | None]]:
+    """``[(name, labels, reviewed)]`` saved with a version (``reviewed`` None: all)."""
+    with np.load(Path(folder) / LABELS_FILE, allow_pickle=False) as z:
+        names = [str(n) for n in z["names"]]
+        return [(n, z[f"labels_{i}"], None if bool(z[f"all_reviewed_{i}"]) else [int(v) for v in z[f"reviewed_{i}"]])
+                for i, n in enumerate(names)]
+
+
+def save_labels(folder: str | Path, data: Sequence[Annotated]) -> Path:
+    """Write the corrected labels into ``folder`` now (before training: work is not lost)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LABELS_FILE
+    tmp = folder / f".{LABELS_FILE}.tmp"
+    tmp.write_bytes(labels_npz(data))
+    tmp.replace(path)
+    return path
+
+
+def save_version(
+    result: FinetuneResult,
+    data: Sequence[Annotated],
+    folder: str | Path | None = None,
+    *,
+    activate: bool | None = None,
+) -> Path:
+    """Save ``result`` as a new model version, with its card, history and corrected labels.
+
+    ``folder`` None: the next free ``<base>-ft-<N>`` in the user store (made exclusively, never
+    overwriting). An existing folder must not hold a model yet (a folder from
+    :func:`~napari_skipseg.model.store.reserve_version` is fine). ``activate`` (default: when
+    the guard accepted the result) makes the new version the active model.
+    """
+    from ..model.store import is_model_dir, reserve_version, save_model, set_active_model
+
+    folder = Path(folder) if folder is not None else reserve_version(result.model.config.name)
+    if is_model_dir(folder):
+        raise FileExistsError(f"{folder}: holds a model already; versions are never overwritten")
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder}: exists and is a file")
+    model = result.model
+    cfg = model.config
+    cfg.name = folder.name
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    before = {k: round(v, 4) for k, v in result.before.items() if isinstance(v, (int, float)) and k != "score"}
+    after = {k: round(v, 4) for k, v in result.after.items() if isinstance(v, (int, float)) and k != "score"}
+    described = "; ".join(
+        f"{d.name} {tuple(np.asarray(d.labels).shape)}"
+        + ("" if d.reviewed is None else f", reviewed {list(d.reviewed)}") for d in data)
+    card = dict(cfg.card)
+    card.update({
+        "task": card.get("task", ""),
+        "parent": result.parent,
+        "created": now,
+        "data": f"fine-tuned on corrected labels: {described}",
+        "split": result.split.get("text", ""),
+        "training": (f"{result.steps} steps ({result.best_step} kept: best held-out score), train "
+                     f"{result.options['train']}, AdamW lr {result.options['lr']} warm-up + cosine, "
+                     f"batch {result.options['batch_size']}, augment {result.options['augment']}, "
+                     f"{result.seconds:.0f} s{', stopped by the user' if result.stopped else ''}"),
+        "metrics": after,
+        "metrics_before": before,
+        "accepted": result.accepted,
+        "guard": result.message,
+        "labels": f"{LABELS_FILE} (the corrected labels this version was trained on)",
+    })
+    card["notes"] = (f"Fine-tuned from {result.parent} on {now}. Held-out before: {before or 'n/a'}; "
+                     f"after: {after}. {result.message}.")
+    cfg.card = card
+    extras = {
+        LABELS_FILE: labels_npz(data),
+        "history.json": json.dumps(result.history) + "\n",
+        "finetune.json": json.dumps({
+            "parent": result.parent, "created": now, "options": result.options, "split": result.split,
+            "before": result.before, "after": result.after, "accepted": result.accepted,
+            "message": result.message, "normalization": result.normalization,
+        }, indent=1, default=str) + "\n",
+    }
+    save_model(model, folder, half=False, extra_files=extras)
+    result.path = folder
+    if activate if activate is not None else result.accepted:
+        set_active_model(str(folder) if folder.parent.resolve() != _user_root() else folder.name)
+    return folder
+
+
+def _user_root() -> Path:
+    from ..model.store import user_model_dir
+
+    return user_model_dir().resolve()

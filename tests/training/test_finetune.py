@@ -1,0 +1,307 @@
+"""Fine-tuning on corrected labels (core, no Qt): reviewed-only samples, the guard, versions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_skipseg.inference.preprocess import InputTransform, stain_channel
+from napari_skipseg.model.store import (
+    active_model,
+    is_model_dir,
+    list_versions,
+    load_model,
+    on_active_changed,
+    reserve_version,
+    set_active_model,
+)
+from napari_skipseg.training.data import IGNORE
+from napari_skipseg.training.finetune import (
+    Annotated,
+    FinetuneOptions,
+    adapt_model,
+    build_samples,
+    finetune,
+    load_labels,
+    run_finetune,
+    save_version,
+)
+from tests.conftest import make_tiny_model
+
+
+def _blobs(shape=(64, 64), n=6, seed=0):
+    """Grey image with bright discs and their instance labels."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = rng.normal(10, 2, shape).astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    for i in range(1, n + 1):
+        cy, cx = rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(16, 40)
+        labels[disc & (labels == 0)] = i
+        image[disc] += 60
+    return image, labels
+
+
+def _stack(n=4, shape=(48, 48)):
+    pairs = [_blobs(shape, seed=s) for s in range(n)]
+    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+# -- samples --------------------------------------------------------------------------------------
+
+
+def test_only_reviewed_slices_are_used():
+    cfg = make_tiny_model().config
+    image, labels = _stack(5)
+    train, val, split = build_samples([Annotated(image, labels, [0, 2, 3], name="s")], cfg)
+    names = sorted(s.name for s in train + val)
+    assert names == ["s[0]", "s[2]", "s[3]"]
+    assert len(val) == 1 and split["kind"] == "units"
+    # deterministic
+    _, val2, _ = build_samples([Annotated(image, labels, [0, 2, 3], name="s")], cfg)
+    assert [v.name for v in val2] == [v.name for v in val]
+
+
+def test_label_zero_in_a_reviewed_slice_is_background():
+    cfg = make_tiny_model(output="semantic").config
+    image, labels = _stack(1)
+    labels = (labels[0] > 0).astype(np.uint8)
+    train, val, split = build_samples([Annotated(image[0], labels, None, name="a")], cfg)
+    assert split["kind"] == "band"
+    assert (train[0].target == 0).sum() > 0 and (train[0].target != IGNORE).all()
+    assert train[0].target.shape[-1] + val[0].target.shape[-1] == labels.shape[-1]
+
+
+def test_no_reviewed_slice_is_an_error():
+    cfg = make_tiny_model().config
+    image, labels = _stack(3)
+    with pytest.raises(ValueError, match="reviewed"):
+        build_samples([Annotated(image, labels, [], name="s")], cfg)
+
+
+def test_3d_unreviewed_planes_are_ignored_not_background():
+    cfg = make_tiny_model("t3", spatial_dims=3, output="semantic").config
+    image, labels = _stack(12, (32, 32))
+    labels = (labels > 0).astype(np.uint8)
+    train, val, _ = build_samples([Annotated(image, labels, [4, 5, 6], name="v")], cfg, context=2)
+    t = train[0].target
+    assert t.shape[0] == 7  # planes 2..8: the reviewed run and 2 planes of context on each side
+    assert (t[:2] == IGNORE).all() and (t[-2:] == IGNORE).all()
+    assert (t[2:5] != IGNORE).all() and (t[2:5] == 0).any()
+    assert val[0].target.shape[0] == 3 and (val[0].target != IGNORE).all()
+
+
+def test_labels_out_of_range_name_the_fix():
+    cfg = make_tiny_model(output="semantic").config
+    image, labels = _blobs()
+    with pytest.raises(ValueError, match="num_classes"):
+        build_samples([Annotated(image, labels, None)], cfg)
+
+
+# -- preprocessing --------------------------------------------------------------------------------
+
+
+def test_invert_auto_turns_bright_field_over_only():
+    image, labels = _blobs()
+    bright_field = image.max() - image  # dark objects on a bright background
+    t = InputTransform(bright_field, 0, {"invert": "auto"})
+    assert t.invert
+    x = t(bright_field)[0]
+    assert x[labels > 0].mean() > x[labels == 0].mean()
+    assert not InputTransform(image, 0, {"invert": "auto"}).invert
+
+
+def test_haematoxylin_channel_makes_stained_nuclei_bright():
+    from skimage.color import combine_stains, rgb_from_hed
+
+    _, labels = _blobs()
+    hed = np.zeros((*labels.shape, 3))
+    hed[..., 0] = 0.01 + 0.1 * (labels > 0)
+    hed[..., 1] = 0.05
+    rgb = (combine_stains(hed, rgb_from_hed) * 255).astype(np.uint8)
+    h = stain_channel(rgb)
+    assert h[labels > 0].mean() > 2 * h[labels == 0].mean()
+
+
+def test_engine_and_training_prepare_the_same_input():
+    from napari_skipseg.inference.engine import predict, run
+    from napari_skipseg.training.data import prepare_image
+    from napari_skipseg.training.loop import predict_probabilities
+
+    model = make_tiny_model()
+    model.config.normalization = {"kind": "percentile", "low": 1.0, "high": 99.8, "invert": "auto",
+                                  "stain": "hematoxylin"}
+    image, _ = _blobs((64, 64))
+    rgb = np.stack([255 - image.clip(0, 255)] * 3, axis=-1).astype(np.uint8)
+    x = prepare_image(rgb, 1, 2, model.config.normalization)
+    seg = run(predict(model, rgb, channel_axis=-1, output="probabilities", device="cpu", tile=64, overlap=0))
+    np.testing.assert_allclose(seg.probabilities, predict_probabilities(model, x), atol=1e-4)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------------
+
+
+def test_head_reinitialised_for_a_new_class_count():
+    base = make_tiny_model()
+    new = adapt_model(base, num_classes=2, class_names=["background", "membrane"])
+    assert new.config.num_classes == 2 and new.config.output == "semantic"
+    assert tuple(new.head.weight.shape[:1]) == (2,)
+    b, n = base.state_dict(), new.state_dict()
+    assert all(np.array_equal(b[k].numpy(), n[k].numpy()) for k in b if not k.startswith("head."))
+    assert base.config.num_classes == 3  # the starting model is untouched
+
+
+def test_finetune_2d_saves_a_version_with_labels(model_home):
+    image, labels = _stack(4)
+    before_bytes = labels.tobytes()
+    data = [Annotated(image, labels, [0, 1, 3], name="cells")]
+    events = []
+    result = run_finetune("tiny", data, FinetuneOptions(steps=4, val_every=2, patch=[32, 32], batch_size=2),
+                          device="cpu", callback=events.append)
+    assert labels.tobytes() == before_bytes  # the user's labels are never modified
+    assert any("loss" in e.info for e in events) and any("val" in e.info for e in events)
+    assert set(result.before) >= {"f1@0.5"} and "f1@0.5" in result.after
+    folder = save_version(result, data)
+    assert folder.name == "tiny-ft-1" and is_model_dir(folder)
+    (name, saved, reviewed), = load_labels(folder)
+    assert name == "cells" and reviewed == [0, 1, 3]
+    assert saved.tobytes() == before_bytes
+    card = json.loads((folder / "config.json").read_text())["card"]
+    assert card["parent"].endswith("tiny") and "created" in card and "metrics_before" in card
+    assert "accepted" in card and (folder / "history.json").is_file() and (folder / "card.md").is_file()
+    model = load_model("tiny-ft-1")
+    assert model.config.name == "tiny-ft-1"
+
+
+def test_versions_are_never_overwritten(model_home):
+    image, labels = _stack(2)
+    data = [Annotated(image, labels, None, name="a")]
+    opts = FinetuneOptions(steps=1, val_every=1, patch=[32, 32], batch_size=1, tune=False)
+    first = save_version(run_finetune("tiny", data, opts, device="cpu"), data)
+    weights = (first / "model.safetensors").read_bytes()
+    second = save_version(run_finetune("tiny", data, opts, device="cpu"), data)
+    assert (first.name, second.name) == ("tiny-ft-1", "tiny-ft-2")
+    assert (first / "model.safetensors").read_bytes() == weights
+    # a version of a version counts on from the same base
+    third = save_version(run_finetune("tiny-ft-2", data, opts, device="cpu"), data)
+    assert third.name == "tiny-ft-3"
+    assert [e.name for e in list_versions("tiny-ft-1")] == ["tiny", "tiny-ft-1", "tiny-ft-2", "tiny-ft-3"]
+    with pytest.raises(FileExistsError):
+        save_version(run_finetune("tiny", data, opts, device="cpu"), data, first)
+    assert reserve_version("tiny").name == "tiny-ft-4"
+
+
+def test_guard_keeps_the_old_model_when_not_better(model_home):
+    image, labels = _stack(3)
+    data = [Annotated(image, labels, None, name="a")]
+    set_active_model("tiny")
+    # no training step and no tuning: the new model is the old one, so it is not better
+    result = run_finetune("tiny", data, FinetuneOptions(steps=0, tune=False), device="cpu")
+    assert not result.accepted and "not better" in result.message
+    folder = save_version(result, data)
+    assert active_model() == "tiny"  # not made active
+    assert json.loads((folder / "config.json").read_text())["card"]["accepted"] is False
+
+
+def test_better_model_becomes_active(model_home):
+    seen = []
+
+    class Listener:
+        def changed(self, name):
+            seen.append(name)
+
+    listener = Listener()
+    on_active_changed(listener.changed)
+    image, labels = _stack(4, (64, 64))
+    labels = (labels > 0).astype(np.uint8)
+    data = [Annotated(image, labels, None, name="a")]
+    opts = FinetuneOptions(steps=40, lr=1e-2, val_every=10, patch=[48, 48], batch_size=4, train="all")
+    result = run_finetune(_semantic_tiny(model_home), data, opts, device="cpu")
+    assert result.accepted, result.message
+    folder = save_version(result, data)
+    assert active_model() == folder.name and seen[-1] == folder.name
+    assert json.loads((model_home / "active.json").read_text())["model"] == folder.name
+
+
+def _semantic_tiny(home):
+    from napari_skipseg.model.store import save_model
+
+    save_model(make_tiny_model("sem", output="semantic", seed=1), home / "models" / "sem")
+    return "sem"
+
+
+def test_finetune_3d_model(model_home):
+    image, labels = _stack(10, (32, 32))
+    labels = (labels > 0).astype(np.uint8)
+    data = [Annotated(image, labels, [3, 4, 5, 6], name="vol")]
+    result = run_finetune("tiny3d", data, FinetuneOptions(steps=3, val_every=3, patch=[8, 32, 32], batch_size=1),
+                          device="cpu")
+    folder = save_version(result, data)
+    model = load_model(folder)
+    assert model.config.spatial_dims == 3 and "dice_1" in result.after
+
+
+def test_new_head_trains_and_loads(model_home):
+    image, labels = _stack(2)
+    membrane = (labels > 0).astype(np.uint8)
+    data = [Annotated(image, membrane, None, name="em")]
+    result = run_finetune("tiny", data, FinetuneOptions(steps=3, val_every=3, patch=[32, 32], batch_size=2,
+                                                        num_classes=2, class_names=["background", "membrane"]),
+                          device="cpu")
+    assert result.accepted and result.model.config.num_classes == 2
+    folder = save_version(result, data)
+    assert load_model(folder).config.class_names == ["background", "membrane"]
+
+
+def test_stop_keeps_the_best_so_far(model_home):
+    image, labels = _stack(3)
+    data = [Annotated(image, labels, None, name="a")]
+    calls = {"n": 0}
+
+    def should_stop():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    gen = finetune("tiny", data, FinetuneOptions(steps=1000, val_every=1, patch=[32, 32], batch_size=1),
+                   device="cpu", should_stop=should_stop)
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert result.stopped and result.steps <= 3
+    vals = [h["val"]["score"] for h in result.history if "val" in h]
+    best = max(range(len(vals)), key=lambda i: vals[i])
+    kept = [h for h in result.history if "val" in h][best]["step"]
+    assert result.best_step == kept
+
+
+def test_public_api_finetune(model_home):
+    import napari_skipseg as ss
+
+    image, labels = _stack(3)
+    result = ss.finetune("tiny", image, labels, [0, 2], steps=2, val_every=2, patch=[32, 32], batch_size=1,
+                         device="cpu")
+    assert result.path is not None and result.path.name == "tiny-ft-1"
+    assert load_labels(result.path)[0][2] == [0, 2]
+
+
+@pytest.mark.gpu
+def test_gpu_memory_is_released_when_the_job_ends(model_home):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    image, labels = _stack(3)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    result = run_finetune("tiny", [Annotated(image, labels, None)], FinetuneOptions(steps=3, val_every=3,
+                          patch=[32, 32], batch_size=2), device="cuda")
+    torch.cuda.synchronize()
+    assert next(result.model.parameters()).device.type == "cpu"
+    assert torch.cuda.memory_allocated() <= before + 1024
+    assert torch.cuda.memory_reserved() == 0 or torch.cuda.memory_reserved() < 64 * 2**20

@@ -10,7 +10,7 @@ The public API is imported lazily, so ``import napari_skipseg`` does not import 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["default_model_for", "list_models", "load_model", "segment", "skip_features"]
+__all__ = ["default_model_for", "finetune", "list_models", "load_model", "segment", "skip_features"]
 
 
 def load_model(name_or_path="nuclei2d", device: str = "cpu"):
@@ -55,6 +55,33 @@ def skip_features(model, image, channel_axis=None, **kwargs):
     from .features import skip_features as _skip_features
 
     return _skip_features(model, image, channel_axis=channel_axis, **kwargs)
+
+
+def finetune(model, images, labels, reviewed=None, *, save: bool = True, rgb: bool = False,
+             device: str = "auto", **options):
+    """Fine-tune ``model`` on corrected ``labels`` of ``images`` and (``save``) store the result
+    as a new version ``<model>-ft-<N>``; returns a
+    :class:`~napari_skipseg.training.finetune.FinetuneResult` (``.path``, ``.accepted``,
+    ``.before``, ``.after``).
+
+    ``images``/``labels``: one array each, or lists of them. ``reviewed``: the reviewed slice
+    indices of a stack (None: all), or a list of those per image. ``options`` are
+    :class:`~napari_skipseg.training.finetune.FinetuneOptions` fields (``steps``,
+    ``time_budget``, ``lr``, ``train``, ``augment``, ``num_classes`` ...). The version becomes
+    the active model when it beats the starting one on held-out reviewed data.
+    """
+    from .training.finetune import Annotated, FinetuneOptions, run_finetune, save_version
+
+    if not isinstance(images, (list, tuple)):
+        images, labels, reviewed = [images], [labels], [reviewed]
+    elif reviewed is None:
+        reviewed = [None] * len(images)
+    data = [Annotated(im, lab, rev, name=f"image {i}", rgb=rgb)
+            for i, (im, lab, rev) in enumerate(zip(images, labels, reviewed, strict=True))]
+    result = run_finetune(model, data, FinetuneOptions(**options), device=device)
+    if save:
+        save_version(result, data)
+    return result
 
 
 def default_model_for(meta_or_ndim) -> str:

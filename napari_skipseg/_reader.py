@@ -1,5 +1,9 @@
 """npe2 reader: open image files as napari Image layers with their voxel spacing.
 
+TIFF, OME-Zarr (pyramids as multiscale layers, labels as Labels layers), plain zarr, NIfTI
+and DICOM series. Zarr stays on disk (napari reads the chunks it shows); other formats are
+read lazily when larger than :data:`LAZY_BYTES`.
+
 Each layer keeps ``metadata["skipseg"] = {"axes", "spacing", "unit", "path"}``
 describing its own data (after channels are split off), for other code to read.
 No napari or torch import here.
@@ -11,6 +15,8 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from napari_skipseg.io import ImageMeta, ImageReadError, find_reader, read_image
 
@@ -69,30 +75,69 @@ def read_layers(path: PathLike | list[PathLike]) -> list[LayerData]:
     """
     if isinstance(path, list | tuple):
         (path,) = path
-    data, meta = read_image(path)
+    data, meta = read_image(path, lazy=True)
+    ome = meta.extra.get("ome_zarr")
+    if not _is_zarr_array(data) and _nbytes(data) <= LAZY_BYTES:
+        data = np.asarray(data)  # small: in memory is faster to browse
     kwargs: dict[str, Any] = {
         "name": meta.name,
         "scale": meta.scale_for_napari(),
         "rgb": meta.rgb,
         "metadata": {"skipseg": layer_metadata(meta)},
     }
+    shape = tuple(data.shape)
+    if ome and len(ome["levels"]) > 1:  # a pyramid: napari shows the level that fits the view
+        from napari_skipseg.io.zarr_io import read_levels
+
+        data = read_levels(path)
+        kwargs["multiscale"] = True
     c = meta.channel_axis
     if c is not None:
-        n = data.shape[c]
+        n = shape[c]
         per_channel = layer_metadata(_without_axis(meta, c))
         kwargs["channel_axis"] = c
         kwargs["name"] = [f"{meta.name} [{i}]" for i in range(n)]
         kwargs["metadata"] = [{"skipseg": dict(per_channel)} for _ in range(n)]
-    return [(data, kwargs, "image")]
+    layers: list[LayerData] = [(data, kwargs, "image")]
+    for label in (ome or {}).get("labels", []):  # OME-Zarr labels next to the image
+        layers.append(_label_layer(os.path.join(os.fspath(path), "labels", label), f"{meta.name} {label}"))
+    return layers
+
+
+#: Images up to this many bytes are read into memory; larger ones (and zarr) stay on disk.
+LAZY_BYTES = 1 << 30
+
+
+def _nbytes(data: Any) -> int:
+    return int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+
+
+def _is_zarr_array(data: Any) -> bool:
+    return type(data).__module__.startswith("zarr")
+
+
+def _label_layer(path: str, name: str) -> LayerData:
+    from napari_skipseg.io.zarr_io import read_levels, read_zarr
+
+    data, meta = read_zarr(path, lazy=True)
+    levels = read_levels(path)
+    kwargs: dict[str, Any] = {"name": name, "scale": meta.scale_for_napari(),
+                              "metadata": {"skipseg": layer_metadata(meta)}, "opacity": 0.5}
+    if len(levels) > 1:
+        kwargs["multiscale"] = True
+        data = levels
+    return (data, kwargs, "labels")
 
 
 def layer_metadata(meta: ImageMeta) -> dict[str, Any]:
-    """The ``metadata["skipseg"]`` dict of a layer whose data has ``meta.axes``."""
+    """The ``metadata["skipseg"]`` dict of a layer whose data has ``meta.axes``; ``extra``
+    carries what a writer of the same format puts back (e.g. the NIfTI affine)."""
     return {
         "axes": meta.axes,
         "spacing": tuple(meta.spacing),
         "unit": meta.unit,
         "path": meta.path,
+        "extra": dict(meta.extra),
     }
 
 

@@ -1,4 +1,5 @@
-"""npe2 writers: save Image and Labels layers as OME-TIFF with their voxel spacing.
+"""npe2 writers: save Image and Labels layers as OME-TIFF, NIfTI or OME-Zarr with their voxel
+spacing (and, for NIfTI, the affine of the file the layer came from).
 
 Axes and unit come from the layer's ``metadata["skipseg"]`` when it fits the data
 (see :mod:`napari_skipseg._reader`), else from the number of dimensions; the
@@ -36,8 +37,29 @@ def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
 
 
 def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
-    """npe2 writer for one Labels layer; see :func:`write_image`."""
-    return [_write(path, data, layer_meta(data, attributes))]
+    """npe2 writer for one Labels layer; see :func:`write_image`.
+
+    Saved to an existing OME-Zarr image (``image.zarr``), the labels are added next to the
+    image as ``labels/<layer name>`` (OME-NGFF labels) instead of replacing it.
+    """
+    import os
+
+    if isinstance(data, list):  # a multiscale labels layer: its full resolution
+        data = data[0]
+    meta = layer_meta(data, attributes)
+    if path.rstrip("/").lower().endswith(".zarr") and os.path.isdir(path):
+        from napari_skipseg.io import read_image
+
+        try:
+            _, image_meta = read_image(path, lazy=True)
+        except ValueError:
+            image_meta = None
+        if image_meta is not None and image_meta.extra.get("ome_zarr"):
+            from napari_skipseg.io.zarr_io import write_labels_next_to
+
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in attributes.get("name") or "labels")
+            return [write_labels_next_to(path, name.lstrip("."), data, meta, overwrite=True)]
+    return [_write(path, data, meta)]
 
 
 def layer_meta(data: Any, attributes: dict[str, Any]) -> ImageMeta:
@@ -56,4 +78,5 @@ def layer_meta(data: Any, attributes: dict[str, Any]) -> ImageMeta:
             if axes[i] in "ZYX":
                 spacing[i] = float(s)
     unit = stored.get("unit", "pixel")
-    return ImageMeta(axes, tuple(spacing), unit, name=attributes.get("name", ""))
+    extra = dict(stored.get("extra") or {}) if stored.get("axes") == axes else {}
+    return ImageMeta(axes, tuple(spacing), unit, name=attributes.get("name", ""), extra=extra)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".tif", ".tiff")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
 
 class CLIError(Exception):
@@ -50,14 +50,23 @@ def _progress_driver(gen, desc: str, quiet: bool = False):
             bar.close()
 
 
+def _single_image_folder(p: Path) -> bool:
+    """A folder that is one image: a zarr store or a DICOM series."""
+    from .io import find_reader
+
+    return p.is_dir() and find_reader(p) is not None
+
+
 def _expand_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES))
+        if p.is_dir() and not _single_image_folder(p):
+            found = sorted(q for q in p.iterdir() if not q.name.startswith(".") and (
+                (q.is_file() and q.name.lower().endswith(IMAGE_SUFFIXES)) or _single_image_folder(q)))
             if not found:
-                raise CLIError(f"{p}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+                raise CLIError(f"{p}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)}, "
+                               "zarr stores or DICOM series)")
             paths += found
         elif p.exists():
             paths.append(p)
@@ -66,28 +75,39 @@ def _expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def _output_paths(inputs: list[Path], out: Path, many: bool) -> list[Path]:
+def _output_name(src: Path, fmt: str | None) -> str:
+    from .batch import output_suffix
+
+    name = src.name.rstrip("/")
+    suffix = output_suffix(name) or next((s for s in (".ome.tif", ".ome.tiff") if name.lower().endswith(s)), "")
+    if src.is_dir() and not suffix:  # a DICOM series: NIfTI keeps its orientation
+        return name + (fmt or ".nii.gz")
+    if fmt:
+        stem = name[: -len(suffix)] if suffix else name
+        return stem + fmt
+    return name
+
+
+def _output_paths(inputs: list[Path], out: Path, many: bool, fmt: str | None = None) -> list[Path]:
     if not many and out.suffix:
         return [out]
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: several inputs need an output folder, and this is a file")
-    names = [p.name for p in inputs]
+    names = [_output_name(p, fmt) for p in inputs]
     if len(set(names)) != len(names):
         raise CLIError("two inputs have the same file name; their outputs would overwrite each other")
     return [out / name for name in names]
 
 
 def cmd_segment(args) -> int:
-    from .inference.engine import SegmentationError, predict
-    from .io import read_image, write_image
+    from .batch import OUTPUT_SUFFIXES, FileJob, output_suffix, segment_file
+    from .io import read_image
     from .model.store import load_config, load_model
 
     inputs = _expand_inputs(args.inputs)
-    many = len(inputs) > 1 or any(Path(i).is_dir() for i in args.inputs)
-    outputs = _output_paths(inputs, Path(args.output), many)
-    for o in outputs:
-        if o.exists() and not args.overwrite:
-            raise CLIError(f"{o}: exists; pass --overwrite to replace it")
+    many = len(inputs) > 1 or any(Path(i).is_dir() and not _single_image_folder(Path(i)) for i in args.inputs)
+    fmt = None if args.format is None else "." + args.format.lstrip(".")
+    outputs = _output_paths(inputs, Path(args.output), many, fmt)
     model_name = args.model
     if model_name is None:
         from . import default_model_for
@@ -95,40 +115,62 @@ def cmd_segment(args) -> int:
         _, meta0 = read_image(inputs[0], lazy=True)
         model_name = default_model_for(meta0)
     cfg = load_config(model_name)
-    model = load_model(model_name)
+    jobs = []
     for src, dst in zip(inputs, outputs, strict=True):
-        image, meta = read_image(src, lazy=True)
-        channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
-        if args.channel is not None:
-            if meta.channel_axis is None:
-                raise CLIError(f"{src}: --channel given but the image has no channel axis (axes {meta.axes})")
-            if not 0 <= args.channel < image.shape[meta.channel_axis]:
-                raise CLIError(f"{src}: --channel {args.channel} out of range (the image has "
-                               f"{image.shape[meta.channel_axis]} channels)")
-            image = np.take(image, args.channel, axis=meta.channel_axis)
-            channel_axis = None
-        gen = predict(
-            model, image, channel_axis=channel_axis, mode=args.mode, output=args.output_kind,
-            tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, device=args.device,
-        )
+        if dst.resolve() == src.resolve():  # labels next to the image, inside its OME-Zarr
+            if not src.is_dir() or output_suffix(src) != ".zarr":
+                raise CLIError(f"{dst}: the output is the input; only an OME-Zarr input can take its "
+                               "result inside it (as labels)")
+            jobs.append(FileJob(src, dst, labels_name=args.labels_name or cfg.name))
+            continue
+        if output_suffix(dst) not in OUTPUT_SUFFIXES:
+            raise CLIError(f"{dst}: unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
+        if dst.exists() and not args.overwrite:
+            raise CLIError(f"{dst}: exists; pass --overwrite to replace it")
+        jobs.append(FileJob(src, dst))
+    block = None if not args.block else (args.block[0] if len(args.block) == 1 else tuple(args.block))
+    options = {"mode": args.mode, "output": args.output_kind, "tile": args.tile, "overlap": args.overlap,
+               "batch_size": args.batch_size, "device": args.device, "block": block, "channel": args.channel}
+    if args.scheduler or (args.workers or 0) > 1:
+        return _segment_on_cluster(args, jobs, model_name, options)
+    model = load_model(model_name)
+    for job in jobs:
         t0 = time.perf_counter()
-        try:
-            result = _progress_driver(gen, src.name, args.quiet)
-        except SegmentationError as err:  # name the file: there may be many
-            raise CLIError(f"{src}: {err}") from err
-        out_meta = meta.without_channels()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if result.labels is not None:
-            write_image(dst, result.labels, out_meta)
-        else:
-            from dataclasses import replace
-
-            prob_meta = replace(out_meta, axes="C" + out_meta.axes, spacing=(1.0, *out_meta.spacing))
-            write_image(dst, result.probabilities, prob_meta)
+        summary = segment_file(job, model, options, overwrite=args.overwrite,
+                               drive=lambda gen, name=job.src.name: _progress_driver(gen, name, args.quiet))
         if not args.quiet:
-            n = int(result.labels.max()) if args.output_kind == "instances" else None
+            n = summary["objects"]
             extra = f", {n} objects" if n is not None else ""
-            print(f"{src} -> {dst} ({cfg.name}, {result.device}, {time.perf_counter() - t0:.1f} s{extra})")
+            print(f"{job.src} -> {summary['dst']} ({cfg.name}, {summary['device']}, "
+                  f"{time.perf_counter() - t0:.1f} s{extra})")
+    return 0
+
+
+def _segment_on_cluster(args, jobs, model_name: str, options: dict) -> int:
+    """``--scheduler`` / ``--workers``: the same jobs on a dask.distributed cluster."""
+    from .distributed import connect, segment_jobs
+
+    t0 = time.perf_counter()
+    client, cluster = connect(args.scheduler, args.workers)
+    try:
+        workers = len(client.scheduler_info().get("workers", {}))
+        if not args.quiet:
+            print(f"dask cluster {client.scheduler.address}: {workers} worker(s)", file=sys.stderr)
+
+        def progress(done: int, total: int, name: str) -> None:
+            if not args.quiet:
+                print(f"  {done}/{total} tasks done ({name})", file=sys.stderr)
+
+        summaries = segment_jobs(jobs, model_name, options, client, overwrite=args.overwrite, progress=progress)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    if not args.quiet:
+        for s in summaries:
+            extra = f", {s['objects']} objects" if s.get("objects") is not None else ""
+            print(f"{s['src']} -> {s['dst']} ({s['model']}, {s['device']}{extra})")
+        print(f"{len(summaries)} file(s) in {time.perf_counter() - t0:.1f} s on {workers} worker(s)")
     return 0
 
 
@@ -240,6 +282,50 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    """Fine-tune a model on corrected masks and write a new model version (never overwriting)."""
+    from .io import read_image
+    from .model.store import _import_destination, is_model_dir, load_model
+    from .training.finetune import Annotated, FinetuneOptions, finetune, save_version
+
+    if len(args.images) != len(args.masks):
+        raise CLIError(f"{len(args.images)} image(s) but {len(args.masks)} mask(s); give one mask per image")
+    dest, _ = _import_destination(args.output)
+    if is_model_dir(dest) or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
+        raise CLIError(f"{dest}: exists; fine-tuned versions are never overwritten, choose a new name")
+    model = load_model(args.model)
+    data = []
+    for img_path, mask_path in zip(args.images, args.masks, strict=True):
+        for p in (img_path, mask_path):
+            if not Path(p).is_file():
+                raise CLIError(f"{p}: no such file")
+        image, meta = read_image(img_path)
+        mask, _ = read_image(mask_path)
+        image, mask = np.asarray(image), np.asarray(mask)
+        rgb = bool(meta.rgb)
+        if rgb and meta.axes.index("S") != image.ndim - 1:
+            image = np.moveaxis(image, meta.axes.index("S"), -1)
+        elif meta.channel_axis is not None:
+            raise CLIError(f"{img_path}: has {image.shape[meta.channel_axis]} channels; the model takes one "
+                           "(split the channel you want into its own file)")
+        data.append(Annotated(image, mask, None, name=Path(img_path).name, rgb=rgb))
+    opts = FinetuneOptions(
+        steps=args.steps if args.steps is not None else (100_000 if args.time else 300),
+        time_budget=args.time, lr=args.lr, train=args.train, augment=args.augment,
+        batch_size=args.batch_size, num_classes=args.num_classes, class_names=args.class_names,
+        seed=args.seed,
+    )
+    result = _progress_driver(finetune(model, data, opts, device=args.device), "finetune", args.quiet)
+    folder = save_version(result, data, dest, activate=bool(args.activate and result.accepted))
+    print(f"{args.model} -> {folder}: {result.message}; {result.steps} steps in {result.seconds:.0f} s")
+    if not result.accepted:
+        print(f"skipseg: warning: the new version is not better than {args.model} on the held-out data "
+              "(saved anyway, with the labels)", file=sys.stderr)
+    if not args.quiet:
+        print(f"use it with: skipseg segment --model {folder} ...")
+    return 0
+
+
 def cmd_view(args) -> int:
     try:
         import napari
@@ -277,8 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment images or stacks with a model")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("-o", "--output", required=True, help="output file (one input) or folder")
+    p.add_argument("inputs", nargs="+", help="image files (.tif, .nii, .nii.gz), zarr stores, DICOM "
+                   "series folders, or folders of them")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.tif, .nii, .nii.gz, .zarr: streamed) for one input, else a folder; "
+                        "the input OME-Zarr itself to add the result as labels next to the image")
     p.add_argument("--model", help="model name or folder (default: chosen from the image)")
     p.add_argument("--mode", choices=["auto", "2d", "3d"], default="auto")
     p.add_argument("--output-kind", "--kind", dest="output_kind", default="instances",
@@ -288,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--block", type=int, nargs="+",
+                   help="spatial block predicted at a time (bounds memory; default: whole slices, "
+                        "3D volumes in blocks of up to 8M voxels)")
+    p.add_argument("--format", choices=["tif", "nii", "nii.gz", "zarr"],
+                   help="output format for a folder of outputs (default: the input's; DICOM -> nii.gz)")
+    p.add_argument("--labels-name", help="name of the labels written into an OME-Zarr input "
+                   "(-o the input itself; default: the model name)")
+    p.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--workers", type=int, help="run on a local dask cluster of this many processes")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
@@ -336,6 +434,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on corrected masks; writes a new model version")
+    p.add_argument("--model", required=True, help="model to start from (name or folder)")
+    p.add_argument("--images", nargs="+", required=True, help="image files (2D images or stacks)")
+    p.add_argument("--masks", nargs="+", required=True, help="corrected label files, one per image (0 = background)")
+    p.add_argument("-o", "--output", required=True,
+                   help="new model: a name (stored in the user model folder) or a folder path; never overwritten")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="training steps (default 300)")
+    budget.add_argument("--time", type=float, help="time budget in seconds, everything included")
+    p.add_argument("--train", default="decoder+last", choices=["all", "decoder", "decoder+last"],
+                   help="what to train (default: the decoder and the last encoder stages)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/turns/intensity changes")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--num-classes", type=int, help="a different class count: new head (semantic), rest kept")
+    p.add_argument("--class-names", nargs="+", help="names of the classes (with --num-classes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--activate", action="store_true", help="make it the active model if it is better")
+    p.add_argument("--device", default="auto")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -22,21 +22,131 @@ class LayerSource:
     scale: tuple[float, ...]  # per axis of the result (channel axis removed)
     translate: tuple[float, ...]
     units: tuple | None = None
+    skipseg: dict | None = None  # the layer's metadata["skipseg"] (axes, spacing, unit, extra)
+
+
+#: Layers larger than this (bytes), or backed by dask/zarr, are segmented into zarr stores
+#: on disk (see :func:`result_stores`) instead of numpy arrays in memory.
+STREAM_BYTES = 1 << 30
 
 
 def source_from_layer(layer) -> LayerSource:
-    """Read what the engine needs from an napari Image layer (call on the main thread)."""
+    """Read what the engine needs from an napari Image layer (call on the main thread).
+
+    A multiscale layer is segmented at full resolution (its first level)."""
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
     channel_axis = -1 if getattr(layer, "rgb", False) else None
     scale = tuple(float(s) for s in layer.scale)
     translate = tuple(float(t) for t in layer.translate)
-    return LayerSource(layer.name, data, channel_axis, scale, translate)
+    stored = (getattr(layer, "metadata", None) or {}).get("skipseg")
+    return LayerSource(layer.name, data, channel_axis, scale, translate,
+                       skipseg=dict(stored) if isinstance(stored, dict) else None)
+
+
+def is_lazy(data) -> bool:
+    """Whether ``data`` should be segmented into zarr stores: a dask or zarr array (not
+    numpy), or one larger than :data:`STREAM_BYTES`."""
+    if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+        return data.nbytes > STREAM_BYTES
+    nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    return not isinstance(data, np.ndarray) or nbytes > STREAM_BYTES
+
+
+def results_dir() -> str:
+    """Folder for the zarr stores of segmented lazy layers: ``<user data>/results``."""
+    import os
+
+    from .model.store import user_model_dir
+
+    return os.path.join(os.path.dirname(str(user_model_dir())), "results")
+
+
+def result_stores(source: LayerSource, model_config, options: dict, folder: str | None = None):
+    """OME-Zarr stores on disk for the labels and probabilities of segmenting ``source``.
+
+    Returns ``(targets, outputs)``: the :class:`~napari_skipseg.io.zarr_io.ZarrTarget` s to
+    commit (or abort) when the job ends, and the ``labels_out`` / ``probabilities_out``
+    keyword arguments for :func:`~napari_skipseg.inference.engine.predict`. Chunks line up
+    with the engine's units (one slice, or one 3D block, per chunk).
+    """
+    import os
+    import time
+
+    from .inference.engine import plan
+    from .io import ImageMeta
+    from .io.zarr_io import create_ome_zarr
+
+    geo = plan(model_config, tuple(source.data.shape), channel_axis=source.channel_axis,
+               mode=options.get("mode", "auto"), tile=options.get("tile"), block=options.get("block"))
+    folder = folder or results_dir()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.name)[:60] or "image"
+    base = os.path.join(folder, f"{safe}-{model_config.name}-{stamp}-{os.getpid()}-{id(source) % 10000}")
+    spacing = tuple(abs(s) for s in source.scale) if len(source.scale) == len(geo["shape"]) else ()
+    meta = _fit_meta(geo["shape"], spacing)
+    targets, outputs = [], {}
+    output = options.get("output", "instances")
+    try:
+        if output != "probabilities":
+            dtype = np.uint32 if output == "instances" else np.uint8
+            t = create_ome_zarr(base + ".labels.zarr", geo["shape"], dtype, meta, chunks=geo["chunks"],
+                                label=True)
+            targets.append(t)
+            outputs["labels_out"] = t.array
+        if options.get("keep_probabilities") or output == "probabilities":
+            shape = (model_config.num_classes, *geo["shape"])
+            pmeta = ImageMeta("C" + meta.axes, (1.0, *meta.spacing), meta.unit)
+            t = create_ome_zarr(base + ".probabilities.zarr", shape, np.float32, pmeta, chunks=(1, *geo["chunks"]))
+            targets.append(t)
+            outputs["probabilities_out"] = t.array
+    except BaseException:
+        for t in targets:
+            t.abort()
+        raise
+    return targets, outputs
+
+
+def _fit_meta(shape, spacing):
+    from .io import ImageMeta, default_axes
+
+    if not 2 <= len(shape) <= 5:
+        raise ValueError(f"cannot store a result of shape {tuple(shape)} (2 to 5 axes)")
+    axes = default_axes(len(shape))
+    spacing = spacing if len(spacing) == len(shape) and all(s > 0 for s in spacing) else ()
+    meta = ImageMeta(axes, spacing)
+    return ImageMeta(axes, tuple(s if a in "ZYX" else 1.0 for a, s in zip(axes, meta.spacing, strict=True)))
+
+
+def reopen_committed(targets) -> dict:
+    """Commit the stores of :func:`result_stores` and open their arrays at the final paths:
+    ``{"labels": zarr.Array, "probabilities": zarr.Array}`` (those present)."""
+    import zarr
+
+    out = {}
+    for t in targets:
+        path = t.commit()
+        key = "probabilities" if path.endswith(".probabilities.zarr") else "labels"
+        out[key] = zarr.open_array(f"{path}/0", mode="r+")
+    return out
 
 
 def result_layers(result, source: LayerSource) -> list[tuple]:
     """Layer data tuples for a segmentation of ``source``: Labels and probability Images."""
     meta = {"skipseg": {"source": source.name, "model": result.model_name, "device": result.device,
                         "seconds": round(result.seconds, 3)}}
+    stored = source.skipseg or {}
+    if stored.get("axes"):  # the source's axes, spacing, unit and orientation, without channels
+        axes = stored["axes"]
+        keep = [i for i, a in enumerate(axes) if a not in "CS"]
+        spacing = tuple(stored.get("spacing") or (1.0,) * len(axes))
+        if len(spacing) == len(axes):
+            meta["skipseg"].update({
+                "axes": "".join(axes[i] for i in keep), "spacing": tuple(spacing[i] for i in keep),
+                "unit": stored.get("unit", "pixel"), "path": stored.get("path"),
+                "extra": dict(stored.get("extra") or {}),
+            })
+    if not isinstance(result.labels, np.ndarray) and result.labels is not None:
+        meta["skipseg"]["store"] = str(getattr(result.labels, "store", ""))
     placed = {"scale": source.scale, "translate": source.translate}
     layers: list[tuple] = []
     if result.probabilities is not None:
@@ -64,6 +174,13 @@ def probability_maps(result) -> list[tuple[str, np.ndarray]]:
     boundary), every class but the background otherwise. Few layers keep napari fast."""
     probs = result.probabilities
     names = result.class_names or [f"class {i}" for i in range(probs.shape[0])]
+    if not isinstance(probs, np.ndarray):  # zarr on disk: stay lazy (napari reads what it shows)
+        import dask.array as da
+
+        lazy = da.from_zarr(probs) if hasattr(probs, "store") else da.asarray(probs)
+        if len(names) == 3 and names[1:] == ["interior", "boundary"]:
+            return [("foreground", lazy[1] + lazy[2])]
+        return [(names[i], lazy[i]) for i in range(1 if len(names) > 1 else 0, len(names))]
     if len(names) == 3 and names[1:] == ["interior", "boundary"]:
         return [("foreground", probs[1] + probs[2])]
     return [(names[i], np.ascontiguousarray(probs[i])) for i in range(1 if len(names) > 1 else 0, len(names))]

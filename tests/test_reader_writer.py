@@ -25,7 +25,7 @@ def test_get_reader_accepts_tiff_and_one_element_list(czyx_file):
     assert callable(get_reader([path]))
 
 
-@pytest.mark.parametrize("path", ["image.png", "volume.nii.gz", ["a.tif", "b.tif"], []])
+@pytest.mark.parametrize("path", ["image.png", "volume.mha", ["a.tif", "b.tif"], []])
 def test_get_reader_declines(path):
     assert get_reader(path) is None
 
@@ -47,6 +47,7 @@ def test_read_channels_split(czyx_file):
             "spacing": pytest.approx((2.0, 0.5, 0.25)),
             "unit": "micrometer",
             "path": path,
+            "extra": {},
         }
 
 

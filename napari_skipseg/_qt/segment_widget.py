@@ -17,7 +17,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..layers import result_layers, source_from_layer
+from ..layers import is_lazy, reopen_committed, result_layers, result_stores, source_from_layer
 from ._jobs import job
 
 
@@ -37,7 +37,22 @@ def _segment_job(model_name: str, source, options: dict):
     except ImportError:
         pass
     model = load_model(model_name)
-    result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options)
+    options = dict(options)
+    folder = options.pop("results_folder", None)
+    if not is_lazy(source.data):
+        result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options)
+        return result, source, threading.get_ident()
+    # a dask/zarr (or very large) layer: stream the result into zarr stores on disk, shown lazily
+    targets, outputs = result_stores(source, model.config, options, folder)
+    try:
+        result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options, **outputs)
+        arrays = reopen_committed(targets)
+    except BaseException:  # error or cancel: leave nothing behind
+        for t in targets:
+            t.abort()
+        raise
+    result.labels = arrays.get("labels", None if result.labels is None else result.labels)
+    result.probabilities = arrays.get("probabilities", result.probabilities)
     return result, source, threading.get_ident()
 
 
@@ -52,12 +67,18 @@ class SegmentWidget(QWidget):
         self.last_thread = None  # thread the last job ran in (never the GUI thread)
         self._cancelled = False  # cancel asked for the running job: its result is dropped
         self._extra_models = {}  # name -> ModelEntry of model folders chosen with "…"
+        # where results of lazy (dask/zarr) or very large layers are stored as zarr; None:
+        # <user data dir>/results (layers.results_dir)
+        self.results_folder = None
 
         self.layer_combo = QComboBox()
         self.model_combo = QComboBox()
         self.browse_button = QPushButton("…")
         self.browse_button.setToolTip("use a model folder (config.json + model.safetensors)")
         self.browse_button.setFixedWidth(28)
+        self.refresh_button = QPushButton("⟳")
+        self.refresh_button.setToolTip("refresh the list of models (new fine-tuned versions)")
+        self.refresh_button.setFixedWidth(28)
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.model_info.setStyleSheet("color: #9aa0a6;")
@@ -95,6 +116,7 @@ class SegmentWidget(QWidget):
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.browse_button)
+        model_row.addWidget(self.refresh_button)
         form.addRow("model", model_row)
         form.addRow("", self.model_info)
         form.addRow("device", self.device_combo)
@@ -118,6 +140,13 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.browse_button.clicked.connect(self._browse_model)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        # the active model is shared with the Fine-tune widget: choosing one here makes it
+        # active (one click), and a version made active there is selected here
+        self.refresh_button.clicked.connect(lambda: self.refresh_models())
+        self.model_combo.activated.connect(self._on_model_chosen)
+        from ..model.store import on_active_changed
+
+        on_active_changed(self._on_active_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
@@ -148,9 +177,28 @@ class SegmentWidget(QWidget):
         for name, entry in self._models.items():
             self.model_combo.addItem(name)
             self.model_combo.setItemData(self.model_combo.count() - 1, str(entry.path), Qt.ItemDataRole.ToolTipRole)
+        if select is None:
+            from ..model.store import active_model
+
+            select = active_model()
+            if select and select not in self._models:
+                select = next((n for n, e in self._models.items() if str(e.path) == select), None)
         if select and select in self._models:
             self.model_combo.setCurrentText(select)
         self._show_model_info()
+
+    def _on_model_chosen(self, index: int) -> None:
+        from ..model.store import ModelLoadError, set_active_model
+
+        entry = self._models.get(self.model_combo.itemText(index))
+        if entry is not None:
+            try:
+                set_active_model(entry.name if entry.source != "folder" else str(entry.path), persist=False)
+            except ModelLoadError:
+                pass
+
+    def _on_active_changed(self, name: str) -> None:
+        self.refresh_models()  # lists new versions and selects the active one
 
     def use_model_path(self, path) -> bool:
         """Offer the model at ``path`` (a model folder, or a file inside one) and select it.
@@ -239,7 +287,9 @@ class SegmentWidget(QWidget):
             return None
         self._cancelled = False
         self.worker = create_worker(
-            _segment_job, model_ref, source, self.options(), _start_thread=False, _ignore_errors=True
+            _segment_job, model_ref, source,
+            {**self.options(), **({"results_folder": self.results_folder} if self.results_folder else {})},
+            _start_thread=False, _ignore_errors=True,
         )
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
@@ -288,7 +338,8 @@ class SegmentWidget(QWidget):
             return
         extra = ""
         if result.output == "instances":
-            extra = f", {int(result.labels.max())} objects"
+            n = result.info.get("objects")
+            extra = f", {int(result.labels.max()) if n is None else n} objects"
         self.status.setText(f"done in {result.seconds:.1f} s{extra}")
 
     def _on_error(self, err) -> None:

@@ -14,9 +14,12 @@ import numpy as np
 
 from .postprocess import instance_labels, semantic_labels
 from .preprocess import check_pixel_dtype, normalize, percentile_range
-from .tiling import blend_window, tile_grid
+from .tiling import blend_window, block_grid, block_tiles, default_block
 
 OUTPUTS = ("instances", "semantic", "probabilities")
+#: Voxels per block by default (2D: a 4096 x 4096 plane, 3D: e.g. 128 x 256 x 256); a block
+#: costs about 16 bytes per voxel and class while it is being predicted.
+BLOCK_VOXELS = {2: 2**24, 3: 2**23}
 MODES = ("auto", "2d", "3d")
 
 
@@ -50,6 +53,7 @@ class Segmentation:
     device: str
     seconds: float
     class_names: list[str] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
 
 def predict(
@@ -65,6 +69,11 @@ def predict(
     device: str = "auto",
     keep_probabilities: bool = False,
     postprocess: dict | None = None,
+    block: int | tuple[int, ...] | None = None,
+    labels_out=None,
+    probabilities_out=None,
+    units=None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``image`` with ``model``, tile by tile; yields progress, returns the result.
 
@@ -91,6 +100,31 @@ def predict(
         ``auto`` (CUDA, then MPS, then CPU), or a device name.
     keep_probabilities : bool
         Also return class probabilities (always kept for ``output="probabilities"``).
+    postprocess : dict, optional
+        Instance post-processing parameters over the model's own.
+    block : int or tuple, optional
+        Spatial block processed at a time (default: the whole slice or volume when it has at
+        most :data:`BLOCK_VOXELS` voxels, else a part of it). Every block is predicted from
+        the tiles of the whole image's grid that touch it, so probabilities and semantic
+        labels do not depend on the block size; instances are found per block (objects
+        crossing a block border are split there, with distinct ids).
+    labels_out, probabilities_out : array-like, optional
+        Where to write the labels (image shape without channels) and probabilities
+        (``(classes, *shape)``), e.g. zarr arrays on disk: each finished slice or block is
+        written there at once and dropped, so memory is bounded by the block, tile and batch
+        sizes, not by the image. The result then holds these arrays instead of numpy.
+    units : sequence of int, optional
+        Process only these units (indices into :func:`unit_list`; used by
+        :mod:`napari_skipseg.distributed`). Instance ids then start at 1 within the run.
+    intensity_range : (float, float), optional
+        Normalisation range to use instead of the image's percentiles (the same for every
+        part of a split run).
+
+    Returns
+    -------
+    Segmentation
+        ``info`` holds ``intensity_range``, ``block``, ``units``, ``objects`` (instances found)
+        and ``label_counts`` (instances per unit, in order).
     """
     import torch
 
@@ -147,16 +181,21 @@ def predict(
     lead_shape, spatial = shape[:-ndim_spatial], shape[-ndim_spatial:]
     tile_shape = _tile_shape(tile, cfg, ndim_spatial, spatial)
     overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
-    tiles = tile_grid(spatial, tile_shape, overlap_px)
-    units = list(np.ndindex(*lead_shape)) if lead_shape else [()]
-    total = len(units) * len(tiles)
+    block_shape = _block_shape(block, tile_shape, spatial)
+    all_units = unit_list(lead_shape, spatial, block_shape)
+    todo = list(range(len(all_units))) if units is None else [int(i) for i in units]
+    plans = {u: block_tiles(all_units[u][1], spatial, tile_shape, overlap_px) for u in todo}
+    total = sum(len(plans[u][1]) for u in todo)
 
     norm = cfg.normalization or {}
-    if norm.get("kind", "percentile") == "percentile":
-        sample = image[..., :n_read] if n_channels else image
-        lo, hi = percentile_range(sample, norm.get("low", 1.0), norm.get("high", 99.8))
+    if intensity_range is not None:
+        lo, hi = (float(v) for v in intensity_range)
     else:
-        lo, hi = 0.0, 1.0
+        lo, hi = image_intensity_range(cfg, image, channel_axis=-1 if n_channels else None)
+    # stain separation / contrast inversion named in the config (preprocess.InputTransform)
+    from .preprocess import InputTransform, wants_input_transform
+
+    transform = InputTransform(image, n_channels, norm) if cfg.in_channels == 1 and wants_input_transform(norm) else None
 
     # the caller's model is put back as it was (device, train/eval) when the job ends or is
     # cancelled, so a job leaves nothing behind, not even weights in accelerator memory
@@ -166,19 +205,33 @@ def predict(
     desc = describe(dev)
     classes = cfg.num_classes
     keep = keep_probabilities or output == "probabilities"
-    probs_out = np.zeros((classes, *shape), dtype=np.float32) if keep else None
-    labels_out = None
+    label_dtype = np.uint32 if output == "instances" else np.uint8
+    if probabilities_out is not None:
+        _check_out("probabilities_out", probabilities_out, (classes, *shape))
+        if not keep:
+            raise SegmentationError("probabilities_out given, but probabilities are not kept "
+                                    "(pass keep_probabilities=True or output='probabilities')")
+    probs_out = probabilities_out if probabilities_out is not None else (
+        np.zeros((classes, *shape), dtype=np.float32) if keep else None)
+    labels_out_ = None
     if output != "probabilities":
-        labels_out = np.zeros(shape, dtype=np.uint32 if output == "instances" else np.uint8)
+        if labels_out is not None:
+            _check_out("labels_out", labels_out, shape)
+            labels_out_ = labels_out
+        else:
+            labels_out_ = np.zeros(shape, dtype=label_dtype)
     window = blend_window(tuple(min(t, s) for t, s in zip(tile_shape, spatial, strict=True)), overlap_px)
-    acc: dict[tuple, list[np.ndarray]] = {}
-    remaining: dict[tuple, int] = {}
+    acc: dict[int, list[np.ndarray]] = {}  # unit -> (weighted probability sum, weight sum)
+    remaining: dict[int, int] = {}
+    counts: list[int] = []
     next_label = 0
     done = 0
-    batch: list[tuple[tuple, tuple[slice, ...], np.ndarray]] = []
+    batch: list[tuple[int, tuple[slice, ...], tuple[slice, ...], np.ndarray]] = []
 
-    def read_unit(idx: tuple) -> np.ndarray:
-        data = np.asarray(image[idx])
+    def read_unit(idx: tuple, region: tuple[slice, ...]) -> np.ndarray:
+        data = np.asarray(image[(*idx, *region)])
+        if transform is not None:
+            return transform(data)
         if n_channels:
             data = data[..., :n_read]
             data = data.mean(axis=-1, keepdims=True) if grey else data
@@ -188,47 +241,59 @@ def predict(
         return normalize(data, lo, hi)
 
     def run_batch() -> None:
-        x = torch.from_numpy(np.stack([b[2] for b in batch])).to(dev)
+        x = torch.from_numpy(np.stack([b[3] for b in batch])).to(dev)
         with torch.inference_mode(), torch.autocast(dev.split(":")[0], dtype=amp, enabled=amp is not None):
             p = torch.softmax(model(x).float(), dim=1).cpu().numpy()
-        for (idx, sl, _), pi in zip(batch, p, strict=True):
-            a, w = acc[idx]
-            a[(slice(None), *sl)] += pi * window
-            w[sl] += window
-            remaining[idx] -= 1
+        for (u, src, dst, _), pi in zip(batch, p, strict=True):
+            a, w = acc[u]
+            if src == full:
+                a[(slice(None), *dst)] += pi * window
+                w[dst] += window
+            else:
+                a[(slice(None), *dst)] += pi[(slice(None), *src)] * window[src]
+                w[dst] += window[src]
+            remaining[u] -= 1
         batch.clear()
 
-    def finish(idx: tuple) -> None:
+    def finish(u: int) -> None:
         nonlocal next_label
-        a, w = acc.pop(idx)
-        del remaining[idx]
+        a, w = acc.pop(u)
+        del remaining[u]
         probs = a / w
+        idx, blk = all_units[u]
+        where = (*idx, *blk)
         if probs_out is not None:
-            probs_out[(slice(None), *idx)] = probs
+            probs_out[(slice(None), *where)] = probs
         if output == "semantic":
-            labels_out[idx] = semantic_labels(probs, cfg.output)
+            labels_out_[where] = semantic_labels(probs, cfg.output)
         elif output == "instances":
             params = {**cfg.postprocess, **(postprocess or {})}
             lab = instance_labels(probs, params)
-            lab[lab > 0] += next_label  # unique ids across slices
-            next_label = int(lab.max()) if lab.any() else next_label
-            labels_out[idx] = lab
+            n = int(lab.max()) if lab.any() else 0
+            lab[lab > 0] += next_label  # unique ids across slices and blocks
+            next_label += n
+            counts.append(n)
+            labels_out_[where] = lab
 
+    full = tuple(slice(0, int(t)) for t in window.shape)
     try:
         model.to(dev).eval()
         yield Progress(0, total, f"{cfg.name} on {desc}", {"device": desc})
-        for idx in units:
-            data = read_unit(idx)
-            acc[idx] = [np.zeros((classes, *spatial), np.float32), np.zeros(spatial, np.float32)]
-            remaining[idx] = len(tiles)
-            for sl in tiles:
-                batch.append((idx, sl, np.ascontiguousarray(data[(slice(None), *sl)])))
+        for u in todo:
+            region, tiles = plans[u]
+            data = read_unit(all_units[u][0], region)
+            blk_shape = tuple(b.stop - b.start for b in all_units[u][1])
+            acc[u] = [np.zeros((classes, *blk_shape), np.float32), np.zeros(blk_shape, np.float32)]
+            remaining[u] = len(tiles)
+            for tile_sl, src, dst in tiles:
+                batch.append((u, src, dst, np.ascontiguousarray(data[(slice(None), *tile_sl)])))
                 if len(batch) == batch_size:
                     run_batch()
                     done += batch_size
                     for j in [j for j, r in remaining.items() if r == 0]:
                         finish(j)
                     yield Progress(done, total, f"{cfg.name} on {desc}")
+            del data
         if batch:
             done += len(batch)
             run_batch()
@@ -242,14 +307,69 @@ def predict(
         release(dev)
 
     return Segmentation(
-        labels=labels_out,
+        labels=labels_out_,
         probabilities=probs_out,
         output=output,
         model_name=cfg.name,
         device=desc,
         seconds=time.perf_counter() - t0,
         class_names=list(cfg.class_names),
+        info={"intensity_range": (lo, hi), "block": block_shape, "units": len(todo),
+              "objects": next_label if output == "instances" else None, "label_counts": counts},
     )
+
+
+def image_intensity_range(config, image, channel_axis: int | None = None) -> tuple[float, float]:
+    """The normalisation range :func:`predict` uses for ``image`` with a model of ``config``:
+    intensity percentiles from a strided sample (never the whole stack), or ``(0, 1)``."""
+    image, n_channels = _channels_last(image, channel_axis)
+    grey = config.in_channels == 1 and n_channels > 1
+    n_read = 3 if grey and n_channels == 4 else n_channels
+    norm = config.normalization or {}
+    if norm.get("kind", "percentile") != "percentile":
+        return 0.0, 1.0
+    sample = image[..., :n_read] if n_channels else image
+    return percentile_range(sample, norm.get("low", 1.0), norm.get("high", 99.8))
+
+
+def unit_list(lead_shape: tuple[int, ...], spatial: tuple[int, ...], block: tuple[int, ...]) -> list[tuple]:
+    """The units :func:`predict` works through, in order: ``(lead index, block slices)`` for
+    every slice/volume of the leading axes and every spatial block of it."""
+    leads = list(np.ndindex(*lead_shape)) if lead_shape else [()]
+    blocks = block_grid(spatial, block)
+    return [(idx, blk) for idx in leads for blk in blocks]
+
+
+def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None = None, mode: str = "auto",
+         tile=None, block=None) -> dict:
+    """Geometry of a :func:`predict` run without running it: output ``shape``, leading
+    ``lead_shape``, ``block`` shape, ``units`` (see :func:`unit_list`) and zarr ``chunks``
+    that line up with the units (so units can be written concurrently)."""
+    ndim = model_config.spatial_dims if mode == "auto" else int(mode[0])
+    shape = tuple(int(s) for i, s in enumerate(image_shape)
+                  if channel_axis is None or i != channel_axis % len(image_shape))
+    lead, spatial = shape[:-ndim], shape[-ndim:]
+    tile_shape = _tile_shape(tile, model_config, ndim, spatial)
+    block_shape = _block_shape(block, tile_shape, spatial)
+    return {"shape": shape, "lead_shape": lead, "spatial": spatial, "tile": tile_shape, "block": block_shape,
+            "units": unit_list(lead, spatial, block_shape),
+            "chunks": (1,) * len(lead) + tuple(min(b, s) for b, s in zip(block_shape, spatial, strict=True))}
+
+
+def _block_shape(block, tile_shape: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
+    nd = len(spatial)
+    if block is None:
+        return default_block(spatial, tile_shape, BLOCK_VOXELS[nd])
+    shape = (int(block),) * nd if isinstance(block, int | np.integer) else tuple(int(b) for b in block)
+    if len(shape) != nd or min(shape) < 1:
+        raise SegmentationError(f"block must be {nd} positive sizes, got {block!r}")
+    return tuple(min(b, s) for b, s in zip(shape, spatial, strict=True))
+
+
+def _check_out(name: str, out, shape: tuple[int, ...]) -> None:
+    if not hasattr(out, "__setitem__") or tuple(getattr(out, "shape", ())) != tuple(shape):
+        raise SegmentationError(f"{name} must be an array of shape {tuple(shape)} that can be written to; "
+                                f"got {type(out).__name__} of shape {getattr(out, 'shape', None)}")
 
 
 def run(gen: Generator[Progress, None, Segmentation], callback=None) -> Segmentation:

@@ -51,3 +51,57 @@ def blend_window(shape: tuple[int, ...], overlap: tuple[int, ...]) -> np.ndarray
         window *= profile.reshape([-1 if a == axis else 1 for a in range(len(shape))])
     window.setflags(write=False)
     return window
+
+
+def default_block(
+    spatial: tuple[int, ...], tile: tuple[int, ...], budget: int = 2**24
+) -> tuple[int, ...]:
+    """The block of an image processed at a time: the whole spatial extent when it has at
+    most ``budget`` voxels, else that extent halved along its longest axes (never below one
+    tile) until it fits. Memory per block is about 16 bytes per voxel and class."""
+    block = list(spatial)
+    while int(np.prod(block)) > budget:
+        axis = max(range(len(block)), key=lambda a: block[a] / max(tile[a], 1))
+        half = -(-block[axis] // 2)
+        if half < tile[axis]:
+            break
+        block[axis] = half
+    return tuple(block)
+
+
+def block_grid(shape: tuple[int, ...], block: tuple[int, ...]) -> list[tuple[slice, ...]]:
+    """Regular blocks of ``block`` (the last ones cut at the edge) covering ``shape``, in
+    row-major order; they line up with zarr chunks of the same shape."""
+    per_axis = [
+        [slice(s, min(s + b, n)) for s in range(0, n, b)] for n, b in zip(shape, block, strict=True)
+    ]
+    return [tuple(combo) for combo in itertools.product(*per_axis)]
+
+
+def block_tiles(
+    block: tuple[slice, ...], shape: tuple[int, ...], tile: tuple[int, ...], overlap: tuple[int, ...]
+) -> tuple[tuple[slice, ...], list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[slice, ...]]]]:
+    """The tiles of the whole image's grid (:func:`tile_grid`) that touch ``block``.
+
+    Returns the region to read (the block plus the halo those tiles need) and, per tile in
+    grid order: its slices within that region, the part of the tile inside the block (tile
+    coordinates) and where that part goes (block coordinates). Blending these tiles gives
+    the block exactly the values the whole-image computation gives it.
+    """
+    read, per_axis = [], []
+    for b, n, t, o in zip(block, shape, tile, overlap, strict=True):
+        te = min(t, n)
+        starts = [s for s in tile_starts(n, t, o) if s < b.stop and s + te > b.start]
+        r0 = starts[0]
+        read.append(slice(r0, starts[-1] + te))
+        per_axis.append([
+            (slice(s - r0, s - r0 + te),
+             slice(max(b.start, s) - s, min(b.stop, s + te) - s),
+             slice(max(b.start, s) - b.start, min(b.stop, s + te) - b.start))
+            for s in starts
+        ])
+    tiles = [
+        tuple(tuple(part[k] for part in combo) for k in range(3))
+        for combo in itertools.product(*per_axis)
+    ]
+    return tuple(read), tiles

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 #: Every axis letter we know, in canonical order. S holds RGB(A) samples.
 AXES = "TCZYXS"
@@ -49,6 +50,12 @@ class ImageMeta:
         A short name for the image, e.g. the file name without its suffix.
     path : str or None
         The file the image came from, if any.
+    extra : dict
+        Format-specific metadata that a writer of the same format puts back, e.g.
+        ``affine`` (4 x 4 voxel-to-world matrix, NIfTI/RAS convention, from NIfTI and
+        DICOM), ``nifti`` (qform/sform and their codes), ``dicom`` (series UID,
+        orientation), ``ome_zarr`` (NGFF version, pyramid level paths). Plain JSON-able
+        values only.
     """
 
     axes: str
@@ -56,6 +63,7 @@ class ImageMeta:
     unit: str = "pixel"
     name: str = ""
     path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing) or (1.0,) * len(self.axes)
@@ -95,6 +103,7 @@ class ImageMeta:
             self,
             axes="".join(self.axes[i] for i in keep),
             spacing=tuple(self.spacing[i] for i in keep),
+            extra=dict(self.extra),
         )
 
     def validate(self, shape: Sequence[int]) -> None:

@@ -682,3 +682,111 @@ def render_card(cfg: ModelConfig) -> str:
     if card.get("notes"):
         lines += ["", card["notes"]]
     return "\n".join(lines) + "\n"
+
+
+# -- the active model and fine-tuned versions ---------------------------------------------------
+#
+# The "active" model is the one the Segment widget uses and the Fine-tune widget starts
+# from. It is kept per user store, in memory and (when persisted) in ``active.json`` next to
+# the user's ``models/`` folder, so a new session starts with the last model made active.
+# Widgets subscribe with :func:`on_active_changed` (held weakly: a closed widget is dropped).
+
+ACTIVE_FILE = "active.json"
+_active: dict[str, str] = {}
+_active_listeners: list = []
+
+
+def _active_key() -> str:
+    return str(user_model_dir())
+
+
+def active_model() -> str | None:
+    """Name (or folder) of the active model, or None when none was made active."""
+    key = _active_key()
+    if key in _active:
+        return _active[key]
+    path = user_model_dir().parent / ACTIVE_FILE
+    try:
+        name = json.loads(path.read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str):
+        return None
+    try:
+        resolve_model(name)
+    except ModelLoadError:
+        return None  # deleted since: no active model
+    _active[key] = name
+    return name
+
+
+def set_active_model(name: str, persist: bool = True) -> None:
+    """Make the model ``name`` (a stored model's name, or a model folder) the active one.
+
+    ``persist`` also writes it to ``active.json`` in the user store. Listeners registered with
+    :func:`on_active_changed` are called with the name when it changes.
+    """
+    resolve_model(name)  # ModelLoadError if there is no such model
+    key = _active_key()
+    changed = _active.get(key) != name
+    _active[key] = name
+    if persist:
+        path = user_model_dir().parent / ACTIVE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda p: Path(p).write_text(json.dumps({"model": name}) + "\n"))
+    if changed:
+        for ref in list(_active_listeners):
+            callback = ref()
+            if callback is None:
+                _active_listeners.remove(ref)
+                continue
+            try:
+                callback(name)
+            except RuntimeError as err:  # e.g. a widget whose Qt object was deleted
+                if "deleted" in str(err):
+                    _active_listeners.remove(ref)
+                else:
+                    raise
+
+
+def on_active_changed(callback) -> None:
+    """Call ``callback(name)`` whenever the active model changes (held by weak reference)."""
+    import weakref
+
+    ref = weakref.WeakMethod(callback) if hasattr(callback, "__self__") else weakref.ref(callback)
+    _active_listeners.append(ref)
+
+
+def version_base(name: str) -> str:
+    """The model a version descends from: ``nuclei2d-ft-3`` -> ``nuclei2d``."""
+    return re.sub(r"-ft-\d+$", "", name)
+
+
+def list_versions(base: str) -> list[ModelEntry]:
+    """``base`` and its fine-tuned versions ``<base>-ft-<N>`` in the user store, oldest first."""
+    base = version_base(base)
+    pattern = re.compile(rf"^{re.escape(base)}-ft-(\d+)$")
+    out = [e for e in list_models() if e.name == base]
+    versions = [(int(m[1]), e) for e in list_models() if (m := pattern.match(e.name))]
+    return out + [e for _, e in sorted(versions, key=lambda t: t[0])]
+
+
+def reserve_version(base: str) -> Path:
+    """Create (exclusively) the empty folder of the next version ``<base>-ft-<N>`` and return it.
+
+    The folder is made with one ``mkdir``, so two fine-tunes finishing at once get different
+    numbers and no version is ever overwritten; :func:`save_model` then fills it.
+    """
+    base = version_base(base)
+    root = user_model_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    pattern = re.compile(rf"^\.?{re.escape(base)}-ft-(\d+)(\..*)?$")
+    taken = [int(m[1]) for p in root.iterdir() if (m := pattern.match(p.name))]
+    n = max(taken, default=0) + 1
+    while True:
+        folder = root / f"{base}-ft-{n}"
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            n += 1

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import napari_skipseg.io as io_module
 from napari_skipseg.io import (
     ImageMeta,
     ImageReadError,
@@ -342,7 +343,8 @@ def test_error_is_a_value_error_and_pickles():
 def test_find_reader_longest_suffix_any_case():
     assert find_reader("a/B.OME.TIF") is tiff_module.read_tiff
     assert find_reader("b.tiff") is tiff_module.read_tiff
-    assert find_reader("c.nii.gz") is None
+    assert find_reader("c.nii.gz") is io_module.read_nifti
+    assert find_reader("d.png") is None
 
 
 def test_image_meta_properties():

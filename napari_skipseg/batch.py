@@ -1,0 +1,181 @@
+"""Segmenting files: one input file (or DICOM/zarr folder) to one output, in any format.
+
+Shared by ``skipseg segment`` and :mod:`napari_skipseg.distributed`. No Qt, napari or torch
+import at module level.
+
+Output formats, chosen by the output's suffix:
+
+- ``.zarr``: OME-Zarr, **streamed**: each finished slice or block is written to disk at once,
+  so memory stays bounded by the block, tile and batch sizes whatever the stack's size;
+- the input OME-Zarr itself: the labels are written next to the image, as
+  ``labels/<name>`` (OME-NGFF labels), streamed too;
+- ``.nii``/``.nii.gz``: NIfTI with the input's affine (NIfTI or DICOM inputs), written slice by
+  slice from a temporary zarr store when the result is large;
+- ``.tif``/``.tiff``: OME-TIFF (the result is held in memory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Results larger than this many bytes are predicted into a temporary zarr store first
+#: when the output is NIfTI, and then copied slice by slice.
+STREAM_BYTES = 512 * 2**20
+OUTPUT_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".zarr")
+
+
+class BatchError(ValueError):
+    """A file cannot be segmented as asked; the message names the file."""
+
+
+@dataclass
+class FileJob:
+    """One input and where its result goes.
+
+    ``labels_name`` set means: write the result into the input OME-Zarr as
+    ``labels/<labels_name>`` (``dst`` is then the input itself).
+    """
+
+    src: Path
+    dst: Path
+    labels_name: str | None = None
+
+
+def output_suffix(path: str | os.PathLike) -> str:
+    name = os.fspath(path).rstrip("/\\").lower()
+    return next((s for s in sorted(OUTPUT_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
+
+
+def open_source(src: str | os.PathLike, channel: int | None = None) -> tuple[Any, Any, int | None]:
+    """Open `src` lazily for segmentation: ``(image, meta, channel_axis)``.
+
+    With `channel`, that channel of a multi-channel image is taken (lazily).
+    """
+    from .io import read_image
+
+    image, meta = read_image(src, lazy=True)
+    channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
+    if channel is not None:
+        if meta.channel_axis is None:
+            raise BatchError(f"{src}: --channel given but the image has no channel axis (axes {meta.axes})")
+        n = image.shape[meta.channel_axis]
+        if not 0 <= channel < n:
+            raise BatchError(f"{src}: --channel {channel} out of range (the image has {n} channels)")
+        image = _take(image, channel, meta.channel_axis)
+        meta = replace(meta, axes=meta.axes.replace("C", ""),
+                       spacing=tuple(s for i, s in enumerate(meta.spacing) if i != meta.channel_axis))
+        channel_axis = None
+    return image, meta, channel_axis
+
+
+def _take(image: Any, index: int, axis: int) -> Any:
+    key = (slice(None),) * axis + (index,)
+    if type(image) is np.ndarray or hasattr(image, "compute"):  # in memory, or dask already
+        return image[key]
+    try:  # zarr, memory maps: stay lazy through dask
+        import dask.array as da
+    except ImportError:
+        return np.asarray(image[key])
+    chunks = getattr(image, "chunks", None)
+    chunks = chunks if isinstance(chunks, tuple) and len(chunks) == image.ndim else "auto"
+    return da.from_array(image, chunks=chunks)[key]
+
+
+def result_meta(meta: Any, output: str) -> Any:
+    """Metadata of the result: the input's without channels; probabilities get a C axis."""
+    out = meta.without_channels()
+    if output == "probabilities":
+        out = replace(out, axes="C" + out.axes, spacing=(1.0, *out.spacing))
+    return out
+
+
+def create_target(job: FileJob, shape: tuple[int, ...], dtype: Any, meta: Any, chunks: tuple[int, ...],
+                  overwrite: bool, label: bool):
+    """A :class:`~napari_skipseg.io.zarr_io.ZarrTarget` for a zarr output (or labels next to
+    the input image)."""
+    from .io.zarr_io import create_labels, create_ome_zarr
+
+    try:
+        if job.labels_name:
+            return create_labels(job.src, job.labels_name, shape, dtype, meta, chunks=chunks, overwrite=overwrite)
+        return create_ome_zarr(job.dst, shape, dtype, meta, chunks=chunks, overwrite=overwrite, label=label)
+    except FileExistsError as err:
+        raise BatchError(f"{err}".replace("overwrite=True", "--overwrite")) from err
+
+
+def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = False, drive=None) -> dict:
+    """Segment one file and write the result; returns a summary dict.
+
+    Parameters
+    ----------
+    job : FileJob
+    model : SkipUNet
+        A loaded model.
+    options : dict
+        ``predict`` options (``mode``, ``output``, ``tile``, ``overlap``, ``batch_size``,
+        ``device``, ``block``) and ``channel``.
+    drive : callable, optional
+        ``drive(generator) -> result`` (a progress bar); default
+        :func:`napari_skipseg.inference.engine.run`.
+    """
+    from .inference.engine import SegmentationError, plan, predict, run
+    from .io import write_image
+
+    drive = drive or run
+    opts = dict(options)
+    channel = opts.pop("channel", None)
+    image, meta, channel_axis = open_source(job.src, channel)
+    output = opts.get("output", "instances")
+    cfg = model.config
+    geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
+               tile=opts.get("tile"), block=opts.get("block"))
+    out_meta = result_meta(meta, output)
+    classes = cfg.num_classes
+    if output == "probabilities":
+        shape, dtype, chunks = (classes, *geo["shape"]), np.float32, (1, *geo["chunks"])
+    else:
+        shape, dtype, chunks = geo["shape"], np.uint32 if output == "instances" else np.uint8, geo["chunks"]
+    suffix = ".zarr" if job.labels_name else output_suffix(job.dst)
+    big = int(np.prod(shape)) * np.dtype(dtype).itemsize > STREAM_BYTES
+    target = tmp_dir = None
+    if suffix == ".zarr":
+        target = create_target(job, shape, dtype, out_meta, chunks, overwrite, label=output != "probabilities")
+    elif suffix in (".nii", ".nii.gz") and big:
+        from .io.zarr_io import create_ome_zarr
+
+        tmp_dir = tempfile.mkdtemp(prefix=".skipseg-", dir=os.path.dirname(os.path.abspath(job.dst)))
+        target = create_ome_zarr(os.path.join(tmp_dir, "result.zarr"), shape, dtype, out_meta, chunks=chunks)
+    kwargs: dict[str, Any] = {}
+    if target is not None:
+        kwargs["probabilities_out" if output == "probabilities" else "labels_out"] = target.array
+    try:
+        try:
+            result = drive(predict(model, image, channel_axis=channel_axis, **opts, **kwargs))
+        except SegmentationError as err:
+            raise BatchError(f"{job.src}: {err}") from err
+        except (OSError, RuntimeError, ValueError) as err:  # e.g. a damaged chunk met while reading
+            if str(job.src) in str(err):
+                raise
+            raise BatchError(f"{job.src}: cannot be segmented ({type(err).__name__}: {err})") from err
+        data = result.probabilities if output == "probabilities" else result.labels
+        if target is not None and tmp_dir is None:
+            written = target.commit()
+        else:
+            Path(job.dst).parent.mkdir(parents=True, exist_ok=True)
+            written = write_image(job.dst, data, out_meta)
+    except BaseException:
+        if target is not None:
+            target.abort()
+        raise
+    finally:
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+    return {"src": str(job.src), "dst": str(written), "model": cfg.name, "device": result.device,
+            "seconds": result.seconds, "objects": result.info.get("objects"), "shape": tuple(shape)}

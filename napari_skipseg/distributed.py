@@ -1,0 +1,206 @@
+"""Segmenting on a dask.distributed cluster: many files, or one stack split into chunks.
+
+``skipseg segment ... --scheduler tcp://HOST:8786`` (or ``--workers N`` for a cluster of N
+local processes) drives :func:`segment_jobs`:
+
+- a job whose output is a zarr store (``-o out.zarr``, or labels written into the input
+  OME-Zarr) is **split by chunk**: the client creates the output store, and every task
+  predicts a run of units (slices, or 3D blocks) and writes them into it. Units line up with
+  the store's chunks, so no two tasks write the same chunk. Each unit is predicted from the
+  tiles of the whole image's grid that touch it (with their overlap), and every task uses the
+  normalisation range the client computed once, so the result equals a single-process run.
+  Instance ids are made unique afterwards with a second pass that adds each task's offset;
+- any other job (``.tif``, ``.nii``, ``.nii.gz`` outputs) is **one task per file**: the
+  worker reads the file and writes its output itself.
+
+Workers load the model once (a per-process cache keyed by the model folder and its
+modification time) and need to see the input files, the output folder and the model folder
+at the same paths as the client (a shared file system). No Qt, napari or torch import at
+module level.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .batch import BatchError, FileJob, create_target, open_source, output_suffix, result_meta
+
+#: per worker process: (model folder, mtime) -> loaded model
+_MODELS: dict[tuple[str, float], Any] = {}
+
+
+def worker_model(model_ref: str):
+    """The model at `model_ref`, loaded once per worker process."""
+    from .model.store import load_model, resolve_model
+
+    folder = str(resolve_model(model_ref))
+    weights = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".safetensors")]
+    key = (folder, max((os.path.getmtime(w) for w in weights), default=0.0))
+    if key not in _MODELS:
+        _MODELS.clear()  # one model at a time per worker
+        _MODELS[key] = load_model(folder)
+    return _MODELS[key]
+
+
+def connect(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
+    """A dask client: to the scheduler at `scheduler`, or to a new local cluster of
+    `workers` processes. Returns ``(client, cluster)``; close both (cluster may be None)."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("running on a cluster needs dask.distributed: "
+                          "pip install 'napari-skipseg[formats]'") from err
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except OSError as err:
+            raise BatchError(f"{scheduler}: cannot reach the dask scheduler ({err})") from err
+    cluster = LocalCluster(n_workers=max(int(workers or 1), 1), threads_per_worker=threads_per_worker,
+                           processes=True, dashboard_address=":0")
+    return Client(cluster), cluster
+
+
+def _chunked(job: FileJob) -> bool:
+    return bool(job.labels_name) or output_suffix(job.dst) == ".zarr"
+
+
+def segment_jobs(jobs: Sequence[FileJob], model_ref: str, options: dict, client, *, overwrite: bool = False,
+                 tasks_per_worker: int = 4, progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+    """Segment every job on the cluster behind `client`; returns one summary per job.
+
+    Parameters
+    ----------
+    jobs : sequence of FileJob
+    model_ref : str
+        A model name or folder; resolved here to a folder that the workers must see.
+    options : dict
+        ``predict`` options and ``channel`` (as for :func:`napari_skipseg.batch.segment_file`).
+    client : distributed.Client
+    tasks_per_worker : int
+        Chunked jobs are cut into about this many tasks per worker.
+    progress : callable, optional
+        ``progress(done, total, message)`` as tasks finish.
+    """
+    from distributed import as_completed
+
+    from .model.store import load_config, resolve_model
+
+    model_ref = str(resolve_model(model_ref))
+    cfg = load_config(model_ref)
+    n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    summaries: list[dict | None] = [None] * len(jobs)
+    pending = []  # (future, job index, kind, payload)
+    chunked = {}
+    for j, job in enumerate(jobs):
+        if _chunked(job):
+            chunked[j] = _start_chunked(job, cfg, model_ref, options, client, overwrite,
+                                        n_workers * tasks_per_worker)
+            pending += [(f, j, "units", g) for f, g in chunked[j]["futures"]]
+        else:
+            if Path(job.dst).exists() and not overwrite:
+                raise BatchError(f"{job.dst}: exists; pass --overwrite to replace it")
+            fut = client.submit(_run_file, job, model_ref, options, overwrite, pure=False)
+            pending.append((fut, j, "file", None))
+    total, done = len(pending), 0
+    by_future = {f: (j, kind, g) for f, j, kind, g in pending}
+    try:
+        for fut in as_completed([p[0] for p in pending]):
+            j, kind, g = by_future[fut]
+            value = fut.result()
+            if kind == "file":
+                summaries[j] = value
+            else:
+                chunked[j]["counts"][g] = value
+            done += 1
+            if progress is not None:
+                progress(done, total, Path(jobs[j].src).name)
+        for j, state in chunked.items():
+            summaries[j] = _finish_chunked(jobs[j], state, client)
+    except BaseException:
+        for state in chunked.values():
+            state["target"].abort()
+        raise
+    return summaries  # type: ignore[return-value]
+
+
+def _start_chunked(job: FileJob, cfg, model_ref: str, options: dict, client, overwrite: bool, n_tasks: int) -> dict:
+    import numpy as np
+
+    from .inference.engine import image_intensity_range, plan
+
+    opts = dict(options)
+    channel = opts.pop("channel", None)
+    image, meta, channel_axis = open_source(job.src, channel)
+    output = opts.get("output", "instances")
+    geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
+               tile=opts.get("tile"), block=opts.get("block"))
+    if output == "probabilities":
+        shape, dtype, chunks = (cfg.num_classes, *geo["shape"]), np.float32, (1, *geo["chunks"])
+    else:
+        shape, dtype, chunks = geo["shape"], np.uint32 if output == "instances" else np.uint8, geo["chunks"]
+    lo_hi = image_intensity_range(cfg, image, channel_axis)
+    target = create_target(job, shape, dtype, result_meta(meta, output), chunks, overwrite,
+                           label=output != "probabilities")
+    array_path = os.path.join(target.tmp, "0")
+    n = len(geo["units"])
+    size = max(1, -(-n // max(n_tasks, 1)))
+    groups = [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+    futures = [
+        (client.submit(_run_units, str(job.src), channel, model_ref, opts, g, lo_hi, array_path, pure=False), k)
+        for k, g in enumerate(groups)
+    ]
+    return {"target": target, "groups": groups, "futures": futures, "counts": [None] * len(groups),
+            "units": geo["units"], "array_path": array_path, "output": output, "shape": shape,
+            "model": cfg.name}
+
+
+def _finish_chunked(job: FileJob, state: dict, client) -> dict:
+    objects = None
+    if state["output"] == "instances":
+        offset, shifts = 0, []
+        for g, counts in zip(state["groups"], state["counts"], strict=True):
+            if offset:
+                shifts.append(client.submit(_shift_labels, state["array_path"],
+                                            [state["units"][u] for u in g], offset, pure=False))
+            offset += sum(counts)
+        client.gather(shifts)
+        objects = offset
+    written = state["target"].commit()
+    return {"src": str(job.src), "dst": written, "model": state["model"], "device": "cluster",
+            "objects": objects, "shape": tuple(state["shape"]), "tasks": len(state["groups"])}
+
+
+def _run_units(src: str, channel, model_ref: str, options: dict, units: list[int], lo_hi, array_path: str) -> list[int]:
+    """Worker: predict `units` of `src` and write them into the zarr array at `array_path`."""
+    import zarr
+
+    from .inference.engine import predict, run
+
+    image, _, channel_axis = open_source(src, channel)
+    out = zarr.open_array(array_path, mode="r+")
+    key = "probabilities_out" if options.get("output") == "probabilities" else "labels_out"
+    result = run(predict(worker_model(model_ref), image, channel_axis=channel_axis, units=units,
+                         intensity_range=lo_hi, **options, **{key: out}))
+    return list(result.info["label_counts"])
+
+
+def _shift_labels(array_path: str, units: list[tuple], offset: int) -> None:
+    """Worker: add `offset` to the object ids of `units` in the labels at `array_path`."""
+    import zarr
+
+    out = zarr.open_array(array_path, mode="r+")
+    for idx, blk in units:
+        where = (*idx, *blk)
+        lab = out[where]
+        lab[lab > 0] += offset
+        out[where] = lab
+
+
+def _run_file(job: FileJob, model_ref: str, options: dict, overwrite: bool) -> dict:
+    """Worker: segment one whole file and write its output."""
+    from .batch import segment_file
+
+    return segment_file(job, worker_model(model_ref), options, overwrite=overwrite)

@@ -1,0 +1,250 @@
+"""DICOM series: a folder of single-slice files, ordered by position, with spacing.
+
+Slices are sorted along the normal of their ImageOrientationPatient by their
+ImagePositionPatient (not by file name or InstanceNumber); the Z spacing is the distance
+between neighbouring positions and must be the same all through the series. A gap of about
+a whole number of spacings means slices are missing, and is an error naming the folder and
+where the gap is. PixelSpacing gives the Y and X spacing (millimetres), and the
+RescaleSlope/RescaleIntercept of each slice are applied.
+
+The voxel-to-world affine (NIfTI/RAS convention) is kept in ``meta.extra["affine"]``, so a
+segmentation written as NIfTI (:func:`napari_skipseg.io.nifti.write_nifti`) opens aligned
+with the scan. Needs pydicom (``pip install 'napari-skipseg[formats]'``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .meta import ImageMeta, ImageReadError
+
+SUFFIXES = (".dcm", ".dicom", ".ima")
+#: relative tolerance on slice spacing (positions are stored as decimal strings)
+SPACING_RTOL = 0.01
+
+
+def _pydicom():
+    try:
+        import pydicom
+    except ImportError as err:  # pragma: no cover
+        raise ImportError("DICOM needs pydicom: pip install 'napari-skipseg[formats]'") from err
+    return pydicom
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def is_dicom_folder(path: str | os.PathLike, probe: int = 8) -> bool:
+    """Whether the folder `path` holds DICOM files (looks at a few of its files)."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return False
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return False
+    files = [n for n in names if not n.startswith(".") and os.path.isfile(os.path.join(path, n))]
+    dcm = [n for n in files if n.lower().endswith(SUFFIXES)]
+    return any(is_dicom_file(os.path.join(path, n)) for n in (dcm or files)[:probe])
+
+
+def read_dicom(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMeta]:
+    """Read a DICOM series: a folder of slices, or the series of one slice file's folder.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A folder of DICOM slice files (non-DICOM files in it are ignored), or one slice
+        file: then the series it belongs to is read from its folder.
+    lazy : bool
+        Return a dask array that reads each slice file when needed.
+
+    Returns
+    -------
+    data : numpy.ndarray or dask.array.Array
+        ``ZYX`` (``YX`` for a single slice); integer pixels, or float32 when the rescale
+        slope or intercept is not a whole number.
+    meta : ImageMeta
+        Spacing in millimetres; ``extra["affine"]`` and ``extra["dicom"]`` (series UID,
+        orientation, first position, file names in slice order).
+
+    Raises
+    ------
+    ImageReadError
+        Naming the folder (or file) and the problem: no DICOM files, several series, slices
+        of different sizes or orientations, two slices at one position, missing slices,
+        inconsistent spacing, truncated or unreadable files, pixel data that cannot be
+        decoded.
+    """
+    pydicom = _pydicom()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageReadError(path, "no such file or folder")
+    only_uid = None
+    folder = path
+    if os.path.isfile(path):
+        ds = _read_header(pydicom, path)
+        only_uid = str(getattr(ds, "SeriesInstanceUID", ""))
+        folder = os.path.dirname(path) or "."
+    headers = []
+    for name in sorted(os.listdir(folder)):
+        f = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(f) or not is_dicom_file(f):
+            continue
+        ds = _read_header(pydicom, f)
+        if not hasattr(ds, "Rows"):  # DICOMDIR, reports, ...: no image
+            continue
+        if only_uid is not None and str(getattr(ds, "SeriesInstanceUID", "")) != only_uid:
+            continue
+        headers.append((f, ds))
+    if not headers:
+        raise ImageReadError(folder, "no DICOM image files in the folder")
+    uids = sorted({str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers})
+    if len(uids) > 1:
+        raise ImageReadError(folder, f"the folder holds {len(uids)} DICOM series ({', '.join(uids[:3])}"
+                             f"{', ...' if len(uids) > 3 else ''}); open one slice file to read its series")
+    for f, ds in headers:
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+            raise ImageReadError(f, "multi-frame DICOM files are not supported; one slice per file expected")
+    rows, cols = int(headers[0][1].Rows), int(headers[0][1].Columns)
+    for f, ds in headers:
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise ImageReadError(folder, f"slices differ in size: {os.path.basename(f)} is "
+                                 f"{int(ds.Rows)} x {int(ds.Columns)}, others {rows} x {cols}")
+    files, z_spacing, orient, first_pos = _order(folder, headers)
+    ds0 = headers[0][1]
+    pixel = [float(v) for v in getattr(ds0, "PixelSpacing", None) or (1.0, 1.0)]
+    row_spacing, col_spacing = pixel[0], pixel[1]  # between rows (Y), between columns (X)
+    slopes = {(float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0))
+              for _, ds in headers}
+    integral = all(s.is_integer() and i.is_integer() for s, i in slopes)
+    affine = _affine(orient, first_pos, (col_spacing, row_spacing, z_spacing))
+    extra = {"affine": affine.tolist(),
+             "dicom": {"series_uid": uids[0], "orientation": orient.tolist(), "first_position": first_pos.tolist(),
+                       "files": [os.path.basename(f) for f in files],
+                       "modality": str(getattr(ds0, "Modality", ""))}}
+    bits = int(getattr(ds0, "BitsAllocated", 16))
+    signed = int(getattr(ds0, "PixelRepresentation", 0)) == 1
+    raw = np.dtype(f"{'i' if signed else 'u'}{max(bits // 8, 1)}")
+    if not integral:
+        dtype = np.dtype(np.float32)
+    elif slopes == {(1.0, 0.0)}:
+        dtype = raw
+    else:
+        dtype = np.dtype(np.int32)
+    name = os.path.basename(os.path.abspath(folder))
+    if len(files) == 1:
+        meta = ImageMeta("YX", (row_spacing, col_spacing), "millimeter", name=name, path=folder, extra=extra)
+    else:
+        meta = ImageMeta("ZYX", (z_spacing, row_spacing, col_spacing), "millimeter", name=name, path=folder,
+                         extra=extra)
+    shape = (rows, cols)
+    if lazy:
+        import dask.array as da
+        from dask import delayed
+
+        slices = [da.from_delayed(delayed(_read_pixels)(f, dtype, shape), shape, dtype=dtype) for f in files]
+        data = slices[0] if len(files) == 1 else da.stack(slices)
+    else:
+        data = np.empty((len(files), *shape), dtype)
+        for i, f in enumerate(files):
+            data[i] = _read_pixels(f, dtype, shape)
+        data = data[0] if len(files) == 1 else data
+    meta.validate(data.shape)
+    return data, meta
+
+
+def _read_header(pydicom: Any, f: str) -> Any:
+    try:
+        return pydicom.dcmread(f, stop_before_pixels=True)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
+        raise ImageReadError(f, f"not a readable DICOM file, truncated or corrupt? ({e})") from e
+
+
+def _read_pixels(f: str, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
+    """The rescaled pixels of one slice file."""
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(f)
+        pixels = ds.pixel_array
+    except Exception as e:  # noqa: BLE001 - truncated PixelData, missing codecs, ...
+        raise ImageReadError(f, f"cannot read the DICOM pixel data, truncated or compressed with a codec "
+                             f"that is not installed? ({e})") from e
+    if pixels.shape != shape:
+        raise ImageReadError(f, f"pixel data of shape {pixels.shape}; the header says {shape}")
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    if (slope, intercept) == (1.0, 0.0):
+        return pixels.astype(dtype, copy=False)
+    return (pixels.astype(np.float64) * slope + intercept).astype(dtype)
+
+
+def _order(folder: str, headers: list) -> tuple[list[str], float, np.ndarray, np.ndarray]:
+    """Files sorted by position along the slice normal; the slice spacing; orientation."""
+    def vec(ds, tag, n):
+        v = getattr(ds, tag, None)
+        return None if v is None or len(v) != n else np.asarray([float(x) for x in v])
+
+    orient = vec(headers[0][1], "ImageOrientationPatient", 6)
+    positions = [vec(ds, "ImagePositionPatient", 3) for _, ds in headers]
+    if orient is None or any(p is None for p in positions):
+        if len(headers) > 1:
+            raise ImageReadError(folder, "slices lack ImagePositionPatient/ImageOrientationPatient; "
+                                 "cannot order them or find the slice spacing")
+        orient = np.array([1.0, 0, 0, 0, 1.0, 0])
+        positions = [np.zeros(3)]
+    for f, ds in headers:
+        o = vec(ds, "ImageOrientationPatient", 6)
+        if o is not None and not np.allclose(o, orient, atol=1e-4):
+            raise ImageReadError(folder, f"slices differ in orientation ({os.path.basename(f)}); "
+                                 "not one volume")
+    normal = np.cross(orient[:3], orient[3:])
+    dist = np.asarray([float(np.dot(p, normal)) for p in positions])
+    order = np.argsort(dist, kind="stable")
+    files = [headers[i][0] for i in order]
+    dist = dist[order]
+    first = positions[order[0]]
+    if len(files) == 1:
+        thick = float(getattr(headers[0][1], "SliceThickness", 1.0) or 1.0)
+        return files, thick, orient, first
+    gaps = np.diff(dist)
+    if np.any(gaps < 1e-6):
+        i = int(np.argmin(gaps))
+        raise ImageReadError(folder, f"two slices at the same position {dist[i]:.4g} mm "
+                             f"({os.path.basename(files[i])}, {os.path.basename(files[i + 1])})")
+    step = float(np.median(gaps))
+    bad = np.abs(gaps - step) > SPACING_RTOL * step
+    if bad.any():
+        i = int(np.argmax(bad))
+        ratio = gaps[i] / step
+        if ratio > 1.5 and abs(ratio - round(ratio)) < 0.1:
+            missing = int(round(ratio)) - 1
+            raise ImageReadError(folder, f"{missing} slice(s) missing between positions {dist[i]:.4g} and "
+                                 f"{dist[i + 1]:.4g} mm ({os.path.basename(files[i])}, "
+                                 f"{os.path.basename(files[i + 1])}); slice spacing is {step:.4g} mm")
+        raise ImageReadError(folder, f"inconsistent slice spacing: {gaps[i]:.4g} mm between "
+                             f"{os.path.basename(files[i])} and {os.path.basename(files[i + 1])}, "
+                             f"{step:.4g} mm elsewhere")
+    return files, float((dist[-1] - dist[0]) / (len(files) - 1)), orient, first
+
+
+def _affine(orient: np.ndarray, first: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Voxel (x = column, y = row, z = slice) -> world, RAS (DICOM is LPS: x, y negated)."""
+    row_dir, col_dir = orient[:3], orient[3:]
+    normal = np.cross(row_dir, col_dir)
+    lps = np.eye(4)
+    lps[:3, 0] = row_dir * spacing[0]
+    lps[:3, 1] = col_dir * spacing[1]
+    lps[:3, 2] = normal * spacing[2]
+    lps[:3, 3] = first
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps

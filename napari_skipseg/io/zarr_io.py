@@ -1,0 +1,438 @@
+"""Plain zarr arrays and OME-Zarr (OME-NGFF 0.4 and 0.5) images, pyramids and labels.
+
+Reading is lazy: the pixels stay on disk in a :class:`zarr.Array` and are read chunk by
+chunk when indexed. Writing creates the OME-NGFF ``multiscales`` metadata directly on top of
+zarr (no ome-zarr package needed): NGFF 0.5 in zarr format 3 for new images, and for labels
+written next to an image the image's own NGFF version and zarr format.
+
+A folder is written under a temporary name and renamed into place when complete, so a
+reader never meets a half-written store at the final path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .meta import ImageMeta, ImageReadError, default_axes
+
+#: NGFF axis names -> our axis letters.
+_NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+_UNITS = {  # NGFF (UDUNITS-2) unit names are ours; a few short spellings too
+    "um": "micrometer", "µm": "micrometer", "micron": "micrometer", "nm": "nanometer",
+    "mm": "millimeter", "cm": "centimeter", "m": "meter",
+}  # fmt: skip
+_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Whether `path` is a zarr store folder (by its ``.zarr`` name or its metadata files)."""
+    path = os.fspath(path).rstrip("/\\")
+    if not os.path.isdir(path):
+        return False
+    return path.lower().endswith(".zarr") or any(
+        os.path.exists(os.path.join(path, m)) for m in _MARKERS
+    )
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError as err:  # pragma: no cover - zarr is a dependency of [formats]
+        raise ImportError("reading zarr needs zarr: pip install 'napari-skipseg[formats]'") from err
+    return zarr
+
+
+def _ome_attrs(attrs: dict) -> tuple[dict | None, str | None]:
+    """The OME attributes dict and NGFF version of a group's attributes, if any."""
+    if isinstance(attrs.get("ome"), dict):  # NGFF 0.5
+        ome = attrs["ome"]
+        return ome, str(ome.get("version", "0.5"))
+    if "multiscales" in attrs or "labels" in attrs or "image-label" in attrs:  # NGFF <= 0.4
+        ms = attrs.get("multiscales") or [{}]
+        return attrs, str(ms[0].get("version", "0.4"))
+    return None, None
+
+
+def read_zarr(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMeta]:
+    """Read a zarr array, or the full-resolution level of an OME-Zarr image.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A zarr store folder: an OME-Zarr image (group with ``multiscales``), or a plain
+        array (axes from the ``skipseg`` or xarray ``_ARRAY_DIMENSIONS`` attributes,
+        else from the number of dimensions).
+    lazy : bool
+        Return the :class:`zarr.Array` itself (pixels read on access) instead of numpy.
+
+    Returns
+    -------
+    data : zarr.Array or numpy.ndarray
+    meta : ImageMeta
+        For OME-Zarr, ``meta.extra["ome_zarr"]`` holds the NGFF ``version``, the
+        ``levels`` (dataset paths, full resolution first), the level-0 ``translation`` and
+        the ``labels`` found next to the image.
+
+    Raises
+    ------
+    ImageReadError
+        If the store cannot be opened, holds no image, or its axes are not 2 to 5 of
+        ``t, c, z, y, x`` with y and x last.
+    """
+    path = os.fspath(path).rstrip("/\\")
+    if not os.path.exists(path):
+        raise ImageReadError(path, "no such file or folder")
+    zarr = _zarr()
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:  # noqa: BLE001 - zarr raises many kinds on damaged stores
+        raise ImageReadError(path, f"not a readable zarr store ({e!r})") from e
+    name = _stem(path)
+    if isinstance(node, zarr.Array):
+        data, meta = node, _plain_meta(node, path, name)
+    else:
+        ome, version = _ome_attrs(dict(node.attrs))
+        if ome is None or not ome.get("multiscales"):
+            arrays = sorted(k for k, _ in node.arrays())
+            hint = f"; it holds arrays {arrays}: open one of them" if arrays else ""
+            raise ImageReadError(path, f"zarr group without OME-NGFF multiscales metadata{hint}")
+        data, meta = _ome_image(node, ome, version, path, name)
+    meta.validate(data.shape)
+    return (data if lazy else _load(data, path)), meta
+
+
+def read_levels(path: str | os.PathLike) -> list[Any]:
+    """Every resolution level of an OME-Zarr image as lazy zarr arrays, largest first."""
+    data, meta = read_zarr(path, lazy=True)
+    info = meta.extra.get("ome_zarr")
+    if not info:
+        return [data]
+    group = _zarr().open_group(os.fspath(path), mode="r")
+    return [group[p] for p in info["levels"]]
+
+
+def _load(data: Any, path: str) -> np.ndarray:
+    try:
+        return np.asarray(data[...])
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a truncated or missing chunk
+        raise ImageReadError(path, f"cannot read the zarr data, truncated or corrupt? ({e!r})") from e
+
+
+def _plain_meta(array: Any, path: str, name: str) -> ImageMeta:
+    attrs = dict(array.attrs)
+    ndim = array.ndim
+    stored = attrs.get("skipseg") or {}
+    axes = stored.get("axes")
+    if not axes:
+        dims = attrs.get("_ARRAY_DIMENSIONS") or getattr(array.metadata, "dimension_names", None)
+        if dims and all(d and str(d).lower() in _NAMES for d in dims):
+            axes = "".join(_NAMES[str(d).lower()] for d in dims)
+    if not axes:
+        if not 2 <= ndim <= 5:
+            raise ImageReadError(path, f"zarr array of {ndim} dimension(s) {array.shape}; "
+                                 "expected 2 to 5 (YX, ZYX, TZYX, TCZYX)")
+        axes = default_axes(ndim)
+    spacing = stored.get("spacing") or ()
+    return ImageMeta(axes, spacing, stored.get("unit", "pixel"), name=name, path=path)
+
+
+def _ome_image(group: Any, ome: dict, version: str, path: str, name: str) -> tuple[Any, ImageMeta]:
+    ms = ome["multiscales"][0]
+    raw_axes = ms.get("axes")
+    if not raw_axes:  # NGFF <= 0.3: no axes; assume the default order
+        first = group[ms["datasets"][0]["path"]]
+        raw_axes = list(default_axes(first.ndim).lower()) if 2 <= first.ndim <= 5 else ["?"]
+    axes, unit = "", "pixel"
+    for a in raw_axes:
+        a_name = (a.get("name") if isinstance(a, dict) else str(a)).lower()
+        letter = _NAMES.get(a_name)
+        if letter is None and isinstance(a, dict):
+            letter = {"time": "T", "channel": "C"}.get(a.get("type", ""))
+        if letter is None:
+            raise ImageReadError(path, f"OME-Zarr axis {a_name!r} is not one of t, c, z, y, x")
+        axes += letter
+        if isinstance(a, dict) and a.get("unit") and letter in "ZYX" and unit == "pixel":
+            unit = _UNITS.get(str(a["unit"]), str(a["unit"]))
+    datasets = ms.get("datasets") or []
+    if not datasets:
+        raise ImageReadError(path, "OME-Zarr multiscales lists no datasets")
+    try:
+        levels = [group[d["path"]] for d in datasets]
+    except KeyError as e:
+        raise ImageReadError(path, f"OME-Zarr dataset {e} is missing from the store") from e
+    scale = _transform(datasets[0], "scale", len(axes))
+    outer = _transform(ms, "scale", len(axes))
+    spacing = tuple(float(s) * float(o) for s, o in zip(scale, outer, strict=True))
+    spacing = tuple(s if a in "ZYX" else 1.0 for a, s in zip(axes, spacing, strict=True))
+    translation = _transform(datasets[0], "translation", len(axes), default=0.0)
+    labels = []
+    if "labels" in group:
+        lab_ome, _ = _ome_attrs(dict(group["labels"].attrs))
+        labels = list((lab_ome or {}).get("labels", []))
+    extra = {"ome_zarr": {"version": version, "levels": [d["path"] for d in datasets],
+                          "translation": [float(t) for t in translation], "labels": labels,
+                          "name": ms.get("name", "")}}
+    return levels[0], ImageMeta(axes, spacing, unit, name=name, path=path, extra=extra)
+
+
+def _transform(node: dict, kind: str, n: int, default: float = 1.0) -> list[float]:
+    for t in node.get("coordinateTransformations") or []:
+        if t.get("type") == kind and kind in t:
+            values = list(t[kind])
+            if len(values) == n:
+                return values
+    return [default] * n
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+def _ngff_axes(meta: ImageMeta) -> list[dict]:
+    out = []
+    for a in meta.axes:
+        entry = {"name": a.lower(), "type": _TYPES[a]}
+        if a in "ZYX" and meta.unit not in ("pixel", ""):
+            entry["unit"] = meta.unit
+        out.append(entry)
+    return out
+
+
+def _multiscales(meta: ImageMeta, paths: Sequence[str], factors: Sequence[Sequence[int]], name: str,
+                 version: str) -> dict:
+    datasets = []
+    for p, f in zip(paths, factors, strict=True):
+        scale = [s * k for s, k in zip(meta.spacing, f, strict=True)]
+        # pixel centres of a level downsampled by k sit (k - 1) / 2 pixels in
+        translation = [(k - 1) / 2 * s for s, k in zip(meta.spacing, f, strict=True)]
+        ct: list[dict] = [{"type": "scale", "scale": scale}]
+        if any(translation):
+            ct.append({"type": "translation", "translation": translation})
+        datasets.append({"path": p, "coordinateTransformations": ct})
+    ms = {"axes": _ngff_axes(meta), "datasets": datasets, "name": name}
+    if version != "0.5":
+        ms["version"] = version
+    return ms
+
+
+def _check_meta(meta: ImageMeta, shape: tuple[int, ...], path: str) -> ImageMeta:
+    meta = replace(meta, path=path)
+    meta.validate(shape)
+    if meta.rgb:
+        raise ImageReadError(path, "OME-Zarr has no RGB sample axis; move the samples to a C axis")
+    return meta
+
+
+def _fresh_target(path: str, overwrite: bool) -> str:
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _swap_in(tmp: str, path: str) -> None:
+    """Move the complete store `tmp` to `path`, replacing an old store there."""
+    old = None
+    if os.path.exists(path):
+        old = f"{tmp}.old"
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class ZarrTarget:
+    """An OME-Zarr store being written: ``array`` takes pixels; :meth:`commit` publishes it.
+
+    Made by :func:`create_ome_zarr` and :func:`create_labels`. Until :meth:`commit`, the
+    data live under a temporary name next to the destination; :meth:`abort` removes them.
+    Usable as a context manager (commit on success, abort on error).
+    """
+
+    def __init__(self, array: Any, tmp: str, path: str, on_commit=None) -> None:
+        self.array = array
+        self.tmp = tmp
+        self.path = path
+        self._on_commit = on_commit
+        self.done = False
+
+    def commit(self) -> str:
+        if not self.done:
+            _swap_in(self.tmp, self.path)
+            if self._on_commit is not None:
+                self._on_commit()
+            self.done = True
+        return self.path
+
+    def abort(self) -> None:
+        if not self.done:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.done = True
+
+    def __enter__(self) -> ZarrTarget:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+def default_chunks(shape: Sequence[int], axes: str, block: Sequence[int] | None = None) -> tuple[int, ...]:
+    """One chunk per YX plane (or per ZYX `block`), at most 1024 x 1024 pixels in YX."""
+    nd = len(block) if block else 2
+    chunks = [1] * (len(shape) - nd)
+    spatial = block or [min(s, 1024) for s in shape[-2:]]
+    chunks += [min(int(b), int(s)) for b, s in zip(spatial, shape[-nd:], strict=True)]
+    return tuple(max(c, 1) for c in chunks)
+
+
+def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, meta: ImageMeta | None = None,
+                    *, chunks: Sequence[int] | None = None, overwrite: bool = False,
+                    label: bool = False) -> ZarrTarget:
+    """Start writing a new single-level OME-Zarr image (NGFF 0.5, zarr format 3).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store folder to create (conventionally ending in ``.zarr``).
+    shape, dtype
+        Of the full-resolution array.
+    meta : ImageMeta, optional
+        Axes, spacing and unit (default from the number of dimensions).
+    chunks : sequence of int, optional
+        Chunk shape (default: :func:`default_chunks`).
+    overwrite : bool
+        Replace an existing store at `path` on commit.
+    label : bool
+        Mark the image as a label image (``image-label`` metadata).
+
+    Returns
+    -------
+    ZarrTarget
+        Write into ``target.array``, then ``target.commit()``.
+    """
+    zarr = _zarr()
+    path = os.fspath(path).rstrip("/\\")
+    shape = tuple(int(s) for s in shape)
+    meta = _check_meta(meta or ImageMeta(default_axes(len(shape))), shape, path)
+    tmp = _fresh_target(path, overwrite)
+    root = zarr.open_group(tmp, mode="w", zarr_format=3)
+    ome: dict[str, Any] = {"version": "0.5",
+                           "multiscales": [_multiscales(meta, ["0"], [[1] * len(shape)], meta.name or _stem(path), "0.5")]}
+    if label:
+        ome["image-label"] = {"version": "0.5"}
+    root.attrs["ome"] = ome
+    array = root.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
+                              chunks=tuple(chunks or default_chunks(shape, meta.axes)),
+                              dimension_names=[a.lower() for a in meta.axes])
+    return ZarrTarget(array, tmp, path)
+
+
+def create_labels(image_path: str | os.PathLike, name: str, shape: Sequence[int], dtype: Any,
+                  meta: ImageMeta | None = None, *, chunks: Sequence[int] | None = None,
+                  overwrite: bool = False) -> ZarrTarget:
+    """Start writing a label image into ``labels/<name>`` of the OME-Zarr image at `image_path`.
+
+    The labels use the image's NGFF version and zarr format, and on commit `name` is added
+    to the ``labels`` list, so OME-Zarr viewers show them over the image.
+    """
+    zarr = _zarr()
+    image_path = os.fspath(image_path).rstrip("/\\")
+    _, image_meta = read_zarr(image_path, lazy=True)
+    version = (image_meta.extra.get("ome_zarr") or {}).get("version")
+    if version is None:
+        raise ImageReadError(image_path, "labels can only be written next to an OME-Zarr image")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{name!r} is not a usable label name")
+    shape = tuple(int(s) for s in shape)
+    meta = _check_meta(meta or image_meta.without_channels(), shape, f"{image_path}/labels/{name}")
+    group = zarr.open_group(image_path, mode="r+")
+    fmt = group.metadata.zarr_format
+    labels = group.require_group("labels")
+    dest = os.path.join(image_path, "labels", name)
+    if os.path.exists(dest) and not overwrite:
+        raise FileExistsError(f"{dest}: exists; pass overwrite=True to replace it")
+    tmp_name = f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    sub = labels.create_group(tmp_name)
+    ms = _multiscales(meta, ["0"], [[1] * len(shape)], name, version)
+    if version == "0.5":
+        sub.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "image-label": {"version": "0.5"}}
+    else:
+        sub.attrs.update({"multiscales": [ms], "image-label": {"version": version}})
+    kwargs = {"dimension_names": [a.lower() for a in meta.axes]} if fmt == 3 else {}
+    array = sub.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
+                             chunks=tuple(chunks or default_chunks(shape, meta.axes)), **kwargs)
+
+    def register() -> None:
+        grp = zarr.open_group(os.path.join(image_path, "labels"), mode="r+")
+        attrs = dict(grp.attrs)
+        if version == "0.5":
+            ome = dict(attrs.get("ome") or {"version": "0.5"})
+            ome["labels"] = sorted(set(ome.get("labels", [])) | {name})
+            grp.attrs["ome"] = ome
+        else:
+            grp.attrs["labels"] = sorted(set(attrs.get("labels", [])) | {name})
+
+    return ZarrTarget(array, os.path.join(image_path, "labels", tmp_name), dest, on_commit=register)
+
+
+def write_ome_zarr(path: str | os.PathLike, data: Any, meta: ImageMeta | None = None, *,
+                   chunks: Sequence[int] | None = None, overwrite: bool = True,
+                   label: bool | None = None) -> str:
+    """Write an array (numpy, dask or zarr) as a single-level OME-Zarr image.
+
+    The array is copied one chunk row at a time, so a lazy array is never loaded whole.
+    Integer arrays of unsigned type are marked as label images unless `label` says otherwise.
+    """
+    data = data if hasattr(data, "shape") and hasattr(data, "dtype") else np.asarray(data)
+    if data.dtype == bool:
+        data = np.asarray(data).astype(np.uint8)
+    if label is None:
+        label = np.dtype(data.dtype).kind == "u" and np.dtype(data.dtype).itemsize >= 4
+    target = create_ome_zarr(path, data.shape, data.dtype, meta, chunks=chunks, overwrite=overwrite,
+                             label=label)
+    with target:
+        copy_blocks(data, target.array)
+    return target.path
+
+
+def write_labels_next_to(image_path: str | os.PathLike, name: str, data: Any, meta: ImageMeta | None = None,
+                         *, overwrite: bool = False) -> str:
+    """Write `data` as ``labels/<name>`` of an OME-Zarr image; returns the labels path."""
+    data = data if hasattr(data, "shape") and hasattr(data, "dtype") else np.asarray(data)
+    target = create_labels(image_path, name, data.shape, data.dtype, meta, overwrite=overwrite)
+    with target:
+        copy_blocks(data, target.array)
+    return target.path
+
+
+def copy_blocks(src: Any, dst: Any) -> None:
+    """Copy `src` into `dst` (same shape) one leading-axis chunk row at a time."""
+    if src.ndim == 0 or src.shape[0] == 0:
+        return
+    step = (getattr(dst, "chunks", None) or (1,))[0]
+    if src.ndim <= 2 or src.size <= 16_000_000:
+        dst[...] = np.asarray(src[...])
+        return
+    for i in range(0, src.shape[0], step):
+        dst[i : i + step] = np.asarray(src[i : i + step])
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path.rstrip("/\\"))
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -365,13 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="segment images or stacks with a model")
     p.add_argument("inputs", nargs="+", help="image files (.tif, .nii, .nii.gz), zarr stores, DICOM "
                    "series folders, or folders of them")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--out", dest="output", required=True,
                    help="output file (.tif, .nii, .nii.gz, .zarr: streamed) for one input, else a folder; "
                         "the input OME-Zarr itself to add the result as labels next to the image")
     p.add_argument("--model", help="model name or folder (default: chosen from the image)")
     p.add_argument("--mode", choices=["auto", "2d", "3d"], default="auto")
-    p.add_argument("--output-kind", "--kind", dest="output_kind", default="instances",
-                   choices=["instances", "semantic", "probabilities"])
+    p.add_argument("--output", "--output-kind", "--kind", dest="output_kind", default="instances",
+                   choices=["instances", "semantic", "probabilities"],
+                   help="what to write: instance labels, semantic labels or class probabilities")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--channel", type=int, help="segment this channel of a multi-channel image")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")

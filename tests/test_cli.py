@@ -140,7 +140,7 @@ def test_segment_probabilities(home, tmp_path):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, _image((20, 22)))
     dst = tmp_path / "probs.tif"
-    assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "--kind", "probabilities", "-q"]) == 0
+    assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "--output", "probabilities", "-q"]) == 0
     probs, meta = read_image(dst)
     assert probs.shape == (3, 20, 22) and meta.axes == "CYX"
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)

@@ -26,6 +26,17 @@ def make_tiny_model(name: str = "tiny", spatial_dims: int = 2, output: str = "in
     return SkipUNet(cfg).eval()
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny test models run fastest on one thread, and several threads thrash on a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def model_home(tmp_path, monkeypatch):
     """``SKIPSEG_HOME`` pointing at a fresh store holding ``tiny`` (2D) and ``tiny3d``."""

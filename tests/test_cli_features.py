@@ -11,16 +11,6 @@ from napari_skipseg.cli import main
 from napari_skipseg.io import ImageMeta, read_image, write_image
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def stack(tmp_path):
     data = (np.random.default_rng(0).random((3, 40, 52)) * 1000).astype(np.uint16)

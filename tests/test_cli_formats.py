@@ -13,16 +13,6 @@ from napari_skipseg.model.store import load_model
 COMMON = ["--model", "tiny", "--device", "cpu", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_zarr_in_zarr_out_streams_and_equals_in_memory(model_home, tmp_path):
     stack = volume((5, 40, 36))
     src = write_image(tmp_path / "big.zarr", stack, ImageMeta("ZYX", (2.0, 0.4, 0.4), "micrometer"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -169,3 +170,12 @@ def default_axes(ndim: int, rgb: bool = False) -> str:
     if n not in guesses:
         raise ValueError(f"no default axes for a {ndim}-dimensional{' RGB' * rgb} array")
     return guesses[n] + "S" * rgb
+
+
+def file_stem(path, suffixes: Sequence[str]) -> str:
+    """File or folder name of ``path`` without the first of ``suffixes`` it ends with."""
+    name = os.path.basename(os.fspath(path).rstrip("/\\"))
+    for suffix in suffixes:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name

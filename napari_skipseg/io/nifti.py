@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .meta import ImageMeta, ImageReadError
+from .meta import ImageMeta, ImageReadError, file_stem
 
 SUFFIXES = (".nii.gz", ".nii")
 _UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter", "unknown": "pixel"}
@@ -103,7 +103,7 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageM
             "time_step": zooms[3] if keep >= 4 else None, "xyzt_units": list(hdr.get_xyzt_units()),
         },
     }
-    meta = ImageMeta(axes, spacing, _UNITS.get(xyz_unit, xyz_unit or "pixel"), name=_stem(path), path=path,
+    meta = ImageMeta(axes, spacing, _UNITS.get(xyz_unit, xyz_unit or "pixel"), name=file_stem(path, SUFFIXES), path=path,
                      extra=extra)
     index = (slice(None),) * keep + (0,) * (len(shape) - keep)
     try:
@@ -269,10 +269,3 @@ def _nifti_dtype(data: Any) -> np.dtype:
         return np.dtype(np.int64 if dtype.kind == "i" else np.uint64)  # NIfTI-1 has both
     return dtype
 
-
-def _stem(path: str) -> str:
-    name = os.path.basename(path)
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name

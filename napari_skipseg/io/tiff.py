@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from .meta import AXES, ImageMeta, ImageReadError, default_axes
+from .meta import AXES, ImageMeta, ImageReadError, default_axes, file_stem
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 
@@ -81,7 +81,7 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
             series = tif.series[0]
             axes = _map_axes(series.axes, series.shape, path)
             spacing, unit = _spacing(tif, series.keyframe, axes)
-            meta = ImageMeta(axes, spacing, unit, name=_stem(path), path=path)
+            meta = ImageMeta(axes, spacing, unit, name=file_stem(path, SUFFIXES), path=path)
             data = _lazy(path, series) if lazy else series.asarray()
             if damage:  # pages lost: tifffile would return part of the image
                 raise ImageReadError(path, f"truncated or corrupt TIFF file ({damage[0]})")
@@ -141,7 +141,7 @@ def write_tiff(
     data = _ome_dtype(np.asarray(data), path)
     meta = replace(meta or ImageMeta(default_axes(data.ndim)), path=path)
     meta.validate(data.shape)
-    metadata: dict[str, Any] = {"axes": meta.axes, "Name": meta.name or _stem(path)}
+    metadata: dict[str, Any] = {"axes": meta.axes, "Name": meta.name or file_stem(path, SUFFIXES)}
     unit = _OME_UNITS.get(meta.unit, meta.unit)
     for axis, size in zip(meta.axes, meta.spacing, strict=True):
         if axis in "ZYX":
@@ -282,11 +282,3 @@ def _ome_dtype(data: np.ndarray, path: str) -> np.ndarray:
         raise ValueError(f"{path}: values {lo}..{hi} do not fit a 32-bit OME pixel type")
     return data
 
-
-def _stem(path: str) -> str:
-    """File name without its TIFF suffix."""
-    name = os.path.basename(path)
-    for suffix in SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .meta import ImageMeta, ImageReadError, default_axes
+from .meta import ImageMeta, ImageReadError, default_axes, file_stem
 
 #: NGFF axis names -> our axis letters.
 _NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
@@ -95,7 +95,7 @@ def read_zarr(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
         node = zarr.open(path, mode="r")
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds on damaged stores
         raise ImageReadError(path, f"not a readable zarr store ({e!r})") from e
-    name = _stem(path)
+    name = file_stem(path, (".ome.zarr", ".zarr"))
     if isinstance(node, zarr.Array):
         data, meta = node, _plain_meta(node, path, name)
     else:
@@ -330,7 +330,7 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, m
     tmp = _fresh_target(path, overwrite)
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     ome: dict[str, Any] = {"version": "0.5",
-                           "multiscales": [_multiscales(meta, ["0"], [[1] * len(shape)], meta.name or _stem(path), "0.5")]}
+                           "multiscales": [_multiscales(meta, ["0"], [[1] * len(shape)], meta.name or file_stem(path, (".ome.zarr", ".zarr")), "0.5")]}
     if label:
         ome["image-label"] = {"version": "0.5"}
     root.attrs["ome"] = ome
@@ -429,10 +429,3 @@ def copy_blocks(src: Any, dst: Any) -> None:
     for i in range(0, src.shape[0], step):
         dst[i : i + step] = np.asarray(src[i : i + step])
 
-
-def _stem(path: str) -> str:
-    name = os.path.basename(path.rstrip("/\\"))
-    for suffix in (".ome.zarr", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad input or options (one clear line on stderr), 130 in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,24 @@ def _progress_driver(gen, desc: str, quiet: bool = False):
     finally:
         if bar is not None:
             bar.close()
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Within the block Ctrl-C (SIGINT) is noted instead of raising ``KeyboardInterrupt``;
+    yields a function that says whether one came (main thread only; elsewhere never)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _single_image_folder(p: Path) -> bool:
@@ -240,8 +259,11 @@ def cmd_features(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from .model.store import list_models
+    from .model.store import list_models, load_config, render_card, resolve_model
 
+    if args.card:  # the whole model card, as the widgets show it
+        print(render_card(load_config(resolve_model(args.card))))
+        return 0
     entries = list_models()
     if not entries:
         print("no models found")
@@ -285,8 +307,14 @@ def cmd_train(args) -> int:
 def cmd_finetune(args) -> int:
     """Fine-tune a model on corrected masks and write a new model version (never overwriting)."""
     from .io import read_image
-    from .model.store import _import_destination, is_model_dir, load_model
-    from .training.finetune import Annotated, FinetuneOptions, finetune, save_version
+    from .model.store import _import_destination, discard_model, is_model_dir, load_model
+    from .training.finetune import (
+        Annotated,
+        FinetuneOptions,
+        activate_version,
+        finetune,
+        save_version,
+    )
 
     if len(args.images) != len(args.masks):
         raise CLIError(f"{len(args.images)} image(s) but {len(args.masks)} mask(s); give one mask per image")
@@ -315,14 +343,68 @@ def cmd_finetune(args) -> int:
         batch_size=args.batch_size, num_classes=args.num_classes, class_names=args.class_names,
         seed=args.seed,
     )
-    result = _progress_driver(finetune(model, data, opts, device=args.device), "finetune", args.quiet)
-    folder = save_version(result, data, dest, activate=bool(args.activate and result.accepted))
+    existed = dest.is_dir()
+    gen = finetune(model, data, opts, device=args.device)
+    try:
+        result = _progress_driver(gen, "finetune", args.quiet)
+        # Ctrl-C while the version is written is held back until it is complete, then the
+        # version is removed again: an interrupted run leaves the store as it was
+        with _sigint_deferred() as interrupted:
+            folder = save_version(result, data, dest, activate=False)
+            if interrupted():
+                discard_model(folder)
+                if existed:
+                    folder.mkdir(parents=True, exist_ok=True)  # the empty folder the user gave
+                raise KeyboardInterrupt
+            if args.activate and result.accepted:
+                activate_version(folder)
+    except KeyboardInterrupt:
+        gen.close()  # releases accelerator memory now
+        print("skipseg: interrupted; no model version was written", file=sys.stderr)
+        return 130
     print(f"{args.model} -> {folder}: {result.message}; {result.steps} steps in {result.seconds:.0f} s")
     if not result.accepted:
         print(f"skipseg: warning: the new version is not better than {args.model} on the held-out data "
               "(saved anyway, with the labels)", file=sys.stderr)
     if not args.quiet:
         print(f"use it with: skipseg segment --model {folder} ...")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, pair_files, split_names
+    from .model.store import load_model, resolve_model
+
+    model = load_model(args.model)
+    names = split_names(resolve_model(args.model), args.split) if args.split else None
+    pairs = pair_files(args.images, args.masks, names)
+    gen = evaluate(model, pairs, drive=lambda g: _progress_driver(g, "segment", True), device=args.device,
+                   tile=args.tile, overlap=args.overlap, mode=args.mode)
+    keys = None
+    try:
+        while True:
+            try:
+                score = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            if keys is None:
+                keys = [k for k in score.metrics if k not in ("precision", "recall")]
+                if not args.quiet:
+                    print("image".ljust(40) + "".join(k.rjust(18) for k in keys) + "seconds".rjust(10))
+            if not args.quiet:
+                print(score.name[:39].ljust(40) + "".join(f"{score.metrics[k]:18.4f}" for k in keys)
+                      + f"{score.seconds:10.1f}", flush=True)
+    except KeyboardInterrupt:
+        gen.close()
+        raise
+    over = result.overall
+    print(f"overall ({len(result.images)} images, model {result.model}, {result.output}): "
+          + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in over.items()))
+    if args.json:
+        import json
+
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     return 0
 
 
@@ -407,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models that can be used")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--card", metavar="MODEL", help="print this model's card (name or folder)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("import-model", help="convert a PyTorch .pt/.pth state dict into a stored model "
@@ -419,6 +502,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_import_model)
+
+    p = sub.add_parser("evaluate", help="score a model on images with known masks (F1, IoU, Dice, pixel error)")
+    p.add_argument("images", help="an image file, or a folder of images")
+    p.add_argument("masks", help="its mask, or a folder of masks with the same file names")
+    p.add_argument("--model", required=True, help="model name or folder")
+    p.add_argument("--split", choices=["train", "validation"],
+                   help="only the images of the model's recorded split (validation_split.json)")
+    p.add_argument("--mode", choices=["auto", "2d", "3d"], default="auto")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
+    p.add_argument("--json", help="also write the per-image and overall metrics to this JSON file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the overall line")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("view", help="open napari with the plugin's widgets and an image or sample")
     p.add_argument("inputs", nargs="*", help="images to open (default: a sample)")

@@ -81,3 +81,74 @@ def test_bad_input_is_one_clear_line(model_home, tmp_path, capsys):
     assert main(["finetune", "--model", "tiny", "--images", a, "--masks", str(bad), "-o", str(tmp_path / "y")]) == 2
     assert "differ in shape" in capsys.readouterr().err
     assert main(["finetune", "--model", "nope", "--images", a, "--masks", ma, "-o", str(tmp_path / "z")]) == 2
+
+
+@pytest.mark.parametrize("moment", ["training", "writing", "saved"])
+def test_ctrl_c_leaves_the_store_unchanged(model_home, tmp_path, capsys, monkeypatch, moment):
+    """A real SIGINT (Ctrl-C) during training, while the new version's weights are written,
+    or just after the version is complete: exit code 130, one line, the store as it was
+    (no new version, the active model unchanged, even with --activate)."""
+    import os
+    import signal
+
+    import napari_skipseg.training.finetune as finetune_mod
+    from napari_skipseg.model import store
+
+    a, ma = _pair(tmp_path, "a", 0)
+    models = model_home / "models"
+    before = sorted(str(p.relative_to(model_home)) for p in model_home.rglob("*"))
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if moment == "training":
+        real = finetune_mod.finetune
+
+        def finetune(*args, **kwargs):
+            inner = real(*args, **kwargs)
+            n = 0
+            while True:
+                if n == 4:
+                    ctrl_c()
+                try:
+                    event = next(inner)
+                except StopIteration as done:
+                    return done.value
+                n += 1
+                yield event
+
+        monkeypatch.setattr(finetune_mod, "finetune", finetune)
+    elif moment == "writing":
+        real_write = store._write_synced
+
+        def write(target, writer):
+            if target.name == store.WEIGHTS_FILE:
+                ctrl_c()
+            return real_write(target, writer)
+
+        monkeypatch.setattr(store, "_write_synced", write)
+    else:
+        real_save = store.save_model
+
+        def save_model(*args, **kwargs):
+            out = real_save(*args, **kwargs)
+            assert store.is_model_dir(out)
+            ctrl_c()
+            return out
+
+        monkeypatch.setattr(store, "save_model", save_model)
+    capsys.readouterr()
+    rc = main(["finetune", "--model", "tiny", "--images", a, "--masks", ma, "-o", "tuned", "--steps", "6",
+               "--activate", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 130, captured.err
+    assert captured.err.splitlines() == ["skipseg: interrupted; no model version was written"]
+    assert not (models / "tuned").exists() and active_model() is None
+    assert sorted(str(p.relative_to(model_home)) for p in model_home.rglob("*")) == before
+    # the Ctrl-C handler is back: a later Ctrl-C interrupts as usual
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.undo()
+    monkeypatch.setenv("SKIPSEG_HOME", str(model_home))
+    assert main(["finetune", "--model", "tiny", "--images", a, "--masks", ma, "-o", "tuned", "--steps", "2",
+                 "-q"]) == 0
+    assert is_model_dir(models / "tuned")

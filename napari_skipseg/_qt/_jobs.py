@@ -27,3 +27,32 @@ def job(gen_func):
             raise JobError(str(err) or type(err).__name__) from err
 
     return wrapper
+
+
+class Cancelled(Exception):  # noqa: N818 - it is not an error: the user asked for it
+    """Raised inside a job when the user cancelled it; the job undoes what it did."""
+
+
+#: What a cancelled job returns (so the widget can tell it from a result).
+CANCELLED = object()
+
+
+def cancellable(gen, cancel_event):
+    """``yield from gen``, raising :class:`Cancelled` as soon as ``cancel_event`` is set.
+
+    The event is checked before ``gen`` resumes and after each event it yields; on cancel
+    ``gen`` is closed first (its ``finally`` blocks run: accelerator memory is released).
+    """
+    try:
+        while True:
+            if cancel_event.is_set():
+                raise Cancelled
+            try:
+                event = next(gen)
+            except StopIteration as done:
+                return done.value
+            if cancel_event.is_set():
+                raise Cancelled
+            yield event
+    finally:
+        gen.close()

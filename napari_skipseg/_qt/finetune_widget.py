@@ -2,8 +2,13 @@
 
 Pick the image and the corrected Labels layer, mark the corrected slices reviewed (key
 ``r`` or the button), start. Training runs in a worker (live loss / held-out score plot,
-progress bar, Stop keeps the best so far); the result is saved as a new version with the
-labels, made active only when it beats the starting model on held-out reviewed data.
+progress bar, Stop keeps the best so far, Cancel drops the job and changes nothing); the
+result is saved as a new version with the labels, made active only when it beats the
+starting model on held-out reviewed data.
+
+While the user corrects the chosen Labels layer, its data is autosaved a few seconds after
+each change (:mod:`napari_skipseg.autosave`, written in a worker thread); "Restore autosave"
+adds a saved copy as a new Labels layer, never over the user's layer.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import time
 import weakref
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -23,6 +29,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QProgressBar,
     QPushButton,
     QSizePolicy,
@@ -31,25 +38,62 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._jobs import job
+from ._jobs import CANCELLED, Cancelled, cancellable, job
 
 REVIEWED_KEY = "skipseg_reviewed"  # labels layer metadata: reviewed slice indices
 MARK_KEY = "r"
+AUTOSAVE_DELAY_MS = 3000  # autosave this long after the last change to the labels
+CANCELLED_TEXT = "Cancelled: nothing changed"
 
 
 @job
-def _finetune_job(model_ref: str, data: list, options, device: str, stop_event):
+def _finetune_job(model_ref: str, data: list, options, device: str, stop_event, cancel_event=None):
     """Worker thread: save the labels into a new version folder first, then fine-tune and
-    save the model there (the folder is only listed as a model once complete)."""
-    from ..model.store import load_model, reserve_version
+    save the model there (the folder is only listed as a model once complete).
+
+    When ``cancel_event`` is set (checked between all steps, and after saving) the job
+    removes the folder it made, whatever it holds, and returns :data:`CANCELLED`. It never
+    changes the active model: the widget does that on the main thread.
+    """
+    from .._preload import preload_torch, wait
+
+    preload_torch()  # torch loads without holding the GIL for long (started with the widget)
+    wait()
+    from ..model.store import discard_model, load_model, reserve_version
     from ..training.finetune import finetune, save_labels, save_version
 
-    model = load_model(model_ref)
-    folder = reserve_version(model.config.name)
-    save_labels(folder, data)  # the corrections are safe before training starts
-    result = yield from finetune(model, data, options, device=device, should_stop=stop_event.is_set)
-    save_version(result, data, folder, activate=False)  # activated on the main thread
+    cancel_event = cancel_event or threading.Event()
+
+    def check() -> None:
+        if cancel_event.is_set():
+            raise Cancelled
+
+    folder = None
+    try:
+        model = load_model(model_ref)
+        check()
+        folder = reserve_version(model.config.name)
+        save_labels(folder, data)  # the corrections are safe before training starts
+        check()
+        result = yield from cancellable(
+            finetune(model, data, options, device=device, should_stop=stop_event.is_set), cancel_event)
+        check()
+        save_version(result, data, folder, activate=False)  # activated on the main thread
+        check()  # cancelled while saving: the new version goes again
+    except BaseException:
+        if cancel_event.is_set():  # cancelled (or failed as the cancel came): leave nothing behind
+            if folder is not None:
+                discard_model(folder)
+            return CANCELLED
+        raise  # a failure: the folder keeps the labels (the status says so)
     return result
+
+
+def _autosave_job(labels, name: str, kwargs: dict):
+    """Worker thread: write one autosave (compressing a large array takes a while)."""
+    from ..autosave import save_autosave
+
+    return name, save_autosave(labels, name, **kwargs)
 
 
 class LossPlot(QWidget):
@@ -132,6 +176,16 @@ class FinetuneWidget(QWidget):
         self.last_result = None
         self.last_thread = None
         self._stop = threading.Event()
+        self._cancel = threading.Event()
+        self._watched = None  # the Labels layer being autosaved
+        self._edit_stamp = None
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setSingleShot(True)
+        self._autosave_timer.setInterval(AUTOSAVE_DELAY_MS)
+        self._autosave_timer.timeout.connect(self.autosave_now)
+        self.autosave_worker = None
+        self._autosave_again = False  # the labels changed while a write was running
+        self.last_autosave = None
 
         self.image_combo = QComboBox()
         self.labels_combo = QComboBox()
@@ -168,6 +222,9 @@ class FinetuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.stop_button.setToolTip("end training now and keep the best model so far")
         self.stop_button.setEnabled(False)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("abort the job: no new version, the active model and the layers stay as they were")
+        self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -181,6 +238,13 @@ class FinetuneWidget(QWidget):
         self.versions.setMaximumHeight(120)
         self.activate_button = QPushButton("Make active")
         self.refresh_button = QPushButton("Refresh")
+        self.autosave_label = QLabel("")
+        self.autosave_label.setToolTip("the corrected labels are saved a few seconds after each change "
+                                       "(kept after napari closes or crashes)")
+        self.restore_button = QPushButton("Restore autosave…")
+        self.restore_button.setToolTip("add an autosaved copy of the labels as a new Labels layer")
+        self.restore_menu = QMenu(self.restore_button)
+        self.restore_button.setMenu(self.restore_menu)
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -192,6 +256,10 @@ class FinetuneWidget(QWidget):
         mark.addWidget(self.unmark_button)
         form.addRow("", mark)
         form.addRow("", self.reviewed_label)
+        autosave_row = QHBoxLayout()
+        autosave_row.addWidget(self.autosave_label, 1)
+        autosave_row.addWidget(self.restore_button)
+        form.addRow("", autosave_row)
         form.addRow("steps", self.steps_spin)
         form.addRow("time budget", self.time_spin)
         form.addRow("learning rate", self.lr_spin)
@@ -201,6 +269,7 @@ class FinetuneWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
+        buttons.addWidget(self.cancel_button)
         vbuttons = QHBoxLayout()
         vbuttons.addWidget(self.activate_button)
         vbuttons.addWidget(self.refresh_button)
@@ -220,11 +289,14 @@ class FinetuneWidget(QWidget):
         self.unmark_button.clicked.connect(self.unmark_reviewed)
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.restore_menu.aboutToShow.connect(self._fill_restore_menu)
         self.resegment_button.clicked.connect(self.resegment)
         self.activate_button.clicked.connect(self.make_active)
         self.refresh_button.clicked.connect(self.refresh_models)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.labels_combo.currentIndexChanged.connect(self._show_reviewed)
+        self.labels_combo.currentIndexChanged.connect(self._watch_labels)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
             ev.connect(self._refresh_layers)
@@ -233,9 +305,17 @@ class FinetuneWidget(QWidget):
         from ..model.store import on_active_changed
 
         on_active_changed(self._on_active_changed)
+        app = QApplication.instance()
+        if app is not None:  # napari quitting closes no dock widget: save pending changes then
+            app.aboutToQuit.connect(self.flush_autosave)
         self._bind_key()
         self._refresh_layers()
         self.refresh_models()
+        from .._preload import preload_torch
+        from ._vispy_cache import install
+
+        preload_torch()  # torch loads off the GUI thread before the user presses Fine-tune
+        install()
 
     # -- layers and reviewed slices ---------------------------------------------------------
     def _bind_key(self) -> None:
@@ -265,6 +345,7 @@ class FinetuneWidget(QWidget):
                 combo.setCurrentText(current)
             combo.blockSignals(False)
         self._show_reviewed()
+        self._watch_labels()
         self._update_buttons()
 
     def _labels_layer(self):
@@ -408,7 +489,8 @@ class FinetuneWidget(QWidget):
         busy = self.worker is not None
         ready = self._image_layer() is not None and self._labels_layer() is not None and bool(self.model_combo.count())
         self.start_button.setEnabled(ready and not busy)
-        self.stop_button.setEnabled(busy)
+        self.stop_button.setEnabled(busy and not self._cancel.is_set())
+        self.cancel_button.setEnabled(busy and not self._cancel.is_set())
         self.resegment_button.setEnabled(
             self.last_result is not None and self.last_result.path is not None
             and self._image_layer() is not None and self.seg_worker is None and not busy)
@@ -454,12 +536,13 @@ class FinetuneWidget(QWidget):
             self.status.setText(f"image {tuple(shape)} and labels {tuple(labels_layer.data.shape)} differ in shape")
             return None
         data = self.training_data()
-        self._stop.clear()
+        self._stop = threading.Event()  # new events per job: a late cancel cannot reach the next one
+        self._cancel = threading.Event()
         self.plot.clear()
         self.last_result = None
         self.worker = create_worker(
             _finetune_job, self._model_ref(), data, options or self.options(), self.device_combo.currentText(),
-            self._stop, _start_thread=False, _ignore_errors=True,
+            self._stop, self._cancel, _start_thread=False, _ignore_errors=True,
         )
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
@@ -478,7 +561,18 @@ class FinetuneWidget(QWidget):
             self._stop.set()
             self.status.setText("stopping: keeping the best model so far ...")
 
+    def cancel(self) -> None:
+        """Abort the job at once: no new version is kept, the active model and the layers stay
+        as they were. The job stops at its next step (and removes what it wrote)."""
+        if self.worker is None or self._cancel.is_set():
+            return
+        self._cancel.set()
+        self.status.setText("cancelling ...")
+        self._update_buttons()
+
     def _on_progress(self, event) -> None:
+        if self._cancel.is_set():
+            return
         info = event.info
         if info.get("phase") == "train":
             self.progress.setRange(0, max(event.total, 1))
@@ -490,8 +584,14 @@ class FinetuneWidget(QWidget):
             self.status.setText(event.message)
 
     def _on_result(self, result) -> None:
-        from ..model.store import set_active_model
+        from ..model.store import discard_model, set_active_model
 
+        if result is CANCELLED:
+            return
+        if self._cancel.is_set():  # the job had finished as the cancel came: undo its save
+            if result.path is not None:
+                discard_model(result.path)
+            return
         self.last_result = result
         self.last_thread = threading.get_ident()
         if result.before:
@@ -517,7 +617,14 @@ class FinetuneWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        if self.progress.maximum() == 0:
+        if self._cancel.is_set():
+            self.last_result = None
+            self.plot.clear()
+            self.progress.setRange(0, 1)
+            self.progress.setValue(0)
+            self.status.setText(CANCELLED_TEXT)
+            self.refresh_models()
+        elif self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
         self._update_buttons()
 
@@ -557,6 +664,166 @@ class FinetuneWidget(QWidget):
         self.seg_worker = None
         self._update_buttons()
 
+    # -- autosave of the corrected labels -------------------------------------------------------
+    def _watch_labels(self, *args) -> None:
+        """Follow the chosen Labels layer: each change to it (re)starts the autosave timer."""
+        layer = self._labels_layer()
+        if layer is self._watched:
+            return
+        old = self._watched
+        if old is not None:
+            for name in ("paint", "data", "labels_update", "set_data"):
+                getattr(old.events, name).disconnect(self._labels_changed)
+            if self._autosave_timer.isActive():  # unsaved changes: save them now
+                self._autosave_timer.stop()
+                self.autosave_now(old)
+        self._watched = layer
+        self._edit_stamp = self._stamp(layer)
+        if layer is not None:
+            # paint: a stroke, fill or data_setitem ends; labels_update: while painting;
+            # data: the array is replaced; set_data: undo/redo (and re-slicing; an unchanged
+            # array is not written again)
+            for name in ("paint", "data", "labels_update", "set_data"):
+                getattr(layer.events, name).connect(self._labels_changed)
+            entry = self._newest_autosave(layer.name)
+            self.autosave_label.setText(f"last autosave {entry.clock}" if entry is not None else "")
+
+    @staticmethod
+    def _stamp(layer):
+        """The lengths of the layer's undo and redo histories (None where napari has none):
+        they change on undo/redo, which napari announces only as a redraw (``set_data``)."""
+        undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
+        try:
+            return (len(undo), len(redo))
+        except TypeError:
+            return None
+
+    def _labels_changed(self, event=None) -> None:
+        if getattr(event, "type", None) == "set_data":  # also every re-slice: only undo/redo count
+            stamp = self._stamp(self._watched)
+            if stamp is not None and stamp == self._edit_stamp:
+                return
+            self._edit_stamp = stamp
+        else:
+            self._edit_stamp = self._stamp(self._watched)
+        self._autosave_timer.start()  # restarts: saved once the user pauses
+
+    @staticmethod
+    def _newest_autosave(name: str):
+        from ..autosave import newest_autosave
+
+        try:
+            return newest_autosave(name)
+        except OSError:
+            return None
+
+    def autosave_now(self, layer=None, wait: bool = False):
+        """Autosave the labels layer now (a copy taken here, written in a worker thread, or
+        here when ``wait``). Returns the worker (None when written here or nothing to do)."""
+        from napari.qt.threading import create_worker
+
+        layer = layer if layer is not None else self._watched
+        if layer is None:
+            return None
+        if not isinstance(layer.data, np.ndarray) or getattr(layer, "multiscale", False):
+            self.autosave_label.setText("not autosaved: the labels are not an in-memory array")
+            return None
+        if self.autosave_worker is not None and not wait:  # one write at a time: again after it
+            self._autosave_again = True
+            return None
+        labels = np.array(layer.data, copy=True)  # a snapshot: painting may go on meanwhile
+        kwargs = {
+            "source": self.image_combo.currentText() or None,
+            "scale": [float(v) for v in layer.scale],
+            "translate": [float(v) for v in layer.translate],
+            "metadata": {REVIEWED_KEY: [int(i) for i in layer.metadata.get(REVIEWED_KEY, [])]},
+        }
+        if wait:
+            try:
+                self._on_autosaved(_autosave_job(labels, layer.name, kwargs))
+            except (OSError, ValueError) as err:
+                self._on_autosave_error(err)
+            return None
+        self.autosave_worker = create_worker(_autosave_job, labels, layer.name, kwargs,
+                                             _start_thread=False, _ignore_errors=True)
+        self.autosave_worker.returned.connect(self._on_autosaved)
+        self.autosave_worker.errored.connect(self._on_autosave_error)
+        self.autosave_worker.finished.connect(self._on_autosave_finished)
+        self.autosave_worker.start()
+        return self.autosave_worker
+
+    def _on_autosaved(self, value) -> None:
+        name, entry = value
+        self.last_autosave = entry
+        self.autosave_label.setText(f"autosaved {entry.clock}")
+        self.autosave_label.setToolTip(f"{name}: {entry.path}")
+
+    def _on_autosave_error(self, err) -> None:
+        self.autosave_label.setText(f"autosave failed: {' '.join(str(err).split())}")
+
+    def _on_autosave_finished(self) -> None:
+        self.autosave_worker = None
+        if self._autosave_again:
+            self._autosave_again = False
+            self._autosave_timer.start()
+
+    def _fill_restore_menu(self) -> None:
+        from ..autosave import list_autosaves
+
+        self.restore_menu.clear()
+        current = self.labels_combo.currentText()
+        try:
+            entries = list_autosaves()
+        except OSError:
+            entries = []
+        # the chosen layer's autosaves first, then the others; newest first
+        entries.sort(key=lambda e: (e.layer == current, e.time_ns), reverse=True)
+        for entry in entries[:20]:
+            shape = "×".join(map(str, entry.shape))
+            action = self.restore_menu.addAction(f"{entry.layer}: {entry.time.replace('T', ' ')[:19]} ({shape})")
+            action.triggered.connect(lambda checked=False, e=entry: self.restore_autosave(e))
+        if not entries:
+            self.restore_menu.addAction("no autosaves yet").setEnabled(False)
+
+    def restore_autosave(self, entry=None):
+        """Add an autosave (default: the newest of the chosen Labels layer, else the newest of
+        any) as a NEW Labels layer; returns the layer (None when there is none)."""
+        from ..autosave import AutosaveError, load_autosave, load_newest
+
+        try:
+            if entry is not None:
+                loaded = load_autosave(entry)
+            else:
+                current = self.labels_combo.currentText()
+                loaded = (load_newest(current) if current else None) or load_newest()
+        except (AutosaveError, OSError) as err:
+            self.status.setText(f"cannot restore: {err}")
+            return None
+        if loaded is None:
+            self.status.setText("no autosave to restore")
+            return None
+        labels, entry = loaded
+        kwargs = {"name": f"{entry.layer} (autosave {entry.clock})",
+                  "metadata": {REVIEWED_KEY: list(entry.metadata.get(REVIEWED_KEY, []))}}
+        if entry.scale is not None and len(entry.scale) == labels.ndim:
+            kwargs["scale"] = entry.scale
+        if entry.translate is not None and len(entry.translate) == labels.ndim:
+            kwargs["translate"] = entry.translate
+        layer = self.viewer.add_labels(labels, **kwargs)
+        self.status.setText(f"restored the autosave of {entry.layer} from {entry.time.replace('T', ' ')[:19]} "
+                            f"as a new layer {layer.name!r}")
+        return layer
+
+    def flush_autosave(self) -> None:
+        """Write changes the timer has not saved yet, now (napari closing or quitting)."""
+        try:
+            if self._autosave_timer.isActive():
+                self._autosave_timer.stop()
+                self.autosave_now(wait=True)
+        except RuntimeError:  # the Qt side is already gone
+            pass
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
         self._stop.set()
+        self.flush_autosave()
         super().closeEvent(event)

@@ -29,13 +29,15 @@ def _segment_job(model_name: str, source, options: dict):
     by the loader (nothing in it is executed)."""
     import threading
 
+    from .._preload import preload_torch, wait
+
+    # torch and what napari needs for a Labels layer (pandas), loaded without freezing the
+    # GUI: started when the widget opened; this waits for it if it is still running
+    preload_torch()
+    wait()
     from ..inference.engine import predict
     from ..model.store import load_model
 
-    try:  # napari needs these to add a Labels layer; import them here, not on the GUI thread
-        import pandas  # noqa: F401
-    except ImportError:
-        pass
     model = load_model(model_name)
     options = dict(options)
     folder = options.pop("results_folder", None)
@@ -66,6 +68,8 @@ class SegmentWidget(QWidget):
         self.last_result = None
         self.last_thread = None  # thread the last job ran in (never the GUI thread)
         self._cancelled = False  # cancel asked for the running job: its result is dropped
+        self._job_done = True  # the worker has finished (its result layers may still be coming)
+        self._adding = None  # result layers still to add, one per event-loop turn
         self._extra_models = {}  # name -> ModelEntry of model folders chosen with "…"
         # where results of lazy (dask/zarr) or very large layers are stored as zarr; None:
         # <user data dir>/results (layers.results_dir)
@@ -79,6 +83,10 @@ class SegmentWidget(QWidget):
         self.refresh_button = QPushButton("⟳")
         self.refresh_button.setToolTip("refresh the list of models (new fine-tuned versions)")
         self.refresh_button.setFixedWidth(28)
+        self.card_button = QPushButton("ⓘ")
+        self.card_button.setToolTip("the model's card: task, data, training, validation metrics, licence")
+        self.card_button.setFixedWidth(28)
+        self.card_dialog = None
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
         self.model_info.setStyleSheet("color: #9aa0a6;")
@@ -117,6 +125,7 @@ class SegmentWidget(QWidget):
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.browse_button)
         model_row.addWidget(self.refresh_button)
+        model_row.addWidget(self.card_button)
         form.addRow("model", model_row)
         form.addRow("", self.model_info)
         form.addRow("device", self.device_combo)
@@ -139,11 +148,13 @@ class SegmentWidget(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.browse_button.clicked.connect(self._browse_model)
+        self.card_button.clicked.connect(self.show_card)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
         # the active model is shared with the Fine-tune widget: choosing one here makes it
         # active (one click), and a version made active there is selected here
         self.refresh_button.clicked.connect(lambda: self.refresh_models())
         self.model_combo.activated.connect(self._on_model_chosen)
+        self.layer_combo.currentTextChanged.connect(self._pick_default_model)
         from ..model.store import on_active_changed
 
         on_active_changed(self._on_active_changed)
@@ -152,6 +163,12 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self._refresh_layers()
         self.refresh_models()
+        # load torch now, off the GUI thread, so that pressing Segment does not freeze napari
+        from .._preload import preload_torch
+        from ._vispy_cache import install
+
+        preload_torch()
+        install()
 
     # -- lists ----------------------------------------------------------------------------
     def _image_layers(self):
@@ -186,6 +203,23 @@ class SegmentWidget(QWidget):
         if select and select in self._models:
             self.model_combo.setCurrentText(select)
         self._show_model_info()
+
+    def _pick_default_model(self, layer_name: str = "") -> None:
+        """Until a model is chosen (here, or made active by a fine-tune), use the bundled
+        default for the image's dimensionality: 3D nuclei for a volume, 2D nuclei otherwise."""
+        from .. import default_model_for
+        from ..model.store import active_model
+
+        if active_model() is not None or layer_name not in self.viewer.layers:
+            return
+        if self.model_combo.currentText() not in ("", "nuclei2d", "nuclei3d"):
+            return  # another model is selected: the user's choice
+        layer = self.viewer.layers[layer_name]
+        axes = (layer.metadata.get("skipseg") or {}).get("axes")
+        spatial = sum(a in "ZYX" for a in axes) if axes else layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
+        name = default_model_for(min(spatial, 3))
+        if name in self._models and name != self.model_combo.currentText():
+            self.model_combo.setCurrentText(name)
 
     def _on_model_chosen(self, index: int) -> None:
         from ..model.store import ModelLoadError, set_active_model
@@ -251,6 +285,27 @@ class SegmentWidget(QWidget):
         if cfg.output != "instances" and self.output_combo.currentText() == "instances":
             self.output_combo.setCurrentText("semantic")
 
+    def show_card(self) -> None:
+        """Show the selected model's card (rendered markdown) in a window."""
+        from qtpy.QtWidgets import QDialog, QTextBrowser
+
+        from ..model.store import render_card
+
+        entry = self._models.get(self.model_combo.currentText())
+        if entry is None:
+            return
+        if self.card_dialog is None:
+            self.card_dialog = QDialog(self)
+            self.card_dialog.resize(640, 480)
+            browser = QTextBrowser(self.card_dialog)
+            browser.setOpenExternalLinks(True)
+            QVBoxLayout(self.card_dialog).addWidget(browser)
+            self.card_dialog.browser = browser
+        self.card_dialog.setWindowTitle(f"model card: {entry.name}")
+        self.card_dialog.browser.setMarkdown(render_card(entry.config))
+        self.card_dialog.show()
+        self.card_dialog.raise_()
+
     # -- running ----------------------------------------------------------------------------
     def options(self) -> dict:
         return {
@@ -286,6 +341,7 @@ class SegmentWidget(QWidget):
             show_error(f"Segment failed: {err}")
             return None
         self._cancelled = False
+        self._job_done = False
         self.worker = create_worker(
             _segment_job, model_ref, source,
             {**self.options(), **({"results_folder": self.results_folder} if self.results_folder else {})},
@@ -305,10 +361,19 @@ class SegmentWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop the running job. Its result, even one already computed, is never added."""
-        if self.worker is not None:
-            self._cancelled = True
-            self.status.setText("cancelling ...")
-            self.worker.quit()
+        if self.worker is None:
+            return
+        self._cancelled = True
+        if self._adding is not None:  # the job is done, its layers are being added: undo
+            for layer in self._adding["added"]:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self._adding = None
+            self._on_aborted()
+            self._maybe_idle()
+            return
+        self.status.setText("cancelling ...")
+        self.worker.quit()
 
     def _on_progress(self, event) -> None:
         self.progress.setTextVisible(True)
@@ -318,29 +383,52 @@ class SegmentWidget(QWidget):
             self.device_label.setText(f"device: {event.info['device']}")
 
     def _on_result(self, value) -> None:
-        from napari.utils.notifications import show_error
-
         if self._cancelled:  # finished before the cancel reached it: drop the result
             self._on_aborted()
             return
         result, source, self.last_thread = value
         self.last_result = result
-        added = []
-        try:
-            for data, kwargs, kind in result_layers(result, source):
-                added.append(getattr(self.viewer, f"add_{kind}")(data, **kwargs))
-        except Exception as err:  # noqa: BLE001 - undo, report, keep the viewer working
-            for layer in added:
-                if layer in self.viewer.layers:
-                    self.viewer.layers.remove(layer)
-            self.status.setText(f"failed to add the result: {err}")
-            show_error(f"Segment failed to add the result: {err}")
+        # napari takes a while to build each new layer (vispy visuals, layer controls): add
+        # them one per event-loop turn, the labels first, so the viewer never freezes for
+        # the sum of them. The job counts as running (``worker`` set) until all are added.
+        self._adding = {"pending": list(result_layers(result, source)), "added": [], "result": result}
+        self._add_next_layer()
+
+    def _add_next_layer(self) -> None:
+        from napari.utils.notifications import show_error
+        from qtpy.QtCore import QTimer
+
+        state = self._adding
+        if state is None:
             return
+        if state["pending"]:
+            data, kwargs, kind = state["pending"].pop()  # result_layers lists the labels last
+            try:
+                layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+                state["added"].append(layer)
+                if len(state["added"]) > 1:  # keep the labels, added first, on top
+                    layers = self.viewer.layers
+                    layers.move(layers.index(layer), layers.index(state["added"][0]))
+            except Exception as err:  # noqa: BLE001 - undo, report, keep the viewer working
+                for layer in state["added"]:
+                    if layer in self.viewer.layers:
+                        self.viewer.layers.remove(layer)
+                self._adding = None
+                self.status.setText(f"failed to add the result: {err}")
+                show_error(f"Segment failed to add the result: {err}")
+                self._maybe_idle()
+                return
+            if state["pending"]:
+                QTimer.singleShot(0, self._add_next_layer)
+                return
+        result = state["result"]
+        self._adding = None
         extra = ""
         if result.output == "instances":
             n = result.info.get("objects")
             extra = f", {int(result.labels.max()) if n is None else n} objects"
         self.status.setText(f"done in {result.seconds:.1f} s{extra}")
+        self._maybe_idle()
 
     def _on_error(self, err) -> None:
         from napari.utils.notifications import show_error
@@ -357,6 +445,13 @@ class SegmentWidget(QWidget):
     def _on_finished(self) -> None:
         if self._cancelled:  # also when the job ended as the cancel came: no aborted/returned
             self._on_aborted()
+        self._job_done = True
+        self._maybe_idle()
+
+    def _maybe_idle(self) -> None:
+        """Back to idle once the job has finished and all its layers are in the viewer."""
+        if not self._job_done or self._adding is not None:
+            return
         self.worker = None
         self.cancel_button.setEnabled(False)
         self.run_button.setEnabled(bool(self._image_layers()))

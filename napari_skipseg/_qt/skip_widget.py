@@ -367,6 +367,11 @@ class SkipWidget(QWidget):
             ev.connect(self._refresh_layers)
         self._refresh_layers()
         self.refresh_models()
+        from .._preload import preload_torch
+        from ._vispy_cache import install
+
+        preload_torch()  # torch loads off the GUI thread while the user looks around
+        install()
         self._update_buttons()
 
     # -- lists ----------------------------------------------------------------------------------

@@ -496,6 +496,26 @@ def save_model(
     return folder
 
 
+def discard_model(folder: str | os.PathLike) -> None:
+    """Remove the model folder ``folder`` all at once (undoing a save; a no-op if it is gone).
+
+    The folder is first renamed to a hidden leftover name (``.<name>.tmp-<pid>-*``), so it
+    stops being a model in one step, and then deleted. A crash during the deletion leaves
+    only that hidden folder, which the next listing or save removes
+    (:func:`recover_interrupted_saves`).
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    hidden = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    os.rename(folder, hidden)
+    _fsync_dir(folder.parent)
+    if hidden.is_symlink() or not hidden.is_dir():
+        hidden.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(hidden, ignore_errors=True)
+
+
 def _writer(content):
     if callable(content):
         return content

@@ -556,13 +556,17 @@ def load_labels(folder: str | Path) -> list[tuple[str, np.ndarray, list[int] | N
 
 
 def save_labels(folder: str | Path, data: Sequence[Annotated]) -> Path:
-    """Write the corrected labels into ``folder`` now (before training: work is not lost)."""
+    """Write the corrected labels into ``folder`` now (before training: work is not lost).
+
+    Atomic (temporary file, flush, rename): a crash leaves the previous file or the new one.
+    """
+    from ..model.store import _atomic_write
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LABELS_FILE
-    tmp = folder / f".{LABELS_FILE}.tmp"
-    tmp.write_bytes(labels_npz(data))
-    tmp.replace(path)
+    blob = labels_npz(data)
+    _atomic_write(path, lambda p: Path(p).write_bytes(blob))
     return path
 
 
@@ -580,7 +584,7 @@ def save_version(
     :func:`~napari_skipseg.model.store.reserve_version` is fine). ``activate`` (default: when
     the guard accepted the result) makes the new version the active model.
     """
-    from ..model.store import is_model_dir, reserve_version, save_model, set_active_model
+    from ..model.store import is_model_dir, reserve_version, save_model
 
     folder = Path(folder) if folder is not None else reserve_version(result.model.config.name)
     if is_model_dir(folder):
@@ -628,8 +632,17 @@ def save_version(
     save_model(model, folder, half=False, extra_files=extras)
     result.path = folder
     if activate if activate is not None else result.accepted:
-        set_active_model(str(folder) if folder.parent.resolve() != _user_root() else folder.name)
+        activate_version(folder)
     return folder
+
+
+def activate_version(folder: str | Path) -> None:
+    """Make the saved version in ``folder`` the active model (by name when it is in the user
+    store, else by its path)."""
+    from ..model.store import set_active_model
+
+    folder = Path(folder)
+    set_active_model(str(folder) if folder.parent.resolve() != _user_root() else folder.name)
 
 
 def _user_root() -> Path:

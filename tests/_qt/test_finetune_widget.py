@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from napari_skipseg._qt.finetune_widget import MARK_KEY, REVIEWED_KEY, FinetuneWidget
 from napari_skipseg._qt.segment_widget import SegmentWidget
+from napari_skipseg.autosave import list_autosaves, load_autosave, load_newest, newest_autosave
 from napari_skipseg.training.finetune import FinetuneOptions
 
 
@@ -139,3 +146,200 @@ def test_error_is_reported(setup, qtbot):
     ft.start(_opts())
     qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
     assert "failed" in ft.status.text() and ft.last_result is None
+
+
+# -- Cancel: at any moment, nothing changes ------------------------------------------------------
+
+
+def _snapshot(viewer, ft, model_home):
+    """What a cancelled job must leave exactly as it was."""
+    from napari_skipseg.model.store import active_model, list_versions
+
+    models = model_home / "models"
+    active_file = model_home / "active.json"
+    return {
+        "store": sorted(os.listdir(models)),
+        "store_files": sorted(str(p.relative_to(models)) for p in models.rglob("*")),
+        "versions": [e.name for e in list_versions("tiny")],
+        "listed": [ft.versions.item(i).text() for i in range(ft.versions.count())],
+        "active": active_model(),
+        "active_file": active_file.read_text() if active_file.exists() else None,
+        "layers": [(id(layer), layer.name, id(layer.data)) for layer in viewer.layers],
+    }
+
+
+def _cancel_at(moment, ft, qtbot, monkeypatch):
+    """Start a fine-tune and cancel it at ``moment``; return when the job has ended."""
+    import napari_skipseg.training.finetune as finetune_mod
+    import napari_skipseg.training.loop as loop_mod
+    from napari_skipseg.model import store
+
+    def cancel_in_job(func, when=lambda: True):
+        """Wrap ``func`` so that the cancel comes (as the button sets it) while it runs."""
+
+        def wrapper(*args, **kwargs):
+            if when():
+                ft._cancel.set()
+            return func(*args, **kwargs)
+
+        return wrapper
+
+    saved = threading.Event()
+    if moment == "validation":  # during the first held-out validation inside training
+        monkeypatch.setattr(loop_mod, "score", cancel_in_job(
+            loop_mod.score, when=lambda: sys._getframe(2).f_code.co_name == "train"))
+    elif moment == "tuning":
+        monkeypatch.setattr(loop_mod, "tune_postprocess", cancel_in_job(loop_mod.tune_postprocess))
+    elif moment == "saving":  # as the new version is being written
+        monkeypatch.setattr(store, "save_model", cancel_in_job(store.save_model))
+    elif moment == "saved":  # the job has saved and returned; the widget has not seen it yet
+        real = finetune_mod.save_version
+
+        def save_version(*args, **kwargs):
+            out = real(*args, **kwargs)
+            saved.set()
+            return out
+
+        monkeypatch.setattr(finetune_mod, "save_version", save_version)
+    long = moment in ("training", "start")
+    worker = ft.start(_opts(steps=100_000 if long else 4, val_every=2))
+    assert worker is not None and ft.cancel_button.isEnabled() and ft.stop_button.isEnabled()
+    if moment == "start":
+        ft.cancel_button.click()
+    elif moment == "training":
+        qtbot.waitUntil(lambda: len(ft.plot.loss) >= 3, timeout=60_000)
+        ft.cancel_button.click()
+    elif moment == "saved":
+        assert saved.wait(60)  # no Qt events are handled meanwhile
+        time.sleep(0.3)
+        assert ft.cancel_button.isEnabled()
+        ft.cancel_button.click()
+    if ft._cancel.is_set():
+        assert ft.status.text() == "cancelling ..."
+        assert not ft.cancel_button.isEnabled() and not ft.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
+    assert ft._cancel.is_set(), f"the cancel hook did not fire: {ft.status.text()}"
+
+
+@pytest.mark.parametrize("moment", ["start", "training", "validation", "tuning", "saving", "saved"])
+def test_cancel_at_any_moment_changes_nothing(setup, qtbot, monkeypatch, model_home, moment):
+    viewer, _, ft, layer, _ = setup
+    for z in (0, 1, 2):
+        viewer.dims.set_current_step(0, z)
+        ft.mark_reviewed()
+    image = viewer.layers["img"]
+    labels_before, image_before = layer.data.copy(), image.data.copy()
+    metadata_before = dict(layer.metadata)
+    before = _snapshot(viewer, ft, model_home)
+    assert before["versions"] == ["tiny"] and before["active"] == "tiny"
+
+    _cancel_at(moment, ft, qtbot, monkeypatch)
+    monkeypatch.undo()  # the hooks go; the store's home stays
+    monkeypatch.setenv("SKIPSEG_HOME", str(model_home))
+
+    assert ft.status.text() == "Cancelled: nothing changed"
+    assert _snapshot(viewer, ft, model_home) == before
+    assert viewer.layers["corrected"] is layer and viewer.layers["img"] is image
+    assert np.array_equal(layer.data, labels_before) and layer.data.dtype == labels_before.dtype
+    assert np.array_equal(image.data, image_before) and layer.metadata == metadata_before
+    assert ft.last_result is None and not ft.resegment_button.isEnabled()
+    assert ft.start_button.isEnabled() and not ft.stop_button.isEnabled() and not ft.cancel_button.isEnabled()
+    assert ft.progress.value() <= 0 and not ft.plot.loss
+    # the widget starts a new job afterwards; its version takes the first free number
+    assert ft.start(_opts(steps=2, val_every=2)) is not None
+    qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
+    assert ft.last_result is not None and ft.last_result.path.name == "tiny-ft-1", ft.status.text()
+    assert "saved tiny-ft-1" in ft.status.text()
+    assert np.array_equal(layer.data, labels_before) and viewer.layers["corrected"] is layer
+
+
+def test_cancel_after_stop_still_changes_nothing(setup, qtbot, model_home):
+    """Stop first (the job goes on to tune and save the best so far), then Cancel."""
+    viewer, _, ft, layer, _ = setup
+    ft.mark_reviewed()
+    before = _snapshot(viewer, ft, model_home)
+    labels_before = layer.data.copy()
+    ft.start(_opts(steps=100_000, val_every=2))
+    qtbot.waitUntil(lambda: len(ft.plot.loss) >= 2, timeout=60_000)
+    ft.stop_button.click()
+    assert ft.cancel_button.isEnabled()
+    ft.cancel_button.click()
+    qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
+    assert ft.status.text() == "Cancelled: nothing changed"
+    assert _snapshot(viewer, ft, model_home) == before and np.array_equal(layer.data, labels_before)
+
+
+# -- autosave of the corrected labels ------------------------------------------------------------
+
+
+def _wait_autosave(ft, qtbot, count_before):
+    qtbot.waitUntil(lambda: ft.autosave_worker is None and ft.last_autosave is not None
+                    and len(list_autosaves("corrected")) > count_before, timeout=20_000)
+
+
+def test_painting_autosaves_and_restore_adds_a_new_layer(setup, qtbot, model_home):
+    viewer, _, ft, layer, labels = setup
+    ft._autosave_timer.setInterval(50)
+    assert ft._watched is layer and list_autosaves() == []
+    layer.brush_size = 5
+    layer.paint((1, 20, 20), 7)  # a brush stroke's worth of paint, as the GUI does it
+    _wait_autosave(ft, qtbot, 0)
+    assert re.fullmatch(r"autosaved \d\d:\d\d:\d\d", ft.autosave_label.text())
+    entry = newest_autosave("corrected")
+    assert entry.path.parent == model_home / "autosave" and entry == ft.last_autosave
+    assert entry.source == "img" and entry.shape == layer.data.shape and entry.dtype == str(layer.data.dtype)
+    assert entry.scale == tuple(layer.scale)
+    saved, _ = load_autosave(entry)
+    assert np.array_equal(saved, layer.data) and not np.array_equal(saved, labels)
+    # an edit through the data API, then undo: each autosaved
+    layer.data_setitem((np.array([2, 2]), np.array([3, 4]), np.array([3, 3])), 9)
+    _wait_autosave(ft, qtbot, 1)
+    assert np.array_equal(load_newest("corrected")[0], layer.data)
+    painted = layer.data.copy()
+    layer.undo()
+    assert not np.array_equal(layer.data, painted)
+    _wait_autosave(ft, qtbot, 2)
+    assert np.array_equal(load_newest("corrected")[0], layer.data)
+    # restore: a NEW layer with the newest autosave; the user's layer is not touched
+    user_data = layer.data.copy()
+    n = len(viewer.layers)
+    restored = ft.restore_autosave()
+    assert len(viewer.layers) == n + 1 and viewer.layers[-1] is restored and restored is not layer
+    assert restored.name.startswith("corrected (autosave ") and restored.data is not layer.data
+    assert np.array_equal(restored.data, layer.data) and np.array_equal(layer.data, user_data)
+    assert viewer.layers["corrected"] is layer and ft.labels_combo.currentText() == "corrected"
+    # the menu lists the autosaves, newest first, and restores the one chosen
+    ft._fill_restore_menu()
+    actions = ft.restore_menu.actions()
+    assert len(actions) == 3 and all(a.text().startswith("corrected: ") for a in actions)
+    actions[-1].trigger()  # the oldest: the first stroke
+    assert len(viewer.layers) == n + 2 and np.array_equal(viewer.layers[-1].data, saved)
+    assert np.array_equal(layer.data, user_data)
+
+
+def test_autosave_follows_the_chosen_layer_and_flushes_on_close(setup, qtbot, model_home):
+    viewer, _, ft, layer, _ = setup
+    other = viewer.add_labels(np.zeros((3, 48, 48), np.int32), name="other")
+    assert ft._watched is layer  # adding a layer does not change the choice
+    layer.paint((0, 10, 10), 3)  # timer running (3 s); switching saves it at once
+    ft.labels_combo.setCurrentText("other")
+    assert ft._watched is other
+    qtbot.waitUntil(lambda: ft.autosave_worker is None and len(list_autosaves("corrected")) == 1, timeout=20_000)
+    assert np.array_equal(load_newest("corrected")[0], layer.data)
+    layer.paint((0, 30, 30), 4)  # no longer watched: not autosaved
+    qtbot.wait(100)
+    assert not ft._autosave_timer.isActive()
+    other.paint((2, 20, 20), 5)
+    assert ft._autosave_timer.isActive()
+    ft.close()  # closing saves what the timer had not saved yet, right away
+    assert not ft._autosave_timer.isActive()
+    qtbot.waitUntil(lambda: len(list_autosaves("other")) == 1, timeout=20_000)
+    assert np.array_equal(load_newest("other")[0], other.data)
+    assert len(list_autosaves("corrected")) == 1
+    # nothing to restore for a layer without autosaves falls back to the newest of any layer
+    ft2 = FinetuneWidget(viewer)
+    qtbot.addWidget(ft2)
+    viewer.add_labels(np.zeros((3, 48, 48), np.int32), name="fresh")
+    ft2.labels_combo.setCurrentText("fresh")
+    restored = ft2.restore_autosave()
+    assert restored.name.startswith("other (autosave ") and np.array_equal(restored.data, other.data)

@@ -57,6 +57,27 @@ def test_segment_adds_layers_on_top_of_the_image(widget, qtbot):
     assert "done" in w.status.text()
     # the work ran in a worker thread, not on the main (GUI) thread
     assert w.last_thread is not None and w.last_thread != threading.main_thread().ident
+    # one layer per event-loop turn, labels first, yet the labels end on top
+    assert [layer.name for layer in viewer.layers] == [
+        "cells", "cells [tiny] p(foreground)", "cells [tiny] instances"]
+
+
+def test_cancel_while_the_result_layers_are_added_takes_them_back(widget, qtbot):
+    viewer, w = widget
+    viewer.add_image(synthetic_nuclei((64, 64), seed=1)[0], name="cells")
+    w.model_combo.setCurrentText("tiny")
+    worker = w.run()
+    seen = []
+    # runs right after the widget's own handler has added the first (labels) layer
+    worker.returned.connect(lambda _: seen.append(len(viewer.layers)) or w.cancel())
+    _wait_done(qtbot, w)
+    assert seen == [2]  # the labels layer was in the viewer when Cancel came
+    assert [layer.name for layer in viewer.layers] == ["cells"]
+    assert "cancelled" in w.status.text() and w.run_button.isEnabled()
+    assert not w.cancel_button.isEnabled()
+    w.run()  # and the widget works again
+    _wait_done(qtbot, w)
+    assert len(viewer.layers) == 3
 
 
 def test_cancel_leaves_layers_unchanged(widget, qtbot):
@@ -125,3 +146,37 @@ def test_docked_widget_screenshot_shows_labels(make_napari_viewer, model_home, q
     # grey image: R == G == B everywhere; coloured labels on top break that
     assert np.abs(before[..., 0].astype(int) - before[..., 1]).max() < 3
     assert np.abs(after[..., 0].astype(int) - after[..., 1]).max() > 20
+
+
+def test_default_model_follows_the_image_dimensionality(widget, model_home):
+    """With no model chosen yet, a volume gets the 3D nuclei model and a plane the 2D one;
+    once the user picks a model, it stays."""
+    from conftest import make_tiny_model
+
+    from napari_skipseg.model.store import save_model
+
+    viewer, w = widget
+    save_model(make_tiny_model("nuclei3d", spatial_dims=3), model_home / "models" / "nuclei3d")
+    w.refresh_models()
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="volume")
+    assert w.model_combo.currentText() == "nuclei3d"
+    viewer.add_image(np.zeros((32, 32), np.float32), name="plane")
+    w.layer_combo.setCurrentText("plane")
+    assert w.model_combo.currentText() == "nuclei2d"
+    w.layer_combo.setCurrentText("volume")
+    assert w.model_combo.currentText() == "nuclei3d"
+    index = w.model_combo.findText("tiny")
+    w.model_combo.setCurrentIndex(index)
+    w.model_combo.activated.emit(index)  # what a user's click sends
+    w.layer_combo.setCurrentText("plane")
+    assert w.model_combo.currentText() == "tiny"
+
+
+def test_model_card_window(widget):
+    _, w = widget
+    w.model_combo.setCurrentText("nuclei2d")
+    w.card_button.click()
+    assert w.card_dialog.isVisible() and "nuclei2d" in w.card_dialog.windowTitle()
+    text = w.card_dialog.browser.toPlainText()
+    assert "Validation metrics" in text and "f1@0.5" in text and "licence" in text
+    w.card_dialog.close()

@@ -319,3 +319,89 @@ def test_sigkill_during_save_never_leaves_a_broken_model(tmp_path, monkeypatch, 
     assert sum(seen.values()) == KILL_RUNS
     print(f"{KILL_RUNS} kills ({'exchange' if exchange else 'two renames'}): versions found {dict(seen)}, "
           f"{interrupted} left a save half-done")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs fork and SIGKILL")
+def test_sigkill_during_autosave_never_leaves_a_broken_one(tmp_path, monkeypatch):
+    """The same for labels autosaves: a child process autosaves two different label arrays
+    in turn (keeping 2 per layer) and is SIGKILLed at a random moment, many times. After each
+    kill the newest listed autosave loads and is exactly one of the two arrays, and every
+    listed autosave loads; the next complete save leaves only the 2 kept. (About 3 s.)"""
+    import numpy as np
+
+    from napari_skipseg import autosave
+
+    monkeypatch.setenv("SKIPSEG_HOME", str(tmp_path))
+    rng = np.random.default_rng(0)
+    shape = (4, 128, 128)  # about 40 ms per autosave: kills fall in every part of it
+    arrays = {name: ((rng.random(shape) < 0.3) * rng.integers(1, 50, shape)).astype(np.int32) for name in "AB"}
+    folder = autosave.autosave_dir()
+    autosave.save_autosave(arrays["A"], "corrected", keep=2)
+    pick = random.Random(4321)
+    seen, interrupted, current = Counter(), 0, "A"
+
+    def leftovers() -> list[str]:
+        return [p.name for p in folder.iterdir()
+                if p.name.endswith(".tmp") or (p.suffix == ".npz" and not p.with_suffix(".json").exists())]
+
+    for _ in range(KILL_RUNS):
+        order = "BA" if current == "A" else "AB"
+        before = set(leftovers())
+        pid = os.fork()
+        if pid == 0:  # child: autosave the other array, then this one, and so on, until killed
+            try:
+                k = 0
+                while True:
+                    autosave.save_autosave(arrays[order[k % 2]], "corrected", keep=2, skip_unchanged=False)
+                    k += 1
+            finally:
+                os._exit(1)
+        time.sleep(pick.uniform(0.0, 0.1))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        interrupted += bool(set(leftovers()) - before)
+        entries = autosave.list_autosaves("corrected")
+        # more than the 2 kept only when kills fell between a save's end and its rotation;
+        # the next complete save rotates them away (checked at the end)
+        assert entries, "no complete autosave left"
+        found = []
+        for entry in entries:  # every listed autosave is complete
+            labels, _ = autosave.load_autosave(entry)
+            match = [name for name, a in arrays.items() if np.array_equal(labels, a)]
+            assert len(match) == 1, "an autosave holds neither array"
+            found.append(match[0])
+        labels, newest = autosave.load_newest("corrected")
+        assert newest == entries[-1]
+        current = found[-1]
+        seen[current] += 1
+    assert interrupted > 0  # some kills really fell in the middle of a save
+    assert sum(seen.values()) == KILL_RUNS
+    # the next save tidies up what the kills left once it is old enough (no save is running now)
+    monkeypatch.setattr(autosave, "STALE_SECONDS", -1.0)
+    autosave.save_autosave(arrays["A"], "corrected", keep=2, skip_unchanged=False)
+    entries = autosave.list_autosaves("corrected")
+    assert not leftovers() and len(entries) == 2
+    assert [np.array_equal(autosave.load_autosave(e)[0], arrays["A"]) for e in entries[-1:]] == [True]
+    print(f"{KILL_RUNS} kills during autosaves: newest found {dict(seen)}, {interrupted} left a save half-done")
+
+
+def test_discard_model_removes_a_version_at_once(tmp_path, monkeypatch):
+    """Undoing a save (a cancelled fine-tune): the folder stops being a model in one rename;
+    a crash while deleting leaves only a hidden leftover that the next listing removes."""
+    monkeypatch.setenv("SKIPSEG_HOME", str(tmp_path))
+    root = tmp_path / "models"
+    save_model(tiny(), root / "keep")
+    folder = save_model(tiny(seed=1), root / "keep-ft-1")
+    store.discard_model(folder)
+    assert sorted(os.listdir(root)) == ["keep"]
+    store.discard_model(folder)  # gone already: nothing to do
+    folder = save_model(tiny(seed=1), root / "keep-ft-1")
+    monkeypatch.setattr(store.shutil, "rmtree", lambda *a, **k: None)  # killed before deleting
+    store.discard_model(folder)
+    assert [e.name for e in list_models() if e.source == "user"] == ["keep"]
+    monkeypatch.undo()
+    monkeypatch.setenv("SKIPSEG_HOME", str(tmp_path))
+    monkeypatch.setattr(store, "_pid_alive", lambda pid: False)  # as if that process had died
+    assert [e.name for e in list_models() if e.source == "user"] == ["keep"]
+    assert sorted(os.listdir(root)) == ["keep"]

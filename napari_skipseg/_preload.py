@@ -1,0 +1,104 @@
+"""Load torch in the background, without freezing the GUI thread.
+
+``import torch`` takes seconds. Most of it is Python code, which shares the GIL with the
+GUI thread in 5 ms slices, but two parts hold the GIL for their whole length: loading the
+shared libraries (``libtorch_cpu.so`` alone is about 300 ms; the CUDA libraries are larger)
+and the C initialisation of ``torch._C``. A thread that imports torch therefore freezes
+napari for a third of a second or more, at whatever moment the import happens.
+
+:func:`preload_torch` starts a thread that first maps torch's libraries with the C library's
+``dlopen``, called through :mod:`ctypes` (a ctypes call releases the GIL, unlike Python's
+own extension loading), and only then imports torch and the modules a job needs; the
+import then finds the libraries already loaded. The widgets call it when they open, so a
+segmentation or fine-tune started later does not pay for the import on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
+
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_done = threading.Event()
+_error: BaseException | None = None
+
+# imported after torch: what the engine, the model store and napari's Labels layer need
+MODULES = (
+    "torch",
+    "napari_skipseg.model.unet",
+    "napari_skipseg.model.store",
+    "napari_skipseg.inference.engine",
+    "napari_skipseg.inference.postprocess",
+    "pandas",
+)
+
+
+def torch_libraries() -> list[Path]:
+    """torch's shared libraries that its import loads, found without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return []
+    root = Path(spec.origin).parent
+    libs = []
+    for pattern in ("lib/libtorch_python.*", "_C.*"):  # each pulls in libtorch, libc10, ...
+        libs += sorted(p for p in root.glob(pattern) if p.suffix in (".so", ".dylib") or ".so" in p.name)
+    return libs
+
+
+def _dlopen_without_gil(paths: list[Path]) -> None:
+    if sys.platform not in ("linux", "darwin"):
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        dlopen = libc.dlopen
+    except (OSError, AttributeError):
+        return
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    flags = os.RTLD_NOW | os.RTLD_LOCAL
+    for path in paths:
+        dlopen(os.fsencode(path), flags)  # a failure here only means the import does the work
+
+
+def _run(modules: tuple[str, ...]) -> None:
+    global _error
+    try:
+        if "torch" not in sys.modules:
+            _dlopen_without_gil(torch_libraries())
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                if name == "torch":
+                    raise
+    except BaseException as err:  # noqa: BLE001 - reported by wait(); the job will raise it again
+        _error = err
+    finally:
+        _done.set()
+
+
+def preload_torch(modules: tuple[str, ...] = MODULES) -> threading.Thread:
+    """Start (once per process) loading torch and the job modules in a background thread."""
+    global _thread
+    with _lock:
+        if _thread is None:
+            # not a daemon: the interpreter must not exit in the middle of torch's C init
+            _thread = threading.Thread(target=_run, args=(modules,), name="skipseg-preload")
+            _thread.start()
+        return _thread
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Wait for a started preload; True when it finished (successfully or not)."""
+    return _done.wait(timeout)
+
+
+def error() -> BaseException | None:
+    """The exception the preload ended with, if any."""
+    return _error

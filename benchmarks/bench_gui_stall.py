@@ -4,7 +4,9 @@ A QTimer ticks every 5 ms on the GUI thread; the longest gap between ticks while
 runs is how long the viewer was frozen. Opening the widget starts loading torch in a
 background thread (napari_skipseg._preload); the stalls while that runs are reported
 separately (``preload_*``). Run under a display (or xvfb-run), on an otherwise idle machine
-(on a loaded one the OS deschedules the GUI thread and every gap grows):
+(on a loaded one the OS deschedules the GUI thread and every gap grows). For scale it also
+times napari adding an empty 64 x 64 Labels and Image layer in the same viewer
+(``napari_floor``): a result layer cannot land faster than that.
 
     xvfb-run -a python benchmarks/bench_gui_stall.py [--model nuclei2d] [--slices 8]
 """
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--model", default="nuclei2d")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--output", default="instances", choices=["instances", "semantic", "probabilities"])
     args = parser.parse_args()
 
     import napari
@@ -44,13 +47,17 @@ def main() -> None:
     # opening the widget starts loading torch in a background thread: measure that too
     from napari_skipseg._preload import wait
 
-    widget = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(widget)
     image, _ = synthetic_nuclei((args.slices, args.size, args.size), radius=9.0, seed=5)
     viewer.add_image(image, name="stack")
-    widget.model_combo.setCurrentText(args.model)
+    for _ in range(10):
+        app.processEvents()
     ticks.clear()
     t_open = time.perf_counter()
+    ticks.append(t_open)
+    widget = SegmentWidget(viewer)  # the constructor itself runs on the GUI thread: counted
+    viewer.window.add_dock_widget(widget)
+    widget.model_combo.setCurrentText(args.model)
+    widget.output_combo.setCurrentText(args.output)
     while not wait(0):
         app.processEvents()
         time.sleep(0.001)
@@ -61,6 +68,14 @@ def main() -> None:
     ticks.clear()
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()
+    # time the widget's own main-thread handlers, to say which one a stall comes from
+    for name in ("_on_progress", "_on_result", "_add_next_layer", "_on_finished"):
+        def timed(*a, _f=getattr(widget, name), _n=name):
+            t = time.perf_counter()
+            out = _f(*a)
+            marks.append((t, f"{_n} {1000 * (time.perf_counter() - t):.0f} ms"))
+            return out
+        setattr(widget, name, timed)
     worker = widget.run()
     worker.yielded.connect(lambda e: marks.append((time.perf_counter(), f"progress {e.done}/{e.total}")))
     worker.returned.connect(lambda v: marks.append((time.perf_counter(), "returned")))
@@ -77,16 +92,34 @@ def main() -> None:
     for i in worst:  # what happened just before/after the longest stalls
         start, end = ticks[i], ticks[i + 1]
         near = [m for t, m in marks if start - 0.05 <= t <= end + 0.05]
-        stalls.append({"ms": round(float(gaps[i]), 1), "at_s": round(start - t0, 2), "events": near[:3]})
+        stalls.append({"ms": round(float(gaps[i]), 1), "at_s": round(start - t0, 2), "events": near[:6]})
     result = {
         "model": args.model, "stack": [args.slices, args.size, args.size], "seconds": round(seconds, 2),
         "ticks": len(ticks), "max_stall_ms": round(float(gaps.max()), 1),
         "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1), "status": widget.status.text(),
         "preload_seconds": round(open_seconds, 2), "preload_max_stall_ms": round(float(open_gaps.max()), 1),
         "worst": stalls,
+        "napari_floor": napari_floor(viewer, app),
     }
     print(json.dumps(result, indent=1))
     viewer.close()
+
+
+def napari_floor(viewer, app, repeat: int = 3) -> dict:
+    """What napari itself takes on the GUI thread to add an empty 64 x 64 Labels or Image
+    layer (and draw it), in the same viewer: the least a new result layer can cost."""
+    out = {}
+    for kind, dtype in (("labels", np.uint32), ("image", np.float32)):
+        times = []
+        for i in range(repeat):
+            t = time.perf_counter()
+            layer = getattr(viewer, f"add_{kind}")(np.zeros((64, 64), dtype), name=f"floor {kind} {i}")
+            app.processEvents()
+            times.append((time.perf_counter() - t) * 1000)
+            viewer.layers.remove(layer)
+            app.processEvents()
+        out[f"add_empty_{kind}_ms"] = {"min": round(min(times), 1), "median": round(float(np.median(times)), 1)}
+    return out
 
 
 if __name__ == "__main__":

@@ -297,7 +297,8 @@ def cmd_train(args) -> int:
     from .training.recipe import train_from_folder
 
     gen = train_from_folder(
-        args.data, args.recipe, args.output, steps=args.steps, time_budget=args.time, device=args.device
+        args.data, args.recipe, args.output, steps=args.steps, time_budget=args.time, device=args.device,
+        init=args.init, lr=args.lr,
     )
     out = _progress_driver(gen, "train", args.quiet)
     print(f"saved {out}")
@@ -529,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="folder to write the model to")
     p.add_argument("--steps", type=int)
     p.add_argument("--time", type=float, help="time budget in seconds")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--init", help="start from this model's weights (same network as the recipe's) "
+                   "to continue training")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_train)

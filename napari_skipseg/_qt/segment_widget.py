@@ -71,6 +71,9 @@ class SegmentWidget(QWidget):
         self._job_done = True  # the worker has finished (its result layers may still be coming)
         self._adding = None  # result layers still to add, one per event-loop turn
         self._extra_models = {}  # name -> ModelEntry of model folders chosen with "…"
+        self._models = {}  # name -> ModelEntry offered in the model list
+        self._model_chosen = False  # the user picked a model here: no default by dimensionality
+        self._output_forced = False  # output set to "semantic" only because a model had no instances
         # where results of lazy (dask/zarr) or very large layers are stored as zarr; None:
         # <user data dir>/results (layers.results_dir)
         self.results_folder = None
@@ -155,6 +158,7 @@ class SegmentWidget(QWidget):
         self.refresh_button.clicked.connect(lambda: self.refresh_models())
         self.model_combo.activated.connect(self._on_model_chosen)
         self.layer_combo.currentTextChanged.connect(self._pick_default_model)
+        self.output_combo.activated.connect(lambda _: setattr(self, "_output_forced", False))  # user's pick
         from ..model.store import on_active_changed
 
         on_active_changed(self._on_active_changed)
@@ -163,6 +167,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self._refresh_layers()
         self.refresh_models()
+        self._pick_default_model(self.layer_combo.currentText())
         # load torch now, off the GUI thread, so that pressing Segment does not freeze napari
         from .._preload import preload_torch
         from ._vispy_cache import install
@@ -212,8 +217,8 @@ class SegmentWidget(QWidget):
 
         if active_model() is not None or layer_name not in self.viewer.layers:
             return
-        if self.model_combo.currentText() not in ("", "nuclei2d", "nuclei3d"):
-            return  # another model is selected: the user's choice
+        if self._model_chosen:
+            return
         layer = self.viewer.layers[layer_name]
         axes = (layer.metadata.get("skipseg") or {}).get("axes")
         spatial = sum(a in "ZYX" for a in axes) if axes else layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
@@ -225,6 +230,7 @@ class SegmentWidget(QWidget):
         from ..model.store import ModelLoadError, set_active_model
 
         entry = self._models.get(self.model_combo.itemText(index))
+        self._model_chosen = True
         if entry is not None:
             try:
                 set_active_model(entry.name if entry.source != "folder" else str(entry.path), persist=False)
@@ -258,6 +264,7 @@ class SegmentWidget(QWidget):
         if name in self._models and self._models[name].path != folder:
             name = str(folder)
         self._extra_models[name] = ModelEntry(name, folder, "folder", cfg)
+        self._model_chosen = True
         self.refresh_models(select=name)
         self.status.setText(f"model {name} from {folder}")
         return True
@@ -283,7 +290,11 @@ class SegmentWidget(QWidget):
         self.model_info.setText(text)
         self.model_info.setToolTip(cfg.card.get("task", ""))
         if cfg.output != "instances" and self.output_combo.currentText() == "instances":
-            self.output_combo.setCurrentText("semantic")
+            self.output_combo.setCurrentText("semantic")  # a semantic model has no instances
+            self._output_forced = True
+        elif cfg.output == "instances" and self._output_forced:
+            self.output_combo.setCurrentText("instances")  # back to what it was
+            self._output_forced = False
 
     def show_card(self) -> None:
         """Show the selected model's card (rendered markdown) in a window."""

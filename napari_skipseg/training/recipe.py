@@ -37,8 +37,14 @@ def train_from_folder(
     steps: int | None = None,
     time_budget: float | None = None,
     device: str = "auto",
+    init: str | Path | None = None,
+    lr: float | None = None,
 ) -> Generator[Progress, None, Path]:
-    """Train the recipe's model on ``data_dir`` (``images/`` + ``masks/``), save it to ``out_dir``."""
+    """Train the recipe's model on ``data_dir`` (``images/`` + ``masks/``), save it to ``out_dir``.
+
+    ``init``: a model (name or folder) with the recipe's architecture whose weights training
+    starts from (to continue a run) instead of a random initialisation.
+    """
     import torch
 
     from ..inference.device import describe, select_device
@@ -50,6 +56,8 @@ def train_from_folder(
         tcfg.steps = steps
     if time_budget is not None:
         tcfg.time_budget = time_budget
+    if lr is not None:
+        tcfg.lr = lr
     dev = select_device(device)
     data_dir = Path(data_dir)
     names = sorted(p.name for p in (data_dir / "images").iterdir() if p.is_file())
@@ -58,6 +66,17 @@ def train_from_folder(
     train_s = load_pairs(data_dir, cfg, train_names)
     val_s = load_pairs(data_dir, cfg, val_names)
     model = SkipUNet(cfg)
+    previous = ""
+    if init is not None:
+        from ..model.store import load_model
+
+        start = load_model(init)
+        try:
+            model.load_state_dict(start.state_dict())
+        except RuntimeError as err:
+            raise ValueError(f"--init {init}: its network differs from the recipe's ({str(err).splitlines()[0]})") from err
+        model.float()
+        previous = f"continued from {init} ({start.config.card.get('training', 'no training record')}); "
     t0 = time.perf_counter()
     result = yield from train(model, train_s, val_s, tcfg, device=dev)
     yield Progress(result.best_step, result.best_step, "validating on all held-out images")
@@ -72,7 +91,7 @@ def train_from_folder(
         {
             "data": f"{data_dir.name}: {len(names)} images ({len(train_names)} train, {len(val_names)} validation)",
             "split": f"hash of file name (napari_skipseg.training.data.split_names, val_fraction={extra.get('val_fraction', 0.15)}); validation files: {', '.join(val_names[:5])}{' ...' if len(val_names) > 5 else ''}",
-            "training": f"{result.best_step} of {len(result.history)} steps kept (best validation score), "
+            "training": f"{previous}{result.best_step} of {len(result.history)} steps kept (best validation score), "
             f"batch {tcfg.batch_size} x patch {tcfg.patch}, AdamW lr {tcfg.lr} cosine, CE + Dice, "
             f"{time.perf_counter() - t0:.0f} s",
             "hardware": f"{describe(dev)}, {platform.processor() or platform.machine()}, torch {torch.__version__}",

@@ -100,6 +100,7 @@ def test_error_is_reported_and_viewer_keeps_working(widget, qtbot):
     viewer.add_image(np.zeros((48, 48), np.float32), name="flat")
     w.model_combo.setCurrentText("tiny3d")  # a 3D model cannot segment a 2D image
     w.output_combo.setCurrentText("semantic")
+    w.output_combo.activated.emit(w.output_combo.currentIndex())  # the user's choice: it stays
     w.run()
     _wait_done(qtbot, w)
     assert "failed" in w.status.text() and "3D" in w.status.text()
@@ -117,6 +118,7 @@ def test_rgb_and_stack_inputs(widget, qtbot):
     viewer.add_image(rgb, name="rgb", rgb=True)
     w.layer_combo.setCurrentText("rgb")
     w.model_combo.setCurrentText("tiny")
+    w.model_combo.activated.emit(w.model_combo.currentIndex())  # chosen as a user does
     w.run()
     _wait_done(qtbot, w)
     assert viewer.layers["rgb [tiny] instances"].data.shape == (64, 72)
@@ -165,6 +167,9 @@ def test_default_model_follows_the_image_dimensionality(widget, model_home):
     assert w.model_combo.currentText() == "nuclei2d"
     w.layer_combo.setCurrentText("volume")
     assert w.model_combo.currentText() == "nuclei3d"
+    # a widget opened on a viewer that already shows a volume
+    w2 = SegmentWidget(viewer)
+    assert w2.layer_combo.currentText() == "volume" and w2.model_combo.currentText() == "nuclei3d"
     index = w.model_combo.findText("tiny")
     w.model_combo.setCurrentIndex(index)
     w.model_combo.activated.emit(index)  # what a user's click sends

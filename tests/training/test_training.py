@@ -368,3 +368,22 @@ def test_load_recipe_errors(tmp_path):
     bad.write_text(json.dumps({"model": {"block": "dense"}}))
     with pytest.raises(ValueError, match="block"):
         load_recipe(bad)
+
+
+def test_train_from_folder_continues_from_init(tmp_path, data_folder):
+    """``init``: training starts from a model's weights (lr 0 keeps them), and says so."""
+    import torch
+
+    recipe = _recipe(tmp_path)
+    first = run(train_from_folder(data_folder, recipe, tmp_path / "a", steps=3, device="cpu"))
+    again = run(train_from_folder(data_folder, recipe, tmp_path / "b", steps=2, device="cpu", init=first, lr=0.0))
+    a, b = load_model(first), load_model(again)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        if "running" not in name and "num_batches" not in name:  # batch-norm statistics do move
+            assert torch.equal(x, y), name
+    assert f"continued from {first}" in ModelConfig.from_json(again / CONFIG_FILE).card["training"]
+    other = json.loads(recipe.read_text())
+    other["model"]["base_channels"] = 8
+    recipe.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="its network differs from the recipe's"):
+        run(train_from_folder(data_folder, recipe, tmp_path / "c", steps=1, device="cpu", init=first))

@@ -69,13 +69,16 @@ def main() -> None:
     marks: list[tuple[float, str]] = []
     t0 = time.perf_counter()
     # time the widget's own main-thread handlers, to say which one a stall comes from
-    for name in ("_on_progress", "_on_result", "_add_next_layer", "_on_finished"):
-        def timed(*a, _f=getattr(widget, name), _n=name):
+    def timed(func, name):
+        def wrapper(*a):
             t = time.perf_counter()
-            out = _f(*a)
-            marks.append((t, f"{_n} {1000 * (time.perf_counter() - t):.0f} ms"))
+            out = func(*a)
+            marks.append((t, f"{name} {1000 * (time.perf_counter() - t):.0f} ms"))
             return out
-        setattr(widget, name, timed)
+        return wrapper
+
+    for name in ("_on_progress", "_on_result", "_add_next_layer", "_on_finished"):
+        setattr(widget, name, timed(getattr(widget, name), name))
     worker = widget.run()
     worker.yielded.connect(lambda e: marks.append((time.perf_counter(), f"progress {e.done}/{e.total}")))
     worker.returned.connect(lambda v: marks.append((time.perf_counter(), "returned")))

@@ -47,3 +47,17 @@ def model_home(tmp_path, monkeypatch):
     save_model(make_tiny_model("tiny"), home / "models" / "tiny")
     save_model(make_tiny_model("tiny3d", spatial_dims=3, output="semantic"), home / "models" / "tiny3d")
     return home
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _skipseg_cache(tmp_path_factory):
+    """Networks the engine exports (ONNX) go to a temporary cache, not the user's."""
+    import os
+
+    before = os.environ.get("SKIPSEG_CACHE")
+    os.environ["SKIPSEG_CACHE"] = str(tmp_path_factory.mktemp("skipseg-cache"))
+    yield
+    if before is None:
+        os.environ.pop("SKIPSEG_CACHE", None)
+    else:
+        os.environ["SKIPSEG_CACHE"] = before

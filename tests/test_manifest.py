@@ -58,6 +58,18 @@ def test_plugin_start_does_not_import_torch():
     assert result.returncode == 0, result.stderr
 
 
+def test_no_manifest_module_imports_torch():
+    """Every module napari may import for the plugin (all python_names of the manifest: reader,
+    writers, widgets, samples), in a fresh interpreter, leaves torch unimported."""
+    modules = sorted({c.python_name.split(":")[0] for c in _manifest().contributions.commands})
+    assert any(m.startswith("napari_skipseg._qt.") for m in modules)
+    code = "import sys, napari_skipseg\n" + "".join(f"import {m}\n" for m in modules) + (
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "assert not bad, bad[:5]\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_widget_docks_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget("napari-skipseg", "Segment")

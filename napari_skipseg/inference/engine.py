@@ -7,6 +7,7 @@ with :func:`run` (or ``napari_skipseg.segment``) when progress does not matter.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ def predict(
     probabilities_out=None,
     units=None,
     intensity_range: tuple[float, float] | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``image`` with ``model``, tile by tile; yields progress, returns the result.
 
@@ -95,7 +98,9 @@ def predict(
     overlap : float
         Fraction of the tile shared with the neighbouring tile (0 to 0.5).
     batch_size : int
-        Tiles per forward pass; tiles of consecutive slices share batches.
+        Tiles in flight at once; tiles of consecutive slices share batches. On an
+        accelerator they make one forward pass; on a CPU they are shared out between worker
+        threads that run at the same time (see ``threads``).
     device : str
         ``auto`` (CUDA, then MPS, then CPU), or a device name.
     keep_probabilities : bool
@@ -119,16 +124,25 @@ def predict(
     intensity_range : (float, float), optional
         Normalisation range to use instead of the image's percentiles (the same for every
         part of a split run).
+    backend : {"auto", "torch", "onnxruntime"}
+        What runs the network (see :mod:`napari_skipseg.inference.backends`): a copy of the
+        model with batch norms folded into the convolutions, in PyTorch, or that copy
+        exported to ONNX Runtime (CPU only, when installed). ``auto`` (or
+        ``$SKIPSEG_BACKEND``) takes ONNX Runtime on a CPU for large jobs or when the export
+        is cached, else PyTorch. The model passed in is never modified.
+    threads : int, optional
+        CPU threads to use (default ``$SKIPSEG_THREADS``, else torch's thread count, i.e. the
+        physical cores). They go to up to 4 worker threads, each running its own tiles, so
+        reading, blending, post-processing and writing overlap with the network.
 
     Returns
     -------
     Segmentation
-        ``info`` holds ``intensity_range``, ``block``, ``units``, ``objects`` (instances found)
-        and ``label_counts`` (instances per unit, in order).
+        ``info`` holds ``intensity_range``, ``block``, ``units``, ``objects`` (instances found),
+        ``label_counts`` (instances per unit, in order) and ``backend`` (what ran the network).
     """
-    import torch
-
     from ..model.store import load_model
+    from . import backends as bk
     from .device import autocast_dtype, describe, release, select_device
 
     t0 = time.perf_counter()
@@ -197,12 +211,7 @@ def predict(
 
     transform = InputTransform(image, n_channels, norm) if cfg.in_channels == 1 and wants_input_transform(norm) else None
 
-    # the caller's model is put back as it was (device, train/eval) when the job ends or is
-    # cancelled, so a job leaves nothing behind, not even weights in accelerator memory
-    was_training = bool(getattr(model, "training", False))
-    home = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
     amp = autocast_dtype(dev)
-    desc = describe(dev)
     classes = cfg.num_classes
     keep = keep_probabilities or output == "probabilities"
     label_dtype = np.uint32 if output == "instances" else np.uint8
@@ -211,6 +220,9 @@ def predict(
         if not keep:
             raise SegmentationError("probabilities_out given, but probabilities are not kept "
                                     "(pass keep_probabilities=True or output='probabilities')")
+    if batch_size < 1:
+        raise SegmentationError(f"batch_size must be at least 1, got {batch_size}")
+    window = blend_window(tuple(min(t, s) for t, s in zip(tile_shape, spatial, strict=True)), overlap_px)
     probs_out = probabilities_out if probabilities_out is not None else (
         np.zeros((classes, *shape), dtype=np.float32) if keep else None)
     labels_out_ = None
@@ -220,13 +232,17 @@ def predict(
             labels_out_ = labels_out
         else:
             labels_out_ = np.zeros(shape, dtype=label_dtype)
-    window = blend_window(tuple(min(t, s) for t, s in zip(tile_shape, spatial, strict=True)), overlap_px)
-    acc: dict[int, list[np.ndarray]] = {}  # unit -> (weighted probability sum, weight sum)
+    # unit -> [weighted probability sum, weight sum]; a unit covered by one tile exactly
+    # keeps that tile's probabilities as they are ([probabilities, None])
+    acc: dict[int, list] = {}
     remaining: dict[int, int] = {}
+    direct: set[int] = set()
     counts: list[int] = []
     next_label = 0
     done = 0
     batch: list[tuple[int, tuple[slice, ...], tuple[slice, ...], np.ndarray]] = []
+    pending: deque = deque()  # (tiles' (unit, src, dst), future of their probabilities)
+    full = tuple(slice(0, int(t)) for t in window.shape)
 
     def read_unit(idx: tuple, region: tuple[slice, ...]) -> np.ndarray:
         data = np.asarray(image[(*idx, *region)])
@@ -240,26 +256,34 @@ def predict(
             data = data[None]
         return normalize(data, lo, hi)
 
-    def run_batch() -> None:
-        x = torch.from_numpy(np.stack([b[3] for b in batch])).to(dev)
-        with torch.inference_mode(), torch.autocast(dev.split(":")[0], dtype=amp, enabled=amp is not None):
-            p = torch.softmax(model(x).float(), dim=1).cpu().numpy()
-        for (u, src, dst, _), pi in zip(batch, p, strict=True):
-            a, w = acc[u]
-            if src == full:
-                a[(slice(None), *dst)] += pi * window
-                w[dst] += window
-            else:
-                a[(slice(None), *dst)] += pi[(slice(None), *src)] * window[src]
-                w[dst] += window[src]
-            remaining[u] -= 1
+    def submit() -> None:
+        x = np.stack([b[3] for b in batch])
+        pending.append(([b[:3] for b in batch], pool.submit(runner, x)))
         batch.clear()
+
+    def collect() -> int:
+        meta, future = pending.popleft()
+        p = future.result()
+        for (u, src, dst), pi in zip(meta, p, strict=True):
+            if u in direct:
+                acc[u] = [pi, None]
+            else:
+                a, w = acc[u]
+                if src == full:
+                    a[(slice(None), *dst)] += pi * window
+                    w[dst] += window
+                else:
+                    a[(slice(None), *dst)] += pi[(slice(None), *src)] * window[src]
+                    w[dst] += window[src]
+            remaining[u] -= 1
+        return len(meta)
 
     def finish(u: int) -> None:
         nonlocal next_label
         a, w = acc.pop(u)
         del remaining[u]
-        probs = a / w
+        direct.discard(u)
+        probs = a if w is None else a / w
         idx, blk = all_units[u]
         where = (*idx, *blk)
         if probs_out is not None:
@@ -275,35 +299,66 @@ def predict(
             counts.append(n)
             labels_out_[where] = lab
 
-    full = tuple(slice(0, int(t)) for t in window.shape)
-    try:
-        model.to(dev).eval()
-        yield Progress(0, total, f"{cfg.name} on {desc}", {"device": desc})
-        for u in todo:
-            region, tiles = plans[u]
-            data = read_unit(all_units[u][0], region)
-            blk_shape = tuple(b.stop - b.start for b in all_units[u][1])
-            acc[u] = [np.zeros((classes, *blk_shape), np.float32), np.zeros(blk_shape, np.float32)]
-            remaining[u] = len(tiles)
-            for tile_sl, src, dst in tiles:
-                batch.append((u, src, dst, np.ascontiguousarray(data[(slice(None), *tile_sl)])))
-                if len(batch) == batch_size:
-                    run_batch()
-                    done += batch_size
-                    for j in [j for j, r in remaining.items() if r == 0]:
-                        finish(j)
-                    yield Progress(done, total, f"{cfg.name} on {desc}")
-            del data
-        if batch:
-            done += len(batch)
-            run_batch()
+    def finish_ready() -> None:
         for j in [j for j, r in remaining.items() if r == 0]:
             finish(j)
-        yield Progress(done, total, "done")
+
+    # the caller's model is left as it is: the network runs on a fused copy (or, for a
+    # module that cannot be copied, on the model itself, put back as it was afterwards)
+    was_training = bool(getattr(model, "training", False))
+    home = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    runner = None
+    try:
+        try:
+            runner = bk.make_runner(model, dev, backend=backend, tile_spatial=window.shape,
+                                    voxels=total * int(np.prod(window.shape)),
+                                    batch_size=batch_size, threads=threads, amp=amp)
+        except bk.BackendError as err:
+            raise SegmentationError(str(err)) from None
+        backend_info, fallback = runner.describe(), runner.fallback
+        desc = describe(dev)
+        if dev.split(":")[0] == "cpu":
+            n = runner.budget
+            desc = f"cpu ({n} thread{'s' if n > 1 else ''}, float32, {runner.name})"
+        per_call = runner.batch
+        max_pending = runner.workers + 1  # one batch waiting while the workers run theirs
+        with bk.worker_threads(runner, dev) as pool:
+            yield Progress(0, total, f"{cfg.name} on {desc}", {"device": desc, "backend": backend_info})
+            for u in todo:
+                region, tiles = plans[u]
+                data = read_unit(all_units[u][0], region)
+                blk_shape = tuple(b.stop - b.start for b in all_units[u][1])
+                remaining[u] = len(tiles)
+                if len(tiles) == 1 and tiles[0][1] == full and tiles[0][2] == tuple(slice(0, b) for b in blk_shape):
+                    direct.add(u)  # one tile covers the unit exactly: nothing to blend
+                    acc[u] = [None, None]
+                else:
+                    acc[u] = [np.zeros((classes, *blk_shape), np.float32), np.zeros(blk_shape, np.float32)]
+                for tile_sl, src, dst in tiles:
+                    batch.append((u, src, dst, np.ascontiguousarray(data[(slice(None), *tile_sl)])))
+                    if len(batch) == per_call:
+                        submit()
+                        while len(pending) >= max_pending:
+                            done += collect()
+                            finish_ready()
+                            yield Progress(done, total, f"{cfg.name} on {desc}")
+                del data
+            if batch:
+                submit()
+            while pending:
+                done += collect()
+                finish_ready()
+                if pending:
+                    yield Progress(done, total, f"{cfg.name} on {desc}")
+            finish_ready()
+            yield Progress(done, total, "done")
     finally:
-        if home is not None and next(model.parameters()).device != home:
-            model.to(home)
-        model.train(was_training)
+        uses_original = runner is None or runner.uses_original
+        runner = None  # drop an accelerator copy before its memory is released
+        if uses_original:
+            if home is not None and next(model.parameters()).device != home:
+                model.to(home)
+            model.train(was_training)
         release(dev)
 
     return Segmentation(
@@ -315,7 +370,8 @@ def predict(
         seconds=time.perf_counter() - t0,
         class_names=list(cfg.class_names),
         info={"intensity_range": (lo, hi), "block": block_shape, "units": len(todo),
-              "objects": next_label if output == "instances" else None, "label_counts": counts},
+              "objects": next_label if output == "instances" else None, "label_counts": counts,
+              "backend": backend_info, **({"backend_fallback": fallback} if fallback else {})},
     )
 
 

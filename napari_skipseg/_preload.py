@@ -94,6 +94,12 @@ def preload_torch(modules: tuple[str, ...] = MODULES) -> threading.Thread:
         return _thread
 
 
+def ensure_loaded() -> None:
+    """For a job's worker thread: start the preload if no widget did, and wait for it."""
+    preload_torch()
+    wait()
+
+
 def wait(timeout: float | None = None) -> bool:
     """Wait for a started preload; True when it finished (successfully or not)."""
     return _done.wait(timeout)

@@ -56,3 +56,14 @@ def cancellable(gen, cancel_event):
             yield event
     finally:
         gen.close()
+
+
+def warm_up() -> None:
+    """Called when a widget opens: start loading torch off the GUI thread
+    (:mod:`napari_skipseg._preload`) and make new Labels layers cheaper to build
+    (:mod:`napari_skipseg._qt._vispy_cache`)."""
+    from .._preload import preload_torch
+    from ._vispy_cache import install
+
+    preload_torch()
+    install()

@@ -55,10 +55,9 @@ def _finetune_job(model_ref: str, data: list, options, device: str, stop_event, 
     removes the folder it made, whatever it holds, and returns :data:`CANCELLED`. It never
     changes the active model: the widget does that on the main thread.
     """
-    from .._preload import preload_torch, wait
+    from .._preload import ensure_loaded
 
-    preload_torch()  # torch loads without holding the GIL for long (started with the widget)
-    wait()
+    ensure_loaded()  # torch, loaded without holding the GIL for long (started with the widget)
     from ..model.store import discard_model, load_model, reserve_version
     from ..training.finetune import finetune, save_labels, save_version
 
@@ -311,11 +310,9 @@ class FinetuneWidget(QWidget):
         self._bind_key()
         self._refresh_layers()
         self.refresh_models()
-        from .._preload import preload_torch
-        from ._vispy_cache import install
+        from ._jobs import warm_up
 
-        preload_torch()  # torch loads off the GUI thread before the user presses Fine-tune
-        install()
+        warm_up()  # torch loads off the GUI thread before the user starts a job
 
     # -- layers and reviewed slices ---------------------------------------------------------
     def _bind_key(self) -> None:

@@ -29,12 +29,11 @@ def _segment_job(model_name: str, source, options: dict):
     by the loader (nothing in it is executed)."""
     import threading
 
-    from .._preload import preload_torch, wait
+    from .._preload import ensure_loaded
 
     # torch and what napari needs for a Labels layer (pandas), loaded without freezing the
     # GUI: started when the widget opened; this waits for it if it is still running
-    preload_torch()
-    wait()
+    ensure_loaded()
     from ..inference.engine import predict
     from ..model.store import load_model
 
@@ -168,12 +167,9 @@ class SegmentWidget(QWidget):
         self._refresh_layers()
         self.refresh_models()
         self._pick_default_model(self.layer_combo.currentText())
-        # load torch now, off the GUI thread, so that pressing Segment does not freeze napari
-        from .._preload import preload_torch
-        from ._vispy_cache import install
+        from ._jobs import warm_up
 
-        preload_torch()
-        install()
+        warm_up()  # torch loads off the GUI thread before the user starts a job
 
     # -- lists ----------------------------------------------------------------------------
     def _image_layers(self):

@@ -367,11 +367,9 @@ class SkipWidget(QWidget):
             ev.connect(self._refresh_layers)
         self._refresh_layers()
         self.refresh_models()
-        from .._preload import preload_torch
-        from ._vispy_cache import install
+        from ._jobs import warm_up
 
-        preload_torch()  # torch loads off the GUI thread while the user looks around
-        install()
+        warm_up()  # torch loads off the GUI thread before the user starts a job
         self._update_buttons()
 
     # -- lists ----------------------------------------------------------------------------------

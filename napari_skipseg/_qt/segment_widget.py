@@ -85,9 +85,9 @@ class SegmentWidget(QWidget):
         self.refresh_button = QPushButton("⟳")
         self.refresh_button.setToolTip("refresh the list of models (new fine-tuned versions)")
         self.refresh_button.setFixedWidth(28)
-        self.card_button = QPushButton("ⓘ")
+        self.card_button = QPushButton("card")  # text: symbol glyphs are missing from some fonts
         self.card_button.setToolTip("the model's card: task, data, training, validation metrics, licence")
-        self.card_button.setFixedWidth(28)
+        self.card_button.setFixedWidth(44)
         self.card_dialog = None
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)

@@ -28,16 +28,6 @@ def _pair(tmp_path, name, seed, shape=(48, 48)):
     return str(img_path), str(mask_path)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_finetune_then_segment_with_the_output(model_home, tmp_path, capsys):
     a, ma = _pair(tmp_path, "a", 0)
     b, mb = _pair(tmp_path, "b", 1)

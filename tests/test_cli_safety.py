@@ -12,16 +12,6 @@ from napari_skipseg.cli import main
 from napari_skipseg.io import read_image
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_tiny_model(name="tiny", seed=0):
     """An untrained 2D instance model shaped like the ``model_home`` fixture's ``tiny``."""
     import torch

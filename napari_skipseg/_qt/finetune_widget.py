@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from ._jobs import CANCELLED, Cancelled, cancellable, job
+from ._labels import WrapLabel
 
 REVIEWED_KEY = "skipseg_reviewed"  # labels layer metadata: reviewed slice indices
 MARK_KEY = "r"
@@ -190,7 +191,7 @@ class FinetuneWidget(QWidget):
         self.labels_combo = QComboBox()
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("the model to start from (the active model, shared with Segment)")
-        self.reviewed_label = QLabel("reviewed: none")
+        self.reviewed_label = WrapLabel("reviewed: none")
         self.mark_button = QPushButton("Mark slice reviewed (R)")
         self.mark_button.setToolTip("this slice's labels are corrected: train on it (label 0 = background); "
                                     "slices not marked are ignored")
@@ -229,15 +230,14 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("step %v / %m")
         self.plot = LossPlot(self)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("")
         self.resegment_button = QPushButton("Re-segment with the new model")
         self.resegment_button.setEnabled(False)
         self.versions = QListWidget()
         self.versions.setMaximumHeight(120)
         self.activate_button = QPushButton("Make active")
         self.refresh_button = QPushButton("Refresh")
-        self.autosave_label = QLabel("")
+        self.autosave_label = WrapLabel("")
         self.autosave_label.setToolTip("the corrected labels are saved a few seconds after each change "
                                        "(kept after napari closes or crashes)")
         self.restore_button = QPushButton("Restore autosave…")
@@ -295,6 +295,7 @@ class FinetuneWidget(QWidget):
         self.refresh_button.clicked.connect(self.refresh_models)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.labels_combo.currentIndexChanged.connect(self._show_reviewed)
+        self.image_combo.currentTextChanged.connect(self._on_image_chosen)
         self.labels_combo.currentIndexChanged.connect(self._watch_labels)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
@@ -435,6 +436,14 @@ class FinetuneWidget(QWidget):
         self.model_combo.addItems(list(self._entries))
         if active:
             self.model_combo.setCurrentText(active)
+        elif self._image_layer() is not None:
+            # no active model yet: the bundled default for the image, as the Segment widget does
+            from .. import default_model_for
+            from .segment_widget import layer_spatial_dims
+
+            default = default_model_for(layer_spatial_dims(self._image_layer()))
+            if default in self._entries:
+                self.model_combo.setCurrentText(default)
         self.model_combo.blockSignals(False)
         current = self.model_combo.currentText()
         self.versions.clear()
@@ -445,7 +454,7 @@ class FinetuneWidget(QWidget):
                 score = next((f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float))), "")
                 tag = "" if entry.source == "bundled" else (" accepted" if card.get("accepted") else
                                                             " not better" if card.get("accepted") is False else "")
-                dot = "● " if entry.name == current else "   "
+                dot = "● " if active is not None and entry.name == current else "   "
                 item = QListWidgetItem(f"{dot}{entry.name}  {score}{tag}")
                 item.setData(Qt.ItemDataRole.UserRole, entry.name)
                 item.setToolTip(f"{entry.path}\n{card.get('created', '')} from {card.get('parent', '-')}\n"
@@ -468,6 +477,12 @@ class FinetuneWidget(QWidget):
 
     def _on_active_changed(self, name: str) -> None:
         self.refresh_models()
+
+    def _on_image_chosen(self, name: str) -> None:
+        from ..model.store import active_model
+
+        if active_model() is None and self.worker is None:
+            self.refresh_models()  # the default model follows the image's dimensionality
 
     def make_active(self) -> None:
         """Make the version selected in the list the active model (one click)."""

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from ..layers import is_lazy, reopen_committed, result_layers, result_stores, source_from_layer
 from ._jobs import job
+from ._labels import WrapLabel
 
 
 @job
@@ -57,6 +58,13 @@ def _segment_job(model_name: str, source, options: dict):
     return result, source, threading.get_ident()
 
 
+def layer_spatial_dims(layer) -> int:
+    """2 or 3: the spatial axes of an image layer (from the reader's axes when known)."""
+    axes = (layer.metadata.get("skipseg") or {}).get("axes")
+    spatial = sum(a in "ZYX" for a in axes) if axes else layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
+    return min(max(spatial, 2), 3)
+
+
 class SegmentWidget(QWidget):
     """Segment the chosen image layer with a UNet, off the main thread."""
 
@@ -89,8 +97,7 @@ class SegmentWidget(QWidget):
         self.card_button.setToolTip("the model's card: task, data, training, validation metrics, licence")
         self.card_button.setFixedWidth(44)
         self.card_dialog = None
-        self.model_info = QLabel()
-        self.model_info.setWordWrap(True)
+        self.model_info = WrapLabel()
         self.model_info.setStyleSheet("color: #9aa0a6;")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
@@ -117,8 +124,7 @@ class SegmentWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setTextVisible(False)
         self.device_label = QLabel("device: chosen when a job starts")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrapLabel("")
 
         form = QFormLayout()
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
@@ -215,10 +221,7 @@ class SegmentWidget(QWidget):
             return
         if self._model_chosen:
             return
-        layer = self.viewer.layers[layer_name]
-        axes = (layer.metadata.get("skipseg") or {}).get("axes")
-        spatial = sum(a in "ZYX" for a in axes) if axes else layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
-        name = default_model_for(min(spatial, 3))
+        name = default_model_for(layer_spatial_dims(self.viewer.layers[layer_name]))
         if name in self._models and name != self.model_combo.currentText():
             self.model_combo.setCurrentText(name)
 

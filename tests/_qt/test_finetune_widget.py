@@ -343,3 +343,29 @@ def test_autosave_follows_the_chosen_layer_and_flushes_on_close(setup, qtbot, mo
     ft2.labels_combo.setCurrentText("fresh")
     restored = ft2.restore_autosave()
     assert restored.name.startswith("other (autosave ") and np.array_equal(restored.data, other.data)
+
+
+def test_start_from_follows_the_image_without_an_active_model(make_napari_viewer, model_home, qtbot):
+    """No active model: 'start from' is the bundled default for the chosen image (3D nuclei
+    for a volume, 2D nuclei for a plane), not the first model in the list, and no version is
+    marked active. Once a model is active, it is the one shown."""
+    from conftest import make_tiny_model
+
+    from napari_skipseg.model.store import active_model, save_model, set_active_model
+
+    save_model(make_tiny_model("nuclei3d", spatial_dims=3), model_home / "models" / "nuclei3d")
+    assert active_model() is None
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="plane")
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="volume")
+    ft = FinetuneWidget(viewer)
+    qtbot.addWidget(ft)
+    ft.image_combo.setCurrentText("plane")
+    assert ft.model_combo.currentText() == "nuclei2d"
+    ft.image_combo.setCurrentText("volume")
+    assert ft.model_combo.currentText() == "nuclei3d"
+    assert not any(ft.versions.item(i).text().startswith("●") for i in range(ft.versions.count()))
+    set_active_model("tiny", persist=False)
+    ft.image_combo.setCurrentText("plane")
+    assert ft.model_combo.currentText() == "tiny"
+    assert ft.versions.item(0).text().startswith("● tiny")

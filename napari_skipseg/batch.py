@@ -135,7 +135,7 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
     output = opts.get("output", "instances")
     cfg = model.config
     geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
-               tile=opts.get("tile"), block=opts.get("block"))
+               tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125))
     out_meta = result_meta(meta, output)
     classes = cfg.num_classes
     if output == "probabilities":

@@ -136,7 +136,7 @@ def _start_chunked(job: FileJob, cfg, model_ref: str, options: dict, client, ove
     image, meta, channel_axis = open_source(job.src, channel)
     output = opts.get("output", "instances")
     geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
-               tile=opts.get("tile"), block=opts.get("block"))
+               tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125))
     if output == "probabilities":
         shape, dtype, chunks = (cfg.num_classes, *geo["shape"]), np.float32, (1, *geo["chunks"])
     else:

@@ -77,7 +77,8 @@ def result_stores(source: LayerSource, model_config, options: dict, folder: str 
     from .io.zarr_io import create_ome_zarr
 
     geo = plan(model_config, tuple(source.data.shape), channel_axis=source.channel_axis,
-               mode=options.get("mode", "auto"), tile=options.get("tile"), block=options.get("block"))
+               mode=options.get("mode", "auto"), tile=options.get("tile"), block=options.get("block"),
+               overlap=options.get("overlap", 0.125))
     folder = folder or results_dir()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in source.name)[:60] or "image"

@@ -15,7 +15,7 @@ import numpy as np
 
 from .postprocess import instance_labels, semantic_labels
 from .preprocess import check_pixel_dtype, normalize, percentile_range
-from .tiling import blend_window, block_grid, block_tiles, default_block
+from .tiling import blend_window, block_grid, block_tiles, default_block, fit_tile
 
 OUTPUTS = ("instances", "semantic", "probabilities")
 #: Voxels per block by default (2D: a 4096 x 4096 plane, 3D: e.g. 128 x 256 x 256); a block
@@ -193,7 +193,7 @@ def predict(
     n_read = 3 if grey and n_channels == 4 else n_channels  # RGBA: ignore alpha
 
     lead_shape, spatial = shape[:-ndim_spatial], shape[-ndim_spatial:]
-    tile_shape = _tile_shape(tile, cfg, ndim_spatial, spatial)
+    tile_shape = _tile_shape(tile, cfg, ndim_spatial, spatial, overlap)
     overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
     block_shape = _block_shape(block, tile_shape, spatial)
     all_units = unit_list(lead_shape, spatial, block_shape)
@@ -397,7 +397,7 @@ def unit_list(lead_shape: tuple[int, ...], spatial: tuple[int, ...], block: tupl
 
 
 def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None = None, mode: str = "auto",
-         tile=None, block=None) -> dict:
+         tile=None, block=None, overlap: float = 0.125) -> dict:
     """Geometry of a :func:`predict` run without running it: output ``shape``, leading
     ``lead_shape``, ``block`` shape, ``units`` (see :func:`unit_list`) and zarr ``chunks``
     that line up with the units (so units can be written concurrently)."""
@@ -405,7 +405,7 @@ def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None
     shape = tuple(int(s) for i, s in enumerate(image_shape)
                   if channel_axis is None or i != channel_axis % len(image_shape))
     lead, spatial = shape[:-ndim], shape[-ndim:]
-    tile_shape = _tile_shape(tile, model_config, ndim, spatial)
+    tile_shape = _tile_shape(tile, model_config, ndim, spatial, overlap)
     block_shape = _block_shape(block, tile_shape, spatial)
     return {"shape": shape, "lead_shape": lead, "spatial": spatial, "tile": tile_shape, "block": block_shape,
             "units": unit_list(lead, spatial, block_shape),
@@ -462,9 +462,13 @@ def _moveaxis_lazy(image, axis):
         return np.moveaxis(np.asarray(image), axis, -1)
 
 
-def _tile_shape(tile, cfg, ndim: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
+def _tile_shape(tile, cfg, ndim: int, spatial: tuple[int, ...], overlap: float = 0.125) -> tuple[int, ...]:
+    """The tile shape of a run: the one asked for, else the model's default fitted to the
+    image (:func:`~napari_skipseg.inference.tiling.fit_tile`: fewer voxels computed twice)."""
     if tile is None:
         shape = tuple(cfg.default_tile())
+        if len(shape) == ndim and ndim == cfg.spatial_dims:
+            return fit_tile(spatial, shape, overlap, cfg.size_multiple())
     elif isinstance(tile, int):
         shape = (tile,) * ndim
     else:

@@ -22,6 +22,48 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
+def fit_tile(
+    shape: tuple[int, ...], tile: tuple[int, ...], overlap: float, multiple: tuple[int, ...] | None = None,
+    grow: float = 1.25,
+) -> tuple[int, ...]:
+    """The tile shape that covers ``shape`` with the least computation, near ``tile``.
+
+    Along each axis, the configured tile may cover the image wastefully: 256 pixels with
+    tiles of 128 overlapping by 16 take 3 tiles (384 pixels computed), 50 with 48 take 2
+    (96). For each possible tile count up to the configured one, the smallest tile (a
+    multiple of ``multiple``, what the network pads to anyway) that covers the axis with
+    that many tiles overlapping by ``overlap`` of their length is found; the count with
+    the fewest computed pixels wins (ties: fewer tiles), among tiles at most ``grow`` times
+    the configured one. 256 / 128 -> 2 tiles of 144; 50 / 48 -> 1 tile of 50.
+    """
+    multiple = multiple or (1,) * len(shape)
+    out = []
+    for n, t, m in zip(shape, tile, multiple, strict=True):
+        n, t, m = int(n), int(t), max(int(m), 1)
+        if n <= t:
+            out.append(n)
+            continue
+        k0 = len(tile_starts(n, t, int(round(t * overlap))))
+        t_max = max(t, int(t * grow) // m * m)
+
+        def padded(size: int) -> int:
+            return -(-size // m) * m
+
+        best = (k0 * padded(t), k0, t)
+        for k in range(1, k0 + 1):
+            size = padded(-(-n // k))
+            while size <= t_max and len(tile_starts(n, size, int(round(size * overlap)))) > k:
+                size += m
+            if size > t_max:
+                continue
+            size = min(size, n)
+            cand = (k * padded(size), k, size)
+            if cand[:2] < best[:2]:
+                best = cand
+        out.append(best[2])
+    return tuple(out)
+
+
 def tile_grid(
     shape: tuple[int, ...], tile: tuple[int, ...], overlap: tuple[int, ...]
 ) -> list[tuple[slice, ...]]:

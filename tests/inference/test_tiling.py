@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from napari_skipseg.inference.engine import predict, run
-from napari_skipseg.inference.tiling import blend_window, tile_grid, tile_starts
+from napari_skipseg.inference.engine import plan
+from napari_skipseg.inference.tiling import blend_window, fit_tile, tile_grid, tile_starts
 from napari_skipseg.model.config import ModelConfig
 
 
@@ -27,6 +28,42 @@ def test_tile_starts_cover_with_overlap(size, tile, overlap):
     for a, b in zip(starts, starts[1:], strict=False):
         assert a + length - b >= overlap  # neighbours share at least `overlap` pixels
         assert b > a
+
+
+@pytest.mark.parametrize(
+    ("n", "t", "m"),
+    [(256, 128, 8), (50, 48, 8), (128, 96, 8), (128, 48, 4), (696, 512, 16), (512, 512, 16), (1024, 512, 16),
+     (20000, 512, 16), (3, 64, 8), (65, 64, 1), (1000, 100, 7)],
+)
+def test_fit_tile_never_computes_more(n, t, m):
+    overlap = 0.125
+    (size,) = fit_tile((n,), (t,), overlap, (m,))
+    padded = -(-size // m) * m
+    k = len(tile_starts(n, size, int(round(size * overlap))))
+    k0 = len(tile_starts(n, t, int(round(t * overlap))))
+    assert size <= n and size <= max(t, int(t * 1.25))
+    assert size == n or size % m == 0  # what the network pads to anyway (or the whole axis)
+    assert k * padded <= k0 * (-(-min(t, n) // m) * m)  # never more pixels through the network
+    if n <= t:
+        assert size == n
+
+
+def test_fit_tile_examples():
+    # 256 with tiles of 128: 3 tiles (384 computed) -> 2 of 144 (288)
+    assert fit_tile((256, 256, 256), (128, 128, 128), 0.125, (8, 8, 8)) == (144, 144, 144)
+    # a hippocampus volume a little wider than the tile: one tile instead of two
+    assert fit_tile((35, 50, 35), (48, 48, 64), 0.125, (8, 8, 8)) == (35, 50, 35)
+    assert fit_tile((512, 512), (512, 512), 0.125, (16, 16)) == (512, 512)
+
+
+def test_default_tile_is_fitted_and_explicit_tile_kept():
+    cfg = ModelConfig(name="t", spatial_dims=3, depth=3, base_channels=4, tile=[32, 64, 64])
+    assert plan(cfg, (100, 128, 128))["tile"] == fit_tile((100, 128, 128), (32, 64, 64), 0.125, cfg.size_multiple())
+    assert plan(cfg, (100, 128, 128))["tile"] != (32, 64, 64)
+    assert plan(cfg, (100, 128, 128), tile=(32, 64, 64))["tile"] == (32, 64, 64)
+    # the overlap is part of the fit: plan and predict agree for any overlap
+    assert plan(cfg, (100, 128, 128), overlap=0.25)["tile"] == fit_tile((100, 128, 128), (32, 64, 64), 0.25,
+                                                                         cfg.size_multiple())
 
 
 def test_tile_starts_small_image_is_one_tile():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,7 @@ class PatchSampler:
         augment: bool = True,
         foreground_bias: float = 0.5,
         anisotropic: bool = False,
+        elastic: float = 0.0,
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
@@ -186,6 +188,9 @@ class PatchSampler:
         self.augment = augment
         self.fg_bias = foreground_bias
         self.anisotropic = anisotropic
+        if not 0.0 <= elastic <= 1.0:
+            raise ValueError(f"elastic is the share of patches deformed (0 to 1), got {elastic}")
+        self.elastic = elastic
         weights = np.array([max(s.target.size, 1) for s in samples], dtype=float) ** 0.5
         self.weights = weights / weights.sum()
         self._fg = [np.flatnonzero(s.target.ravel() > 0) for s in samples]
@@ -219,6 +224,8 @@ class PatchSampler:
     def _augment(self, img: np.ndarray, tgt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng = self.rng
         nd = tgt.ndim
+        if self.elastic and rng.random() < self.elastic:
+            img, tgt = self._deform(img, tgt)
         # flips along every axis, and 90 degree turns in the YX plane when it is square
         for ax in range(nd):
             if rng.random() < 0.5:
@@ -233,3 +240,39 @@ class PatchSampler:
         if rng.random() < 0.3:
             img = img + rng.normal(0, rng.uniform(0.01, 0.08), img.shape).astype(np.float32)
         return img, tgt
+
+    def _deform(self, img: np.ndarray, tgt: np.ndarray, spacing: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Smooth elastic deformation (as in the original U-Net): random displacements at
+        control points every ``spacing`` pixels, spread smoothly to every pixel (Gaussian
+        basis, separable), up to a few pixels; the image is resampled linearly, the target by
+        nearest neighbour (IGNORE stays IGNORE)."""
+        from scipy import ndimage as ndi
+
+        rng = self.rng
+        shape = tgt.shape
+        strength = rng.uniform(1.5, 4.0)
+        coords = list(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+        bases = [_smooth_basis(n, spacing) for n in shape]
+        letters = "abc"[: len(shape)]
+        spec = ",".join(f"{x}{x.upper()}" for x in letters) + "," + letters.upper() + "->" + letters
+        for axis in range(len(shape)):
+            if self.anisotropic and axis == 0:
+                continue  # few, thick planes: deform within them only
+            coarse = rng.normal(0.0, strength, [b.shape[1] for b in bases]).astype(np.float32)
+            coords[axis] += np.einsum(spec, *bases, coarse, optimize=True)
+        img = np.stack([ndi.map_coordinates(ch, coords, order=1, mode="mirror") for ch in img]).astype(np.float32)
+        tgt = ndi.map_coordinates(tgt, coords, order=0, mode="mirror")
+        return img, tgt
+
+
+@functools.lru_cache(maxsize=32)
+def _smooth_basis(n: int, spacing: int) -> np.ndarray:
+    """``(n, points)`` weights spreading values at control points every ``spacing`` pixels
+    smoothly over ``n`` pixels (normalised Gaussians)."""
+    points = max(2, n // spacing + 1)
+    centres = np.linspace(0, n - 1, points)
+    x = np.arange(n)[:, None]
+    w = np.exp(-0.5 * ((x - centres[None]) / max((n - 1) / (points - 1), 1.0)) ** 2)
+    w = (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+    w.setflags(write=False)
+    return w

@@ -60,6 +60,7 @@ class FinetuneOptions:
     weight_decay: float = 1e-4
     dice_weight: float = 1.0
     foreground_bias: float = 0.5
+    elastic: float = 0.0  # share of patches elastically deformed (with augment)
     num_classes: int | None = None  # a different class count: new head, the rest kept
     class_names: list[str] | None = None
     preprocess: str = "auto"  # "auto": pick inversion / stain handling on the data; "keep"
@@ -453,7 +454,7 @@ def finetune(
             time_budget=None if left is None else max(left * 0.9 - 2.0, 1.0),
             lr=opts.lr, weight_decay=opts.weight_decay, warmup=opts.warmup, val_every=opts.val_every,
             max_val_images=40, dice_weight=opts.dice_weight, augment=opts.augment,
-            foreground_bias=opts.foreground_bias, seed=opts.seed,
+            foreground_bias=opts.foreground_bias, elastic=opts.elastic, seed=opts.seed,
         )
         stopped = {"v": False}
 

@@ -35,6 +35,7 @@ class TrainConfig:
     dice_weight: float = 1.0
     augment: bool = True
     foreground_bias: float = 0.5
+    elastic: float = 0.0  # share of patches given a smooth elastic deformation
     seed: int = 0
 
     @classmethod
@@ -133,7 +134,8 @@ def train(
     torch.manual_seed(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
     cfg = model.config
-    sampler = PatchSampler(train_samples, tuple(tcfg.patch), rng, tcfg.augment, tcfg.foreground_bias)
+    sampler = PatchSampler(train_samples, tuple(tcfg.patch), rng, tcfg.augment, tcfg.foreground_bias,
+                           elastic=tcfg.elastic if tcfg.augment else 0.0)
     val = val_samples[: tcfg.max_val_images]
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]

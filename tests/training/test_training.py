@@ -164,6 +164,47 @@ def test_augmentation_moves_image_and_target_together():
     assert len(seen) > 2  # the augmentation really turns and flips
 
 
+def test_elastic_deformation_moves_image_and_target_together():
+    """Deformed patches: the same smooth warp for image and target, labels stay labels
+    (IGNORE included), the shapes change a little, never a lot."""
+    rng = np.random.default_rng(5)
+    shape = (96, 96)
+    target = np.zeros(shape, np.int64)
+    for y0, x0 in rng.integers(8, 80, (12, 2)):
+        target[y0 : y0 + 10, x0 : x0 + 10] = 1
+    target[:, :6] = IGNORE
+    image = (target == 1)[None].astype(np.float32)
+    sampler = PatchSampler([Sample("blobs", image, target)], shape, np.random.default_rng(6), augment=False,
+                           elastic=1.0)
+    changed = 0
+    for _ in range(10):
+        img, tgt = sampler._deform(image.copy(), target.copy())
+        assert img.shape == image.shape and tgt.shape == target.shape and img.dtype == np.float32
+        assert set(np.unique(tgt)) <= {IGNORE, 0, 1}
+        assert (img[0][tgt == 1] > 0.5).mean() > 0.9  # the image follows the target
+        assert (img[0][tgt == 0] < 0.5).mean() > 0.9
+        moved = (tgt != target).mean()
+        assert moved < 0.15  # a few pixels of displacement, not a scramble
+        changed += moved > 0
+    assert changed >= 8
+
+
+def test_elastic_3d_anisotropic_keeps_planes():
+    """With thick planes (anisotropic), the warp stays within each plane."""
+    planes = np.arange(8, dtype=np.float32)[:, None, None] * np.ones((8, 32, 32), np.float32)
+    target = np.broadcast_to((np.arange(8) % 2)[:, None, None], (8, 32, 32)).astype(np.int64)
+    sampler = PatchSampler([Sample("p", planes[None], target)], (8, 32, 32), np.random.default_rng(7),
+                           elastic=1.0, anisotropic=True)
+    img, tgt = sampler._deform(planes[None].copy(), target.copy())
+    np.testing.assert_allclose(img[0], planes, atol=1e-5)
+    assert (tgt == target).all()
+
+
+def test_elastic_share_is_checked():
+    with pytest.raises(ValueError, match="elastic"):
+        PatchSampler([_ramp_sample((16, 16))], (8, 8), np.random.default_rng(0), elastic=2.0)
+
+
 def test_no_samples():
     with pytest.raises(ValueError, match="no training samples"):
         PatchSampler([], (8, 8), np.random.default_rng(0))

@@ -1,7 +1,7 @@
 """Fine-tuning benchmarks: domain shift, a new structure, and the speed of a training step.
 
-    python benchmarks/bench_finetune.py [--which shift em speed] [--time 180] [--train decoder+last]
-        [--lr 0.001] [--no-augment] [--json benchmarks/results/finetune.json]
+    python benchmarks/bench_finetune.py [--which shift em speed] [--time 180] [--train auto]
+        [--lr LR] [--no-augment] [--json benchmarks/results/finetune.json]
 
 1. **Domain shift** (goal: F1@0.5 up by >= 0.30 and to >= 0.70). nuclei2d is trained on
    fluorescence (bright nuclei, dark background, grey). We make H&E-like bright-field images
@@ -243,8 +243,9 @@ def main() -> None:
     parser.add_argument("--time", type=float, default=180.0, help="seconds per fine-tune, all included")
     parser.add_argument("--steps", type=int, help="a fixed number of steps instead of the time budget "
                         "(to compare methods on a machine shared with other jobs)")
-    parser.add_argument("--train", default="decoder+last")
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train", default="auto", help="what trains (default: the tool's choice, "
+                        "decoder+last for nuclei, all for the new membrane head)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the tool's, 3e-4 / 3e-3 new head)")
     parser.add_argument("--no-augment", dest="augment", action="store_false")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "finetune.json"))

@@ -546,9 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="training steps (default 300)")
     budget.add_argument("--time", type=float, help="time budget in seconds, everything included")
-    p.add_argument("--train", default="decoder+last", choices=["all", "decoder", "decoder+last"],
-                   help="what to train (default: the decoder and the last encoder stages)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (warm-up, then cosine)")
+    p.add_argument("--train", default="auto", choices=["auto", "all", "decoder", "decoder+last"],
+                   help="what to train (auto: the decoder and the last encoder stages; every weight with "
+                        "--num-classes, a new head)")
+    p.add_argument("--lr", type=float, help="peak learning rate, warm-up then cosine "
+                                            "(default 0.0003; 0.003 with --num-classes)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/turns/intensity changes")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-classes", type=int, help="a different class count: new head (semantic), rest kept")

@@ -208,7 +208,7 @@ class FinetuneWidget(QWidget):
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-3)
+        self.lr_spin.setValue(3e-4)  # training.finetune.AUTO_TRAIN: own classes
         self.train_combo = QComboBox()
         self.train_combo.addItems(["decoder+last", "decoder", "all"])
         self.train_combo.setToolTip("decoder+last: the decoder and the two deepest encoder stages; "

@@ -38,7 +38,10 @@ import numpy as np
 from ..inference.engine import Progress
 from .data import IGNORE, Sample, check_mask, instance_target
 
-TRAINABLE = ("all", "decoder", "decoder+last")
+TRAINABLE = ("auto", "all", "decoder", "decoder+last")
+#: ``train="auto"`` and ``lr=None``: what a run with the model's own head trains, and with a
+#: new head (other classes: nothing of the network was trained for them, so every weight adapts)
+AUTO_TRAIN = {False: ("decoder+last", 3e-4), True: ("all", 3e-3)}
 LABELS_FILE = "labels.npz"
 
 
@@ -50,8 +53,8 @@ class FinetuneOptions:
 
     steps: int = 300
     time_budget: float | None = None
-    lr: float = 1e-3
-    train: str = "decoder+last"  # "all", "decoder" (encoder frozen) or "decoder+last"
+    lr: float | None = None  # None: 3e-4, or 3e-3 with a new head (AUTO_TRAIN)
+    train: str = "auto"  # "all", "decoder" (encoder frozen), "decoder+last"; "auto": AUTO_TRAIN
     augment: bool = True
     batch_size: int = 4
     patch: list[int] | None = None  # default: 128 x 128 (2D), 16 x 64 x 64 (3D), within the tile
@@ -73,7 +76,7 @@ class FinetuneOptions:
             raise ValueError(f"train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
         if self.preprocess not in ("auto", "keep"):
             raise ValueError(f"preprocess must be 'auto' or 'keep', got {self.preprocess!r}")
-        if self.steps < 0 or self.lr <= 0 or self.batch_size < 1:
+        if self.steps < 0 or (self.lr is not None and self.lr <= 0) or self.batch_size < 1:
             raise ValueError("steps must be >= 0, lr > 0 and batch_size >= 1")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
@@ -408,6 +411,9 @@ def finetune(
     dev = select_device(device)
     base = copy.deepcopy(model).to("cpu").float().eval()
     head_change = opts.num_classes is not None and opts.num_classes != base.config.num_classes
+    auto_train, auto_lr = AUTO_TRAIN[head_change]
+    opts = replace(opts, train=auto_train if opts.train == "auto" else opts.train,
+                   lr=auto_lr if opts.lr is None else opts.lr)
     new = adapt_model(base, opts.num_classes, opts.class_names)
     base.to(dev)  # scored on the job's device; dropped (and its memory released) at the end
     cfg = new.config
@@ -482,7 +488,9 @@ def finetune(
         if opts.tune and val_s:
             if cfg.output == "instances":
                 cfg.postprocess, after = tune_postprocess(new, cfg, val_s, "cpu")
-            elif cfg.num_classes == 2:
+            elif cfg.num_classes == 2 and split.get("kind") == "units":
+                # only on whole held-out slices/blocks: a band of the training images is too
+                # like them (measured: it picks thresholds above 0.5 that lose recall elsewhere)
                 t, after = tune_semantic_threshold(new, val_s, "cpu")
                 after["threshold"] = t
         if not after and val_s:

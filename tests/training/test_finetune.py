@@ -256,6 +256,23 @@ def test_new_head_trains_and_loads(model_home):
     assert load_model(folder).config.class_names == ["background", "membrane"]
 
 
+def test_new_head_trains_every_weight_and_tunes_threshold_only_on_whole_slices(model_home):
+    """A new head: train="auto" trains all weights at the higher rate; the decision threshold
+    is tuned on held-out whole slices (3+ reviewed), not on a band of the training images."""
+    image, labels = _stack(4)
+    membrane = (labels > 0).astype(np.uint8)
+    opts = FinetuneOptions(steps=3, val_every=3, patch=[32, 32], batch_size=2, num_classes=2,
+                           class_names=["background", "membrane"])
+    whole = run_finetune("tiny", [Annotated(image, membrane, None, name="stack")], opts, device="cpu")
+    assert whole.split["kind"] == "units" and "threshold" in whole.after
+    assert whole.options["train"] == "all" and whole.options["lr"] == 3e-3
+    band = run_finetune("tiny", [Annotated(image[0], membrane[0], None, name="one")], opts, device="cpu")
+    assert band.split["kind"] == "band" and "threshold" not in band.after
+    same_head = run_finetune("tiny", [Annotated(image, labels, None, name="stack")],
+                             FinetuneOptions(steps=2, val_every=2, patch=[32, 32], batch_size=2), device="cpu")
+    assert same_head.options["train"] == "decoder+last" and same_head.options["lr"] == 3e-4
+
+
 def test_stop_keeps_the_best_so_far(model_home):
     image, labels = _stack(3)
     data = [Annotated(image, labels, None, name="a")]

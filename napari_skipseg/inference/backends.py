@@ -375,8 +375,9 @@ def _new_session(data: bytes, threads: int):
 def choose_backend(backend: str, model, device: str, tile_spatial: tuple[int, ...], voxels: int) -> str:
     """The backend ``backend`` (or ``$SKIPSEG_BACKEND`` for ``"auto"``) resolves to.
 
-    ``auto``: ONNX Runtime on the CPU for a SkipUNet when it is installed and the job is
-    large (:data:`ORT_MIN_VOXELS`) or the export is cached already; PyTorch otherwise.
+    ``auto``: ONNX Runtime on the CPU for a 2D SkipUNet when it is installed and the job is
+    large (:data:`ORT_MIN_VOXELS`) or the export is cached already; PyTorch otherwise (3D
+    convolutions run faster in PyTorch here: benchmarks/results/speed3d.json).
     Asking for ``onnxruntime`` where it cannot run raises :class:`BackendError`.
     """
     if backend in (None, "", "auto"):
@@ -395,7 +396,7 @@ def choose_backend(backend: str, model, device: str, tile_spatial: tuple[int, ..
         return backend
     if backend == "torch":
         return backend
-    if cpu and ort_supported(model) and ort_available():
+    if cpu and len(tile_spatial) == 2 and ort_supported(model) and ort_available():
         if voxels >= ORT_MIN_VOXELS or ort_cached(model, tile_spatial):
             return "onnxruntime"
     return "torch"

@@ -128,8 +128,8 @@ def predict(
         What runs the network (see :mod:`napari_skipseg.inference.backends`): a copy of the
         model with batch norms folded into the convolutions, in PyTorch, or that copy
         exported to ONNX Runtime (CPU only, when installed). ``auto`` (or
-        ``$SKIPSEG_BACKEND``) takes ONNX Runtime on a CPU for large jobs or when the export
-        is cached, else PyTorch. The model passed in is never modified.
+        ``$SKIPSEG_BACKEND``) takes ONNX Runtime on a CPU for large 2D jobs or when the
+        export is cached, else PyTorch (3D: PyTorch). The model passed in is never modified.
     threads : int, optional
         CPU threads to use (default ``$SKIPSEG_THREADS``, else torch's thread count, i.e. the
         physical cores). They go to up to 4 worker threads, each running its own tiles, so

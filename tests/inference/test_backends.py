@@ -138,6 +138,16 @@ def test_onnx_export_is_cached_on_disk_and_reused_by_auto(tmp_path):
     assert "onnxruntime" in res.device
 
 
+@needs_ort
+def test_auto_takes_onnxruntime_for_large_2d_jobs_and_torch_for_3d(monkeypatch):
+    monkeypatch.delenv("SKIPSEG_BACKEND", raising=False)
+    model2d = model_with_stats(2)
+    assert bk.choose_backend("auto", model2d, "cpu", (256, 256), 2**40) == "onnxruntime"
+    model3d = model_with_stats(3)
+    assert bk.choose_backend("auto", model3d, "cpu", (32, 64, 64), 2**40) == "torch"
+    assert bk.choose_backend("onnxruntime", model3d, "cpu", (32, 64, 64), 1) == "onnxruntime"  # if asked
+
+
 def test_auto_uses_torch_without_onnxruntime(monkeypatch):
     monkeypatch.setattr(bk, "ort_available", lambda: False)
     model = model_with_stats(2)

@@ -349,6 +349,25 @@ def _centre_crop(s: Sample, size: int) -> Sample:
     return Sample(s.name, np.ascontiguousarray(s.image[(slice(None), *sl)]), s.target[sl], inst)
 
 
+def describe_input(norm: dict) -> str:
+    """A normalisation config in words, e.g. 'haematoxylin channel, percentiles 1-99.8'."""
+    norm = dict(norm or {})
+    parts = []
+    if norm.get("stain"):
+        parts.append(f"{'haematoxylin' if norm['stain'] == 'hematoxylin' else norm['stain']} channel "
+                     "(colour deconvolution)")
+    invert = norm.get("invert")
+    if invert == "auto":
+        parts.append("inverted where the background is bright")
+    elif invert not in (None, False, "none", "no"):
+        parts.append("inverted")
+    if norm.get("kind", "percentile") == "percentile":
+        parts.append(f"percentiles {norm.get('low', 1.0):g}-{norm.get('high', 99.8):g}")
+    else:
+        parts.append("no intensity scaling")
+    return ", ".join(parts)
+
+
 def _candidate_norms(base: dict, any_rgb: bool) -> list[dict]:
     base = dict(base or {})
     cands = [base]
@@ -447,7 +466,8 @@ def finetune(
                 s = _score(base, crops, dev)["score"]
                 if s > best_score + 1e-3:
                     best_score, norm = s, cand
-            yield Progress(0, max(opts.steps, 1), f"input handling: {norm}", {"phase": "prepare", "normalization": norm})
+            yield Progress(0, max(opts.steps, 1), f"input: {describe_input(norm)}",
+                           {"phase": "prepare", "normalization": norm})
         cfg.normalization = norm
         train_s, val_s, split = build_samples(data, cfg, opts.val_fraction)
 

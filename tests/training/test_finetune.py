@@ -322,3 +322,12 @@ def test_gpu_memory_is_released_when_the_job_ends(model_home):
     assert next(result.model.parameters()).device.type == "cpu"
     assert torch.cuda.memory_allocated() <= before + 1024
     assert torch.cuda.memory_reserved() == 0 or torch.cuda.memory_reserved() < 64 * 2**20
+
+
+def test_input_handling_is_described_in_words():
+    from napari_skipseg.training.finetune import describe_input
+
+    assert describe_input({"kind": "percentile", "low": 1.0, "high": 99.8, "stain": "hematoxylin"}) == (
+        "haematoxylin channel (colour deconvolution), percentiles 1-99.8")
+    assert describe_input({"invert": "auto"}) == "inverted where the background is bright, percentiles 1-99.8"
+    assert describe_input({"kind": "none", "invert": True}) == "inverted, no intensity scaling"

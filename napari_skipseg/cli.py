@@ -341,7 +341,8 @@ def cmd_finetune(args) -> int:
     opts = FinetuneOptions(
         steps=args.steps if args.steps is not None else (100_000 if args.time else 300),
         time_budget=args.time, lr=args.lr, train=args.train, augment=args.augment,
-        batch_size=args.batch_size, num_classes=args.num_classes, class_names=args.class_names,
+        batch_size=args.batch_size, num_classes=args.num_classes, new_head=args.num_classes is not None,
+        class_names=args.class_names,
         seed=args.seed,
     )
     existed = dest.is_dir()
@@ -553,7 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default 0.0003; 0.003 with --num-classes)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/turns/intensity changes")
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-classes", type=int, help="a different class count: new head (semantic), rest kept")
+    p.add_argument("--num-classes", type=int, help="new classes (masks hold class ids 0..N-1): a new head "
+                   "for N classes (semantic output), the rest of the network kept")
     p.add_argument("--class-names", nargs="+", help="names of the classes (with --num-classes)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--activate", action="store_true", help="make it the active model if it is better")

@@ -43,6 +43,7 @@ from ._labels import WrapLabel
 
 REVIEWED_KEY = "skipseg_reviewed"  # labels layer metadata: reviewed slice indices
 MARK_KEY = "r"
+MAX_NEW_CLASSES = 32  # "new classes": more ids than this are instance ids painted by mistake
 AUTOSAVE_DELAY_MS = 3000  # autosave this long after the last change to the labels
 CANCELLED_TEXT = "Cancelled: nothing changed"
 
@@ -215,6 +216,11 @@ class FinetuneWidget(QWidget):
                                     "decoder: encoder frozen; all: every weight")
         self.augment_check = QCheckBox("augment (flips, turns, intensity)")
         self.augment_check.setChecked(True)
+        self.classes_check = QCheckBox("new classes (labels are class ids)")
+        self.classes_check.setToolTip(
+            "for a structure the model was not trained for: paint class 1, 2, ... (0 = background) on "
+            "the reviewed slices; the model gets a new output layer for these classes, predicts them "
+            "as a semantic map, and every weight trains (learning rate 0.003)")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
 
@@ -264,6 +270,7 @@ class FinetuneWidget(QWidget):
         form.addRow("learning rate", self.lr_spin)
         form.addRow("train", self.train_combo)
         form.addRow("", self.augment_check)
+        form.addRow("", self.classes_check)
         form.addRow("device", self.device_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
@@ -296,6 +303,7 @@ class FinetuneWidget(QWidget):
         self.model_combo.activated.connect(self._on_model_chosen)
         self.labels_combo.currentIndexChanged.connect(self._show_reviewed)
         self.image_combo.currentTextChanged.connect(self._on_image_chosen)
+        self.classes_check.toggled.connect(self._on_classes_toggled)
         self.labels_combo.currentIndexChanged.connect(self._watch_labels)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
@@ -484,6 +492,14 @@ class FinetuneWidget(QWidget):
         if active_model() is None and self.worker is None:
             self.refresh_models()  # the default model follows the image's dimensionality
 
+    def _on_classes_toggled(self, on: bool) -> None:
+        """New classes train every weight at a higher rate (training.finetune.AUTO_TRAIN)."""
+        from ..training.finetune import AUTO_TRAIN
+
+        train, lr = AUTO_TRAIN[bool(on)]
+        self.train_combo.setCurrentText(train)
+        self.lr_spin.setValue(lr)
+
     def make_active(self) -> None:
         """Make the version selected in the list the active model (one click)."""
         from ..model.store import set_active_model
@@ -514,8 +530,21 @@ class FinetuneWidget(QWidget):
         return FinetuneOptions(
             steps=self.steps_spin.value(), time_budget=self.time_spin.value() or None,
             lr=self.lr_spin.value(), train=self.train_combo.currentText(), augment=self.augment_check.isChecked(),
-            val_every=10,
+            val_every=10, num_classes=self._new_class_count(), new_head=self.classes_check.isChecked(),
         )
+
+    def _new_class_count(self) -> int | None:
+        """With "new classes": 1 + the largest class id painted on the reviewed slices (at least 2)."""
+        if not self.classes_check.isChecked() or self._labels_layer() is None:
+            return None
+        data = self._labels_layer().data
+        data = data[0] if getattr(self._labels_layer(), "multiscale", False) else data
+        marked = self.reviewed()
+        if np.asarray(data).ndim >= 3 and marked:
+            top = max(int(np.max(np.asarray(data[i]))) for i in marked if 0 <= i < data.shape[0])
+        else:
+            top = int(np.max(np.asarray(data)))
+        return max(top + 1, 2)
 
     def training_data(self) -> list:
         """The image and a copy of the corrected labels, as the core takes them (main thread)."""
@@ -546,6 +575,11 @@ class FinetuneWidget(QWidget):
         shape = image_layer.data.shape[:-1] if getattr(image_layer, "rgb", False) else image_layer.data.shape
         if tuple(shape) != tuple(labels_layer.data.shape):
             self.status.setText(f"image {tuple(shape)} and labels {tuple(labels_layer.data.shape)} differ in shape")
+            return None
+        classes = self._new_class_count()
+        if classes is not None and classes > MAX_NEW_CLASSES + 1:
+            self.status.setText(f"new classes: the reviewed labels hold ids up to {classes - 1}; paint class ids "
+                                f"1 to at most {MAX_NEW_CLASSES} (0 = background), or untick 'new classes'")
             return None
         data = self.training_data()
         self._stop = threading.Event()  # new events per job: a late cancel cannot reach the next one

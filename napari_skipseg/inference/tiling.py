@@ -46,7 +46,7 @@ def fit_tile(
         k0 = len(tile_starts(n, t, int(round(t * overlap))))
         t_max = max(t, int(t * grow) // m * m)
 
-        def padded(size: int) -> int:
+        def padded(size: int, m: int = m) -> int:
             return -(-size // m) * m
 
         best = (k0 * padded(t), k0, t)

@@ -65,6 +65,7 @@ class FinetuneOptions:
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches elastically deformed (with augment)
     num_classes: int | None = None  # a different class count: new head, the rest kept
+    new_head: bool = False  # other classes (labels are class ids), even as many as the model's
     class_names: list[str] | None = None
     preprocess: str = "auto"  # "auto": pick inversion / stain handling on the data; "keep"
     tune: bool = True  # re-tune post-processing (or the decision threshold) on held-out data
@@ -293,16 +294,19 @@ def _target(labels: np.ndarray, cfg) -> np.ndarray:
 # -- model surgery ------------------------------------------------------------------------------
 
 
-def adapt_model(model, num_classes: int | None = None, class_names: list[str] | None = None):
-    """A copy of ``model`` for fine-tuning; with a new head when ``num_classes`` differs.
+def adapt_model(model, num_classes: int | None = None, class_names: list[str] | None = None,
+                new_head: bool = False):
+    """A copy of ``model`` for fine-tuning; with a new head when ``num_classes`` differs (or
+    ``new_head``: other classes that happen to be as many).
 
-    A new class count makes a semantic model (argmax of the classes): the head is
-    re-initialised, every other weight is kept.
+    A new head makes a semantic model (argmax of the classes): the head is re-initialised,
+    every other weight is kept.
     """
     from ..model.unet import SkipUNet
 
     cfg = copy.deepcopy(model.config)
-    if num_classes is None or num_classes == cfg.num_classes:
+    num_classes = num_classes if num_classes is not None or not new_head else cfg.num_classes
+    if num_classes is None or (num_classes == cfg.num_classes and not new_head):
         new = SkipUNet(cfg)
         new.load_state_dict(model.state_dict())
         if class_names:
@@ -429,11 +433,11 @@ def finetune(
         raise ValueError("no images to fine-tune on")
     dev = select_device(device)
     base = copy.deepcopy(model).to("cpu").float().eval()
-    head_change = opts.num_classes is not None and opts.num_classes != base.config.num_classes
+    head_change = opts.new_head or (opts.num_classes is not None and opts.num_classes != base.config.num_classes)
     auto_train, auto_lr = AUTO_TRAIN[head_change]
     opts = replace(opts, train=auto_train if opts.train == "auto" else opts.train,
                    lr=auto_lr if opts.lr is None else opts.lr)
-    new = adapt_model(base, opts.num_classes, opts.class_names)
+    new = adapt_model(base, opts.num_classes, opts.class_names, new_head=head_change)
     base.to(dev)  # scored on the job's device; dropped (and its memory released) at the end
     cfg = new.config
 

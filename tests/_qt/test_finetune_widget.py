@@ -369,3 +369,40 @@ def test_start_from_follows_the_image_without_an_active_model(make_napari_viewer
     ft.image_combo.setCurrentText("plane")
     assert ft.model_combo.currentText() == "tiny"
     assert ft.versions.item(0).text().startswith("● tiny")
+
+
+def test_new_classes_make_a_new_head_in_the_widget(setup, qtbot):
+    """'new classes': the painted ids are classes (here 0 background, 1 and 2 two structures),
+    the fine-tuned version predicts them as a semantic map; every weight trains at 3e-3.
+    Instance ids painted by mistake (over 32) are refused with a message."""
+    viewer, _, ft, layer, labels = setup
+    classes = np.where(labels > 0, 1 + (labels % 2), 0).astype(np.int32)
+    layer.data = classes
+    for z in (0, 1, 2):
+        viewer.dims.set_current_step(0, z)
+        ft.mark_reviewed()
+    ft.classes_check.setChecked(True)
+    assert ft.train_combo.currentText() == "all" and ft.lr_spin.value() == pytest.approx(3e-3)
+    opts = ft.options()
+    assert opts.num_classes == 3 and opts.new_head and opts.train == "all"  # as many classes as tiny's
+    ft.start(FinetuneOptions(**{**_opts().__dict__, "num_classes": opts.num_classes, "new_head": True,
+                                "train": "all"}))
+    qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
+    result = ft.last_result
+    assert result is not None, ft.status.text()
+    from napari_skipseg.model.store import load_model
+
+    cfg = load_model(result.path).config
+    assert cfg.num_classes == 3 and cfg.output == "semantic"
+    assert layer.data.tobytes() == classes.tobytes()
+    ft.resegment_button.click()
+    qtbot.waitUntil(lambda: ft.seg_worker is None, timeout=60_000)
+    assert viewer.layers[-1].name.endswith("semantic") and viewer.layers[-1].data.max() <= 2
+    # unticking goes back to the defaults for the model's own classes
+    ft.classes_check.setChecked(False)
+    assert ft.train_combo.currentText() == "decoder+last" and ft.lr_spin.value() == pytest.approx(3e-4)
+    ft.classes_check.setChecked(True)
+    big = classes.copy()
+    big[0, :3, :3] = 200
+    layer.data = big
+    assert ft.start() is None and "ids up to 200" in ft.status.text()

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_skipseg.inference.engine import predict, run
-from napari_skipseg.inference.engine import plan
+from napari_skipseg.inference.engine import plan, predict, run
 from napari_skipseg.inference.tiling import blend_window, fit_tile, tile_grid, tile_starts
 from napari_skipseg.model.config import ModelConfig
 

@@ -378,10 +378,18 @@ def cmd_evaluate(args) -> int:
     from .model.store import load_model, resolve_model
 
     model = load_model(args.model)
+    if args.save and not args.tune:
+        raise CLIError("--save stores tuned post-processing: use it with --tune")
+    if args.save and not Path(args.model).is_dir():
+        raise CLIError(f"--save writes into the model's folder: give its path (e.g. models/{model.config.name}), "
+                       f"not the name {args.model!r}")
+    if args.tune and model.config.output != "instances":
+        raise CLIError(f"model {model.config.name!r} is semantic: --tune tunes instance post-processing")
     names = split_names(resolve_model(args.model), args.split) if args.split else None
     pairs = pair_files(args.images, args.masks, names)
+    collected: list | None = [] if args.tune else None
     gen = evaluate(model, pairs, drive=lambda g: _progress_driver(g, "segment", True), device=args.device,
-                   tile=args.tile, overlap=args.overlap, mode=args.mode)
+                   tile=args.tile, overlap=args.overlap, mode=args.mode, collect=collected)
     keys = None
     try:
         while True:
@@ -407,7 +415,35 @@ def cmd_evaluate(args) -> int:
         import json
 
         Path(args.json).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    if args.tune:
+        _tune_and_save(model, collected, over, args)
     return 0
+
+
+def _tune_and_save(model, collected: list, over: dict, args) -> None:
+    from .evaluate import tune_instances
+    from .model.store import save_model
+
+    cfg = model.config
+    params, metrics = tune_instances(cfg, collected)
+    where = f"{args.split} split" if args.split else "the given images"
+    print(f"tuned post-processing on {len(collected)} images ({where}): seed {params['seed']}, mask "
+          f"{params['mask']}, min_size {params['min_size']}: f1@0.5 {over.get('f1@0.5', float('nan')):.4f} -> "
+          f"{metrics['f1@0.5']:.4f}, mean matched IoU {metrics['mean_matched_iou']:.4f}")
+    if not args.save:
+        return
+    if params == dict(cfg.postprocess):
+        print(f"{args.model}: the model's post-processing is already the best found; nothing written")
+        return
+    cfg.postprocess = params
+    card_metrics = dict(cfg.card.get("metrics", {}))
+    card_metrics.update({"f1@0.5": round(metrics["f1@0.5"], 4),
+                         "mean_matched_iou": round(metrics["mean_matched_iou"], 4)})
+    cfg.card["metrics"] = card_metrics
+    cfg.card["postprocess_tuning"] = (f"tuned on {len(collected)} images of the {where} by "
+                                      "`skipseg evaluate --tune --save`")
+    save_model(model, args.model)
+    print(f"saved the tuned post-processing and metrics into {args.model}")
 
 
 def cmd_view(args) -> int:
@@ -517,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
     p.add_argument("--json", help="also write the per-image and overall metrics to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the overall line")
+    p.add_argument("--tune", action="store_true",
+                   help="instance models: also search the watershed thresholds that score best on these "
+                        "images (use the validation split) and print them")
+    p.add_argument("--save", action="store_true",
+                   help="with --tune: write the tuned thresholds and the metrics they give into the model "
+                        "folder's config and card (the folder path must be given as --model)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("view", help="open napari with the plugin's widgets and an image or sample")

@@ -109,13 +109,16 @@ def evaluate(
     pairs: list[tuple[Path, Path]],
     *,
     drive: Callable | None = None,
+    collect: list | None = None,
     **options,
 ) -> Generator[ImageScore, None, Evaluation]:
     """Segment each image with ``model`` (a loaded SkipUNet), score it; yields one
     :class:`ImageScore` per image and returns the :class:`Evaluation`.
 
     ``drive(generator) -> result`` runs the engine (a progress bar); ``options`` go to the
-    engine (``device``, ``tile``, ``overlap``, ``mode``, ``batch_size``).
+    engine (``device``, ``tile``, ``overlap``, ``mode``, ``batch_size``). ``collect``: a list
+    that receives ``(probabilities, mask)`` per image of an instance model, for
+    :func:`tune_instances`.
     """
     import time
 
@@ -139,8 +142,12 @@ def evaluate(
             if not np.all(np.isfinite(mask)) or np.any(mask != np.round(mask)) or mask.min() < 0:
                 raise EvaluationError(f"{mask_path}: a mask must hold whole, non-negative label numbers")
             mask = mask.astype(np.int64)
-        seg = drive(predict(model, np.asarray(image), output=output, channel_axis=channel_axis, **options))
+        keep = collect is not None and output == "instances"
+        seg = drive(predict(model, np.asarray(image), output=output, channel_axis=channel_axis,
+                            keep_probabilities=keep, **options))
         pred = np.asarray(seg.labels)
+        if keep and mask.shape == pred.shape:
+            collect.append((np.asarray(seg.probabilities, dtype=np.float32), mask))
         if mask.shape != pred.shape:
             raise EvaluationError(f"{mask_path}: mask shape {mask.shape} differs from the image's "
                                   f"{pred.shape} ({img_path.name})")
@@ -150,6 +157,41 @@ def evaluate(
         yield score
     result.overall = overall(result.images, output)
     return result
+
+
+def tune_instances(cfg, collected: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict, dict]:
+    """The watershed thresholds (``cfg.postprocess``) that give the best pooled F1 at IoU 0.5
+    on ``collected`` (from :func:`evaluate` with ``collect=``); returns ``(params,
+    {"f1@0.5", "mean_matched_iou", "score"})`` (the training loop's grid:
+    :func:`napari_skipseg.training.loop.search_postprocess`)."""
+    from .inference.postprocess import instance_labels
+    from .training.loop import search_postprocess
+
+    if cfg.output != "instances":
+        raise EvaluationError(f"model {cfg.name!r} is semantic: it has no instance thresholds to tune")
+    if not collected:
+        raise EvaluationError("no images to tune on")
+
+    def labels(probs: np.ndarray, params: dict) -> np.ndarray:
+        probs = np.asarray(probs, dtype=np.float32)
+        if probs.ndim - 1 == cfg.spatial_dims:
+            return instance_labels(probs, params)
+        # a 2D model on a stack: slice by slice, ids kept apart, as the engine does
+        out = np.zeros(probs.shape[1:], np.uint32)
+        top = 0
+        for idx in np.ndindex(*probs.shape[1:-cfg.spatial_dims]):
+            lab = instance_labels(probs[(slice(None), *idx)], params)
+            out[idx] = np.where(lab > 0, lab + top, 0)
+            top += int(lab.max())
+        return out
+
+    def score_fn(params: dict) -> dict:
+        total = InstanceScores(0, 0, 0, 0.0)
+        for probs, mask in collected:
+            total = total + match_instances(mask, labels(probs, params))
+        return {"score": total.f1, "f1@0.5": total.f1, "mean_matched_iou": total.mean_matched_iou}
+
+    return search_postprocess(score_fn, dict(cfg.postprocess))
 
 
 def overall(scores: list[ImageScore], output: str) -> dict[str, float]:

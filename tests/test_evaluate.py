@@ -108,3 +108,38 @@ def test_cli_evaluate_bad_input(data, capsys):
     assert code == 2 and "mask shape (10, 10) differs" in err and len(err.strip().splitlines()) == 1
     code = main(["evaluate", "--model", "tiny", "--split", "validation", str(data / "images"), str(data / "masks")])
     assert code == 2 and "no recorded validation split" in capsys.readouterr().err
+
+
+def test_cli_tune_postprocess_finds_and_saves_better_thresholds(data, tmp_path, capsys):
+    """--tune searches the watershed thresholds; --save writes them and the F1 they give into
+    the model folder; evaluating the saved model gives exactly the printed F1. Masks made by
+    nuclei2d with its own thresholds, evaluated with deliberately bad ones, must come back."""
+    import re
+
+    from napari_skipseg.model.store import load_model, save_model
+
+    folder = tmp_path / "n2d"
+    model = load_model("nuclei2d")
+    good = dict(model.config.postprocess)
+    model.config.postprocess = {**good, "seed": 0.3, "mask": 0.3, "min_size": 200}  # drops small nuclei
+    save_model(model, folder)
+    (folder / "notes.txt").write_text("kept")
+    images, masks = str(data / "images" / "im0.tif"), str(data / "masks" / "im0.tif")
+    assert main(["evaluate", "--model", "nuclei2d", "--save", images, masks]) == 2
+    assert "use it with --tune" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "nuclei2d", "--tune", "--save", images, masks]) == 2
+    assert "give its path" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(folder), "--tune", "--save", "--json", str(tmp_path / "before.json"),
+                 images, masks]) == 0
+    out = capsys.readouterr().out
+    before = json.loads((tmp_path / "before.json").read_text())["overall"]["f1@0.5"]
+    tuned = float(re.search(r"-> ([0-9.]+)", out).group(1))
+    assert tuned > before and "saved the tuned post-processing" in out
+    saved = load_model(folder)
+    assert saved.config.postprocess != model.config.postprocess
+    assert saved.config.card["metrics"]["f1@0.5"] == pytest.approx(tuned, abs=1e-4)
+    assert "postprocess_tuning" in saved.config.card and "post-processing" in (folder / "card.md").read_text()
+    assert (folder / "notes.txt").read_text() == "kept"  # the folder's other files stay
+    assert main(["evaluate", "--model", str(folder), "--json", str(tmp_path / "after.json"), images, masks]) == 0
+    after = json.loads((tmp_path / "after.json").read_text())["overall"]["f1@0.5"]
+    assert after == pytest.approx(tuned, abs=1e-9)

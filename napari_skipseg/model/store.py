@@ -692,6 +692,13 @@ def render_card(cfg: ModelConfig) -> str:
         f"| input | {cfg.in_channels} channel(s), normalisation {cfg.normalization} |",
         f"| output | {cfg.output}: {', '.join(cfg.class_names) or cfg.num_classes} |",
     ]
+    if cfg.output == "instances" and cfg.postprocess:
+        pp = cfg.postprocess
+        text = (f"seeded watershed: seeds where interior > {pp.get('seed')}, objects where foreground > "
+                f"{pp.get('mask')}, at least {pp.get('min_size')} px")
+        if card.get("postprocess_tuning"):
+            text += f" ({card['postprocess_tuning']})"
+        lines.append(f"| post-processing | {text} |")
     for key in ("axes", "data", "split", "training", "hardware", "parameters", "speed", "licence"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")

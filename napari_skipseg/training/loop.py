@@ -197,14 +197,33 @@ def train(
     return TrainResult(model, history, best["step"], best["score"], best["metrics"], time.perf_counter() - t0)
 
 
+#: Watershed thresholds searched on validation data: seed x mask first, then the size floor
+#: (measured on nuclei2d: the best seed threshold lies near 0.97, above the old grid's 0.8).
+SEED_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99)
+MASK_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+SIZE_GRID = (4, 8, 12, 20, 30)
+
+
+def search_postprocess(score_fn, base: dict) -> tuple[dict, dict]:
+    """Best instance post-processing for ``score_fn(params) -> metrics`` (``"score"`` is
+    maximised) over :data:`SEED_GRID` x :data:`MASK_GRID`, then :data:`SIZE_GRID`; ``base``
+    is kept unless something beats it. Returns ``(params, metrics)``."""
+    best_params, best = dict(base), score_fn(dict(base))
+    for seed in SEED_GRID:
+        for mask in MASK_GRID:
+            params = {**best_params, "seed": seed, "mask": mask}
+            metrics = score_fn(params)
+            if metrics["score"] > best["score"] + 1e-9:
+                best_params, best = params, metrics
+    for size in SIZE_GRID:
+        params = {**best_params, "min_size": size}
+        metrics = score_fn(params)
+        if metrics["score"] > best["score"] + 1e-9:
+            best_params, best = params, metrics
+    return best_params, best
+
+
 def tune_postprocess(model, cfg, val_samples: list[Sample], device: str = "cpu") -> tuple[dict, dict]:
     """Grid-search the watershed thresholds of an instance model on validation samples."""
     probs = [predict_probabilities(model, s.image, device) for s in val_samples]
-    best_params, best = dict(cfg.postprocess), score(cfg, probs, val_samples)
-    for seed in (0.4, 0.5, 0.6, 0.7, 0.8):
-        for mask in (0.3, 0.4, 0.5, 0.6):
-            params = {**cfg.postprocess, "seed": seed, "mask": mask}
-            metrics = score(cfg, probs, val_samples, params)
-            if metrics["score"] > best["score"]:
-                best_params, best = params, metrics
-    return best_params, best
+    return search_postprocess(lambda params: score(cfg, probs, val_samples, params), dict(cfg.postprocess))

@@ -294,8 +294,11 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
     xs = [prep(u) for u in units(cfg, image)]
     pixels = int(np.prod(image.shape[: image.ndim - (cfg.in_channels > 1)]))
     unit = "Mvox" if cfg.spatial_dims == 3 else "Mpx"
-    print(f"\n{cfg.name}: {cfg.spatial_dims}D, input {image.shape} {image.dtype}, tile {cfg.default_tile()}, "
-          f"{threads} thread(s)", file=sys.stderr)
+    from napari_skipseg.inference.engine import plan
+
+    fitted = list(plan(cfg, tuple(no_channels))["tile"])
+    print(f"\n{cfg.name}: {cfg.spatial_dims}D, input {image.shape} {image.dtype}, model tile {cfg.default_tile()}, "
+          f"fitted tile {fitted}, {threads} thread(s)", file=sys.stderr)
 
     methods: dict = {}
     missing: dict = {}
@@ -444,7 +447,7 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
             r["e2e_x_plain"] = plain_e2e / r["e2e_s"]
     return {
         "model": cfg.name, "dims": cfg.spatial_dims, "input": list(image.shape), "unit": unit,
-        "tile": cfg.default_tile(), "threads": threads, "conv3x3_gflops": conv, "conv3x3_runs": conv_t,
+        "tile": cfg.default_tile(), "fitted_tile": fitted, "tiles_per_unit": ours.tiles_per_unit, "threads": threads, "conv3x3_gflops": conv, "conv3x3_runs": conv_t,
         "ours_backend": ours.runner.describe(), "ours_torch_backend": ours_torch.runner.describe(),
         "ours_setup_s": round(ours.setup_s, 2), "ort_baseline_setup_s": ort_setup,
         "ours_two_slice_file_s": warm_e2e, "max_probability_diff_vs_plain": prob_diff,

@@ -576,7 +576,8 @@ class FinetuneWidget(QWidget):
         if tuple(shape) != tuple(labels_layer.data.shape):
             self.status.setText(f"image {tuple(shape)} and labels {tuple(labels_layer.data.shape)} differ in shape")
             return None
-        classes = self._new_class_count()
+        options = options or self.options()
+        classes = options.num_classes if options.new_head else None
         if classes is not None and classes > MAX_NEW_CLASSES + 1:
             self.status.setText(f"new classes: the reviewed labels hold ids up to {classes - 1}; paint class ids "
                                 f"1 to at most {MAX_NEW_CLASSES} (0 = background), or untick 'new classes'")
@@ -587,7 +588,7 @@ class FinetuneWidget(QWidget):
         self.plot.clear()
         self.last_result = None
         self.worker = create_worker(
-            _finetune_job, self._model_ref(), data, options or self.options(), self.device_combo.currentText(),
+            _finetune_job, self._model_ref(), data, options, self.device_combo.currentText(),
             self._stop, self._cancel, _start_thread=False, _ignore_errors=True,
         )
         self.worker.yielded.connect(self._on_progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 
-def measure(name: str, repeat: int) -> tuple[float, str]:
+def measure(name: str, repeat: int, flips: bool | None = None) -> tuple[float, str]:
     from napari_skipseg.inference.engine import predict, run
     from napari_skipseg.model.store import load_model
 
@@ -35,11 +35,11 @@ def measure(name: str, repeat: int) -> tuple[float, str]:
     else:
         image, channel_axis = rng.integers(0, 255, shape, dtype=np.uint8), None
     output = "instances" if cfg.output == "instances" else "semantic"
-    run(predict(model, image, output=output, channel_axis=channel_axis, device="cpu"))  # warm-up
+    run(predict(model, image, output=output, channel_axis=channel_axis, device="cpu", flips=flips))  # warm-up
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
-        run(predict(model, image, output=output, channel_axis=channel_axis, device="cpu"))
+        run(predict(model, image, output=output, channel_axis=channel_axis, device="cpu", flips=flips))
         times.append(time.perf_counter() - t)
     return float(np.median(times)), what
 
@@ -64,7 +64,12 @@ def main() -> None:
     for e in entries:
         seconds, what = measure(e.name, args.repeat)
         line = f"{seconds:.2f} s per {what} on {args.threads} CPU threads ({cpu}, torch {torch.__version__}), end to end"
-        rows.append({"model": e.name, "seconds": round(seconds, 3), "per": what, "threads": args.threads})
+        row = {"model": e.name, "seconds": round(seconds, 3), "per": what, "threads": args.threads}
+        if e.config.inference.get("flips"):  # the default runs test-time flips: also without
+            plain, _ = measure(e.name, args.repeat, flips=False)
+            line += f", with its default test-time flips ({plain:.2f} s without: --no-flips)"
+            row["seconds_without_flips"] = round(plain, 3)
+        rows.append(row)
         print(f"{e.name:<16} {line}")
         if args.write:
             path = Path(e.path) / "config.json"

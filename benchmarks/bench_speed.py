@@ -363,8 +363,9 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
         tifffile.imwrite(dst, labels)
 
     def e2e_ours(backend, output, dst):
+        # test-time flips off: the same network work as the baselines (a model may default to them)
         segment_file(FileJob(src, dst), model, {"output": output, "device": "cpu", "backend": backend,
-                                                "threads": threads}, overwrite=True)
+                                                "threads": threads, "flips": False}, overwrite=True)
 
     net_fns = {name: (lambda m=m: [m(x) for x in xs]) for name, m in methods.items()}
     net_fns["ours"] = lambda: ours.network(xs)
@@ -383,7 +384,8 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
         tifffile.imwrite(small, image[:2])
         t = time.perf_counter()
         segment_file(FileJob(small, tmp / "warmup-out.tif"), model, {"output": "semantic", "device": "cpu",
-                                                                    "threads": threads}, overwrite=True)
+                                                                    "threads": threads, "flips": False},
+                     overwrite=True)
         warm_e2e = time.perf_counter() - t
 
     net_t: dict = {k: [] for k in net_fns}
@@ -411,7 +413,7 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
                 agree[name] = float((tifffile.imread(tmp / f"{name}.tif").reshape(ref.shape) == ref).mean())
         p_plain = methods["plain"](xs[0])[0]
         probs = run(predict(model, image[0] if cfg.spatial_dims == 2 else image, output="probabilities",
-                            device="cpu", threads=threads,
+                            device="cpu", threads=threads, flips=False,
                             channel_axis=-1 if cfg.in_channels > 1 else None)).probabilities
         prob_diff = float(np.abs(probs - p_plain).max())
 

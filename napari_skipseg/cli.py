@@ -149,7 +149,8 @@ def cmd_segment(args) -> int:
         jobs.append(FileJob(src, dst))
     block = None if not args.block else (args.block[0] if len(args.block) == 1 else tuple(args.block))
     options = {"mode": args.mode, "output": args.output_kind, "tile": args.tile, "overlap": args.overlap,
-               "batch_size": args.batch_size, "device": args.device, "block": block, "channel": args.channel}
+               "batch_size": args.batch_size, "device": args.device, "block": block, "channel": args.channel,
+               "flips": args.flips}
     if args.scheduler or (args.workers or 0) > 1:
         return _segment_on_cluster(args, jobs, model_name, options)
     model = load_model(model_name)
@@ -389,7 +390,7 @@ def cmd_evaluate(args) -> int:
     pairs = pair_files(args.images, args.masks, names)
     collected: list | None = [] if args.tune else None
     gen = evaluate(model, pairs, drive=lambda g: _progress_driver(g, "segment", True), device=args.device,
-                   tile=args.tile, overlap=args.overlap, mode=args.mode, collect=collected)
+                   tile=args.tile, overlap=args.overlap, mode=args.mode, flips=args.flips, collect=collected)
     keys = None
     try:
         while True:
@@ -432,16 +433,21 @@ def _tune_and_save(model, collected: list, over: dict, args) -> None:
           f"{metrics['f1@0.5']:.4f}, mean matched IoU {metrics['mean_matched_iou']:.4f}")
     if not args.save:
         return
-    if params == dict(cfg.postprocess):
+    flips = cfg.inference.get("flips", False) if args.flips is None else args.flips
+    if params == dict(cfg.postprocess) and flips == cfg.inference.get("flips", False):
         print(f"{args.model}: the model's post-processing is already the best found; nothing written")
         return
     cfg.postprocess = params
+    # the thresholds were found on what the network gave with (or without) test-time flips:
+    # the model keeps that setting as its default
+    cfg.inference = {**cfg.inference, "flips": bool(flips)}
     card_metrics = dict(cfg.card.get("metrics", {}))
     card_metrics.update({"f1@0.5": round(metrics["f1@0.5"], 4),
                          "mean_matched_iou": round(metrics["mean_matched_iou"], 4)})
     cfg.card["metrics"] = card_metrics
-    cfg.card["postprocess_tuning"] = (f"tuned on {len(collected)} images of the {where} by "
-                                      "`skipseg evaluate --tune --save`")
+    cfg.card["postprocess_tuning"] = (f"tuned on {len(collected)} images of the {where}"
+                                      + (" with test-time flips" if flips else "")
+                                      + " by `skipseg evaluate --tune --save`")
     save_model(model, args.model)
     print(f"saved the tuned post-processing and metrics into {args.model}")
 
@@ -498,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time flips: average 4 (2D) or 8 (3D) flipped passes, that many times "
+                        "slower (default: the model's setting, see its card)")
     p.add_argument("--block", type=int, nargs="+",
                    help="spatial block predicted at a time (bounds memory; default: whole slices, "
                         "3D volumes in blocks of up to 8M voxels)")
@@ -551,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
+    p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time flips: average 4 (2D) or 8 (3D) flipped passes, that many times "
+                        "slower (default: the model's setting, see its card)")
     p.add_argument("--json", help="also write the per-image and overall metrics to this JSON file")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the overall line")
     p.add_argument("--tune", action="store_true",
@@ -595,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate, warm-up then cosine "
                                             "(default 0.0003; 0.003 with --num-classes)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/turns/intensity changes")
+    p.add_argument("--class-balance", type=float, metavar="B",
+                   help="weigh each class's cross-entropy by its frequency ** -B in the labels (0: none, "
+                        "1: every class as much; default 1 with new classes, else 0)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--num-classes", type=int, help="new classes (masks hold class ids 0..N-1): a new head "
                    "for N classes (semantic output), the rest of the network kept")

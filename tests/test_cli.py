@@ -135,6 +135,22 @@ def test_segment_probabilities(home, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
 
 
+def test_segment_with_test_time_flips(home, tmp_path):
+    from napari_skipseg.inference.engine import predict, run
+    from napari_skipseg.model.store import load_model
+
+    src = tmp_path / "in.tif"
+    image = _image((20, 22))
+    tifffile.imwrite(src, image)
+    for flag in ("--flips", "--no-flips"):
+        dst = tmp_path / f"probs{flag}.tif"
+        assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "--output", "probabilities",
+                     "-q", flag]) == 0
+        want = run(predict(load_model("tiny"), image, output="probabilities", device="cpu",
+                           flips=flag == "--flips")).probabilities
+        np.testing.assert_allclose(read_image(dst)[0], want, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("case", "match"),
     [

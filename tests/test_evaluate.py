@@ -143,3 +143,10 @@ def test_cli_tune_postprocess_finds_and_saves_better_thresholds(data, tmp_path, 
     assert main(["evaluate", "--model", str(folder), "--json", str(tmp_path / "after.json"), images, masks]) == 0
     after = json.loads((tmp_path / "after.json").read_text())["overall"]["f1@0.5"]
     assert after == pytest.approx(tuned, abs=1e-9)
+    # thresholds tuned with (or without) test-time flips keep that setting as the model's default
+    now = load_model(folder).config.inference.get("flips", False)
+    assert main(["evaluate", "--model", str(folder), "--tune", "--save", "--no-flips" if now else "--flips",
+                 images, masks]) == 0
+    again = load_model(folder).config
+    assert again.inference["flips"] is (not now)
+    assert ("with test-time flips" in again.card["postprocess_tuning"]) is (not now)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -114,6 +115,10 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setSingleStep(0.05)
         self.overlap_spin.setDecimals(3)
         self.overlap_spin.setValue(0.125)
+        self.flips_check = QCheckBox("test-time flips")
+        self.flips_check.setToolTip(
+            "average the network over the image flipped along each axis: 4 passes in 2D, 8 in 3D "
+            "(that many times slower). Follows the model's own setting when a model is chosen.")
 
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
@@ -141,6 +146,7 @@ class SegmentWidget(QWidget):
         form.addRow("output", self.output_combo)
         form.addRow("tile", self.tile_spin)
         form.addRow("overlap", self.overlap_spin)
+        form.addRow("", self.flips_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -288,6 +294,9 @@ class SegmentWidget(QWidget):
             text += f"; validation: {metrics}"
         self.model_info.setText(text)
         self.model_info.setToolTip(cfg.card.get("task", ""))
+        self.flips_check.setChecked(bool(cfg.inference.get("flips", False)))
+        passes = 2**cfg.spatial_dims
+        self.flips_check.setText(f"test-time flips ({passes} passes, {passes}x slower)")
         if cfg.output != "instances" and self.output_combo.currentText() == "instances":
             self.output_combo.setCurrentText("semantic")  # a semantic model has no instances
             self._output_forced = True
@@ -324,6 +333,7 @@ class SegmentWidget(QWidget):
             "output": self.output_combo.currentText(),
             "tile": self.tile_spin.value() or None,
             "overlap": self.overlap_spin.value(),
+            "flips": self.flips_check.isChecked(),
             "keep_probabilities": True,
         }
 

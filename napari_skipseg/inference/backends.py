@@ -237,6 +237,36 @@ class TorchRunner(Runner):
         return p.contiguous().cpu().numpy()
 
 
+class FlipRunner(Runner):
+    """Test-time flips: the mean of ``inner``'s probabilities over the batch flipped along
+    every combination of spatial axes (4 passes in 2D, 8 in 3D), each flipped back.
+
+    The networks are trained with flips along every axis (``training.data``), so each pass
+    is as valid as the plain one; their mean is smoother and less often wrong at object
+    borders. It costs one network pass per flip.
+    """
+
+    def __init__(self, inner: Runner, spatial_dims: int) -> None:
+        import itertools
+
+        self.inner = inner
+        axes = range(2, 2 + spatial_dims)  # after batch and channel
+        self.flips = [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+        for key in ("workers", "threads", "batch", "budget", "fallback", "uses_original"):
+            setattr(self, key, getattr(inner, key))
+        self.name = f"{inner.name} + {len(self.flips)} flips"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        total = None
+        for axes in self.flips:
+            if axes:
+                p = np.flip(self.inner(np.ascontiguousarray(np.flip(x, axes))), axes)
+            else:
+                p = self.inner(x)
+            total = np.array(p, dtype=np.float32) if total is None else total + p
+        return total / np.float32(len(self.flips))
+
+
 def ort_available() -> bool:
     """Whether the ONNX Runtime backend can be used (``onnx`` and ``onnxruntime`` present)."""
     import importlib.util
@@ -403,7 +433,8 @@ def choose_backend(backend: str, model, device: str, tile_spatial: tuple[int, ..
 
 
 def make_runner(model, device: str, *, backend: str = "auto", tile_spatial: tuple[int, ...],
-                voxels: int, batch_size: int = 4, threads: int | None = None, amp=None) -> Runner:
+                voxels: int, batch_size: int = 4, threads: int | None = None, amp=None,
+                flips: bool = False) -> Runner:
     """The runner :func:`~napari_skipseg.inference.engine.predict` uses for a job of
     ``voxels`` tile voxels with tiles of ``tile_spatial``: backend (:func:`choose_backend`),
     worker threads and threads per worker (:func:`thread_plan`) and tiles per call.
@@ -412,8 +443,19 @@ def make_runner(model, device: str, *, backend: str = "auto", tile_spatial: tupl
     one call. With ``backend="auto"`` a failing ONNX export falls back to PyTorch (the reason
     is in ``runner.fallback``); an explicitly asked backend that fails raises
     :class:`BackendError`. Call ``torch.set_num_threads(runner.threads)`` before starting
-    the worker threads (:func:`worker_threads`).
+    the worker threads (:func:`worker_threads`). ``flips``: test-time flips
+    (:class:`FlipRunner`; ``voxels`` counts one pass).
     """
+    runner = _make_runner(model, device, backend=backend, tile_spatial=tile_spatial, voxels=voxels,
+                          batch_size=batch_size, threads=threads, amp=amp)
+    if flips:
+        dims = getattr(getattr(model, "config", None), "spatial_dims", len(tile_spatial))
+        runner = FlipRunner(runner, dims)
+    return runner
+
+
+def _make_runner(model, device: str, *, backend: str, tile_spatial: tuple[int, ...], voxels: int,
+                 batch_size: int, threads: int | None, amp) -> Runner:
     name = choose_backend(backend, model, device, tuple(tile_spatial), voxels)
     asked = backend not in (None, "", "auto") or bool(os.environ.get("SKIPSEG_BACKEND", "").strip())
     budget = thread_budget(threads)

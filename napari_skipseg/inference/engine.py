@@ -77,6 +77,7 @@ def predict(
     intensity_range: tuple[float, float] | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    flips: bool | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``image`` with ``model``, tile by tile; yields progress, returns the result.
 
@@ -134,6 +135,10 @@ def predict(
         CPU threads to use (default ``$SKIPSEG_THREADS``, else torch's thread count, i.e. the
         physical cores). They go to up to 4 worker threads, each running its own tiles, so
         reading, blending, post-processing and writing overlap with the network.
+    flips : bool, optional
+        Test-time flips: average the network's probabilities over the tile flipped along
+        every combination of spatial axes (4 passes in 2D, 8 in 3D). Default: the model's
+        ``inference["flips"]`` (set for bundled models where it measurably helps), else off.
 
     Returns
     -------
@@ -312,7 +317,8 @@ def predict(
         try:
             runner = bk.make_runner(model, dev, backend=backend, tile_spatial=window.shape,
                                     voxels=total * int(np.prod(window.shape)),
-                                    batch_size=batch_size, threads=threads, amp=amp)
+                                    batch_size=batch_size, threads=threads, amp=amp,
+                                    flips=bool(cfg.inference.get("flips", False) if flips is None else flips))
         except bk.BackendError as err:
             raise SegmentationError(str(err)) from None
         backend_info, fallback = runner.describe(), runner.fallback

@@ -57,6 +57,9 @@ class ModelConfig:
         Default tile shape (spatial) for inference.
     postprocess : dict
         Thresholds for instance extraction (``seed``, ``mask``, ``min_size``).
+    inference : dict
+        Inference defaults: ``flips`` (bool), test-time flips (see
+        :func:`napari_skipseg.inference.engine.predict`).
     card : dict
         Free-form model card: task, data, split, training, metrics, licence.
     """
@@ -76,6 +79,7 @@ class ModelConfig:
     )
     tile: list[int] = field(default_factory=list)
     postprocess: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -118,6 +122,10 @@ class ModelConfig:
             raise ModelConfigError(
                 f"class_names has {len(self.class_names)} names for {self.num_classes} classes"
             )
+        if not isinstance(self.inference, dict) or set(self.inference) - {"flips"}:
+            raise ModelConfigError(f"inference takes only the key 'flips'; got {self.inference!r}")
+        if not isinstance(self.inference.get("flips", False), bool):
+            raise ModelConfigError(f"inference flips must be true or false, got {self.inference['flips']!r}")
         if self.tile and len(self.tile) != self.spatial_dims:
             raise ModelConfigError(f"tile must have {self.spatial_dims} sizes, got {self.tile!r}")
 

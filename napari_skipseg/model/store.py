@@ -699,6 +699,12 @@ def render_card(cfg: ModelConfig) -> str:
         if card.get("postprocess_tuning"):
             text += f" ({card['postprocess_tuning']})"
         lines.append(f"| post-processing | {text} |")
+    if cfg.inference.get("flips"):
+        n = 2**cfg.spatial_dims
+        text = f"test-time flips on by default: the mean of {n} flipped passes ({n}x the time of one)"
+        if card.get("flips_effect"):
+            text += f"; {card['flips_effect']}"
+        lines.append(f"| inference | {text} |")
     for key in ("axes", "data", "split", "training", "hardware", "parameters", "speed", "licence"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")

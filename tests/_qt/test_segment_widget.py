@@ -185,3 +185,27 @@ def test_model_card_window(widget):
     text = w.card_dialog.browser.toPlainText()
     assert "Validation metrics" in text and "f1@0.5" in text and "licence" in text
     w.card_dialog.close()
+
+
+def test_test_time_flips_follow_the_model_and_reach_the_engine(make_napari_viewer, model_home, qtbot):
+    from napari_skipseg.model.config import ModelConfig
+
+    path = model_home / "models" / "tiny" / "config.json"
+    cfg = ModelConfig.from_json(path)
+    cfg.inference = {"flips": True}
+    cfg.to_json(path)
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
+    viewer.add_image(synthetic_nuclei((64, 64), seed=1)[0], name="cells")
+    w.model_combo.setCurrentText("tiny3d")
+    assert not w.flips_check.isChecked() and "8 passes" in w.flips_check.text()
+    w.model_combo.setCurrentText("tiny")
+    assert w.flips_check.isChecked() and "4 passes" in w.flips_check.text()
+    assert w.options()["flips"] is True
+    w.run()
+    _wait_done(qtbot, w)
+    assert viewer.layers["cells [tiny] instances"].data.max() >= 0
+    assert "4 flips" in w.last_result.info["backend"]
+    w.flips_check.setChecked(False)
+    assert w.options()["flips"] is False

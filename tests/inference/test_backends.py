@@ -238,3 +238,32 @@ def test_damaged_cached_export_is_replaced(tmp_path):
                         backend="onnxruntime")).probabilities
     np.testing.assert_allclose(again, ref, rtol=0, atol=1e-6)
     assert path.read_bytes() != b"not an onnx file"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("dims", "shape"), [(2, (2, 37, 45)), (3, (13, 21, 19))])
+def test_test_time_flips_average_the_flipped_passes(backend, dims, shape):
+    import itertools
+
+    model = model_with_stats(dims)
+    image = np.random.default_rng(3).random(shape, dtype=np.float32)
+    axes = range(image.ndim - dims, image.ndim)
+    passes = [c for r in range(dims + 1) for c in itertools.combinations(axes, r)]
+    assert len(passes) == 2**dims
+    ref = np.mean([np.flip(plain_loop(model, np.ascontiguousarray(np.flip(image, a)), dims), tuple(x + 1 for x in a))
+                   for a in passes], axis=0)
+    tile = tuple(max(s, 8) for s in shape[-dims:])
+    res = run(predict(model, image, output="probabilities", device="cpu", backend=backend, tile=tile, flips=True))
+    assert res.info["backend"].startswith(backend) and f"+ {2**dims} flips" in res.info["backend"]
+    np.testing.assert_allclose(res.probabilities, ref, rtol=0, atol=3e-5)
+    plain = run(predict(model, image, output="probabilities", device="cpu", backend=backend, tile=tile))
+    assert "flips" not in plain.info["backend"]
+    assert np.abs(plain.probabilities - ref).max() > 1e-3  # the flips changed something
+
+
+def test_flips_default_comes_from_the_models_config():
+    model = model_with_stats(2)
+    image = np.random.default_rng(4).random((40, 40), dtype=np.float32)
+    model.config.inference = {"flips": True}
+    assert "4 flips" in run(predict(model, image, output="semantic", device="cpu")).info["backend"]
+    assert "flips" not in run(predict(model, image, output="semantic", device="cpu", flips=False)).info["backend"]

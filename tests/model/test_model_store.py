@@ -171,3 +171,13 @@ def test_load_on_device_and_dtype(tmp_path):
     assert next(model.parameters()).device.type == "cpu"
     assert model.source_path == folder
     assert np.isfinite(model(torch.zeros(1, 1, 8, 8)).detach().numpy()).all()
+
+
+def test_card_names_test_time_flips_only_when_on():
+    from napari_skipseg.model.store import render_card
+
+    cfg = ModelConfig(name="m", spatial_dims=3, num_classes=2, card={"flips_effect": "Dice 0.80 -> 0.81"})
+    assert "flips" not in render_card(cfg)
+    cfg.inference = {"flips": True}
+    line = next(ln for ln in render_card(cfg).splitlines() if ln.startswith("| inference"))
+    assert "8 flipped passes" in line and "Dice 0.80 -> 0.81" in line

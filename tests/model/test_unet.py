@@ -218,7 +218,7 @@ def test_config_json_round_trip(tmp_path):
         block="plain", pool=[[1, 2, 2], [2, 2, 2]], output="instances",
         class_names=["background", "interior", "boundary"],
         normalization={"kind": "none"}, tile=[16, 32, 32],
-        postprocess={"seed": 0.6}, card={"task": "test", "metrics": {"f1": 0.5}},
+        postprocess={"seed": 0.6}, inference={"flips": True}, card={"task": "test", "metrics": {"f1": 0.5}},
     )
     path = tmp_path / "config.json"
     cfg.to_json(path)
@@ -239,3 +239,13 @@ def test_config_from_json_errors(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ModelConfigError, match="JSON object"):
         ModelConfig.from_json(bad)
+
+
+@pytest.mark.parametrize(("inference", "match"), [
+    ({"flip": True}, "only the key 'flips'"),
+    ({"flips": "yes"}, "true or false"),
+    ([True], "only the key 'flips'"),
+])
+def test_config_inference_settings_are_checked(inference, match):
+    with pytest.raises(ModelConfigError, match=match):
+        ModelConfig(name="x", inference=inference)

@@ -1,7 +1,7 @@
 """One fine-tuning setting on the membrane benchmark, at a fixed number of steps.
 
     python benchmarks/bench_finetune_variants.py [--steps 360] [--train all] [--lr 0.003]
-        [--elastic 0.5] [--no-tune] [--invert] [--threads 1]
+        [--elastic 0.5] [--class-balance 0.5] [--seed 0] [--ema 0] [--no-tune] [--invert] [--threads 1]
 
 What ``bench_finetune.py --which em`` runs (nuclei2d, new 2-class head, em2d images 00 and 01,
 membrane = 1), but for a fixed number of steps instead of a time budget, so that settings can
@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--train", default="auto")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--elastic", type=float, default=0.0)
+    parser.add_argument("--class-balance", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ema", type=float, default=0.98)
     parser.add_argument("--val-fraction", type=float, default=0.25)
     parser.add_argument("--no-tune", dest="tune", action="store_false")
     parser.add_argument("--invert", action="store_true", help="invert the EM images' contrast first")
@@ -52,6 +55,7 @@ def main() -> None:
     if args.invert:
         base.config.normalization = {**base.config.normalization, "invert": True}
     opts = FinetuneOptions(steps=args.steps, train=args.train, lr=args.lr, elastic=args.elastic, tune=args.tune,
+                           class_balance=args.class_balance, seed=args.seed, ema=args.ema,
                            val_fraction=args.val_fraction, num_classes=2, new_head=True,
                            class_names=["background", "membrane"])
     data = [Annotated(img, mask, None, name=name) for name, img, mask in train_items]
@@ -74,13 +78,17 @@ def main() -> None:
         sweep[t] = {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 3),
                     "recall": round(tp / max(tp + fn, 1), 3)}
     out = {"options": {"steps": args.steps, "train": result.options["train"], "lr": result.options["lr"],
-                       "elastic": args.elastic, "tune": args.tune, "invert": args.invert,
+                       "elastic": args.elastic, "class_balance": args.class_balance, "seed": args.seed, "ema": args.ema, "tune": args.tune,
+                       "invert": args.invert,
                        "val_fraction": args.val_fraction},
            "membrane_f1": round(f1, 4), "held_out": round(result.after.get("score", float("nan")), 4),
            "threshold": result.after.get("threshold"), "best_step": result.best_step, "seconds": round(seconds, 1),
            "threshold_sweep": sweep}
     print(f"membrane pixel F1 on {len(eval_items)} slices: {f1:.4f} (held-out band {out['held_out']:.4f}, "
           f"best step {result.best_step}, {seconds:.0f} s)")
+    vals = [(h["step"], round(h["val"]["score"], 3)) for h in result.history if "val" in h]
+    out["held_out_curve"] = vals
+    print("held-out score by step:", " ".join(f"{s}:{v}" for s, v in vals))
     for t, r in sweep.items():
         print(f"  threshold {t}: F1 {r['f1']:.4f}  precision {r['precision']:.3f}  recall {r['recall']:.3f}")
     if args.json:

@@ -343,7 +343,7 @@ def cmd_finetune(args) -> int:
         steps=args.steps if args.steps is not None else (100_000 if args.time else 300),
         time_budget=args.time, lr=args.lr, train=args.train, augment=args.augment,
         batch_size=args.batch_size, num_classes=args.num_classes, new_head=args.num_classes is not None,
-        class_names=args.class_names,
+        class_names=args.class_names, class_balance=args.class_balance,
         seed=args.seed,
     )
     existed = dest.is_dir()

@@ -496,7 +496,7 @@ class FinetuneWidget(QWidget):
         """New classes train every weight at a higher rate (training.finetune.AUTO_TRAIN)."""
         from ..training.finetune import AUTO_TRAIN
 
-        train, lr = AUTO_TRAIN[bool(on)]
+        train, lr, _ = AUTO_TRAIN[bool(on)]
         self.train_combo.setCurrentText(train)
         self.lr_spin.setValue(lr)
 

@@ -39,9 +39,13 @@ from ..inference.engine import Progress
 from .data import IGNORE, Sample, check_mask, instance_target
 
 TRAINABLE = ("auto", "all", "decoder", "decoder+last")
-#: ``train="auto"`` and ``lr=None``: what a run with the model's own head trains, and with a
-#: new head (other classes: nothing of the network was trained for them, so every weight adapts)
-AUTO_TRAIN = {False: ("decoder+last", 3e-4), True: ("all", 3e-3)}
+#: cross-entropy class weights (frequency ** -CLASS_BALANCE_NEW) when fine-tuning a new head
+CLASS_BALANCE_NEW = 1.0
+#: ``train="auto"``, ``lr=None`` and ``class_balance=None``: what a run with the model's own
+#: head trains, and with a new head (other classes: nothing of the network was trained for
+#: them, so every weight adapts, and the classes are weighted by their rarity in the user's
+#: labels, so that a thin structure such as a membrane is not under-predicted)
+AUTO_TRAIN = {False: ("decoder+last", 3e-4, 0.0), True: ("all", 3e-3, CLASS_BALANCE_NEW)}
 LABELS_FILE = "labels.npz"
 
 
@@ -64,6 +68,8 @@ class FinetuneOptions:
     dice_weight: float = 1.0
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches elastically deformed (with augment)
+    class_balance: float | None = None  # cross-entropy class weights frequency ** -class_balance (AUTO_TRAIN)
+    ema: float = 0.98  # decay of the moving average of the weights that is validated and kept (0: off)
     num_classes: int | None = None  # a different class count: new head, the rest kept
     new_head: bool = False  # other classes (labels are class ids), even as many as the model's
     class_names: list[str] | None = None
@@ -81,6 +87,8 @@ class FinetuneOptions:
             raise ValueError("steps must be >= 0, lr > 0 and batch_size >= 1")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
+        if self.class_balance is not None and not 0 <= self.class_balance <= 2:
+            raise ValueError(f"class_balance must be from 0 to 2, got {self.class_balance}")
 
 
 @dataclass
@@ -295,13 +303,16 @@ def _target(labels: np.ndarray, cfg) -> np.ndarray:
 
 
 def adapt_model(model, num_classes: int | None = None, class_names: list[str] | None = None,
-                new_head: bool = False):
+                new_head: bool = False, seed: int = 0):
     """A copy of ``model`` for fine-tuning; with a new head when ``num_classes`` differs (or
     ``new_head``: other classes that happen to be as many).
 
-    A new head makes a semantic model (argmax of the classes): the head is re-initialised,
-    every other weight is kept.
+    A new head makes a semantic model (argmax of the classes): the head is re-initialised
+    from ``seed`` (so that a fine-tune can be repeated exactly; the global random state is left
+    as it was), every other weight is kept.
     """
+    import torch
+
     from ..model.unet import SkipUNet
 
     cfg = copy.deepcopy(model.config)
@@ -315,7 +326,9 @@ def adapt_model(model, num_classes: int | None = None, class_names: list[str] | 
     names = list(class_names) if class_names else ["background"] + [f"class {i}" for i in range(1, num_classes)]
     cfg = replace(cfg, num_classes=num_classes, output="semantic", class_names=names, postprocess={},
                   card=copy.deepcopy(cfg.card))
-    new = SkipUNet(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = SkipUNet(cfg)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     missing, unexpected = new.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
@@ -434,10 +447,11 @@ def finetune(
     dev = select_device(device)
     base = copy.deepcopy(model).to("cpu").float().eval()
     head_change = opts.new_head or (opts.num_classes is not None and opts.num_classes != base.config.num_classes)
-    auto_train, auto_lr = AUTO_TRAIN[head_change]
+    auto_train, auto_lr, auto_balance = AUTO_TRAIN[head_change]
     opts = replace(opts, train=auto_train if opts.train == "auto" else opts.train,
-                   lr=auto_lr if opts.lr is None else opts.lr)
-    new = adapt_model(base, opts.num_classes, opts.class_names, new_head=head_change)
+                   lr=auto_lr if opts.lr is None else opts.lr,
+                   class_balance=auto_balance if opts.class_balance is None else opts.class_balance)
+    new = adapt_model(base, opts.num_classes, opts.class_names, new_head=head_change, seed=opts.seed)
     base.to(dev)  # scored on the job's device; dropped (and its memory released) at the end
     cfg = new.config
 
@@ -484,7 +498,8 @@ def finetune(
             time_budget=None if left is None else max(left * 0.9 - 2.0, 1.0),
             lr=opts.lr, weight_decay=opts.weight_decay, warmup=opts.warmup, val_every=opts.val_every,
             max_val_images=40, dice_weight=opts.dice_weight, augment=opts.augment,
-            foreground_bias=opts.foreground_bias, elastic=opts.elastic, seed=opts.seed,
+            foreground_bias=opts.foreground_bias, elastic=opts.elastic, class_balance=opts.class_balance,
+            ema=opts.ema, seed=opts.seed,
         )
         stopped = {"v": False}
 
@@ -642,6 +657,8 @@ def save_version(
         "split": result.split.get("text", ""),
         "training": (f"{result.steps} steps ({result.best_step} kept: best held-out score), train "
                      f"{result.options['train']}, AdamW lr {result.options['lr']} warm-up + cosine, "
+                     + (f"class weights frequency^-{result.options['class_balance']}, "
+                        if result.options.get("class_balance") else "") +
                      f"batch {result.options['batch_size']}, augment {result.options['augment']}, "
                      f"{result.seconds:.0f} s{', stopped by the user' if result.stopped else ''}"),
         "metrics": after,

@@ -36,6 +36,8 @@ class TrainConfig:
     augment: bool = True
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches given a smooth elastic deformation
+    class_balance: float = 0.0  # cross-entropy class weights: frequency ** -class_balance (0: none)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0: none)
     seed: int = 0
 
     @classmethod
@@ -60,12 +62,64 @@ class TrainResult:
     seconds: float
 
 
-def loss_fn(logits, target, dice_weight: float = 1.0):
-    """Cross-entropy plus soft Dice over the foreground classes; IGNORE pixels don't count."""
+def class_weights(samples: list[Sample], num_classes: int, balance: float) -> np.ndarray | None:
+    """Cross-entropy weights ``frequency ** -balance`` of each class over the labelled pixels
+    of ``samples``, scaled so that the mean weight per labelled pixel is 1 (the loss keeps its
+    size); ``None`` when ``balance`` is 0. A class that is absent gets the largest weight of
+    the present ones. 1 weighs every class as much in total (the original U-Net's balancing);
+    0.5 lifts rare classes less."""
+    if not balance:
+        return None
+    counts = np.zeros(num_classes, dtype=np.float64)
+    for s in samples:
+        t = s.target[s.target != IGNORE]
+        counts += np.bincount(t.ravel().astype(np.int64), minlength=num_classes)[:num_classes]
+    if counts.sum() == 0:
+        return None
+    freq = counts / counts.sum()
+    present = freq > 0
+    w = np.ones(num_classes)
+    w[present] = freq[present] ** -float(balance)
+    w[~present] = w[present].max()
+    return (w / float((freq * w).sum())).astype(np.float32)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's floating-point weights and batch-norm
+    statistics (Polyak averaging): ``avg = d * avg + (1 - d) * current`` after each step, with
+    ``d = min(decay, (1 + step) / (10 + step))`` so that early steps are not swamped by the
+    starting weights. The average moves less from step to step than the weights do, so the
+    held-out score that picks the weights to keep is less noisy."""
+
+    def __init__(self, model, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema must be between 0 and 1, got {decay}")
+        self.decay = decay
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+
+    def update(self, model, step: int) -> None:
+        import torch
+
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            current = model.state_dict()
+            for k, a in self.avg.items():
+                a.mul_(d).add_(current[k].detach(), alpha=1 - d)
+
+    def state(self, model) -> dict:
+        """The model's state dict with the averaged entries (copies)."""
+        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        out.update({k: a.clone() for k, a in self.avg.items()})
+        return out
+
+
+def loss_fn(logits, target, dice_weight: float = 1.0, weight=None):
+    """Cross-entropy (with per-class ``weight``, optional) plus soft Dice over the foreground
+    classes; IGNORE pixels don't count."""
     import torch
     import torch.nn.functional as F
 
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    ce = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
     if not dice_weight:
         return ce
     valid = (target != IGNORE).unsqueeze(1)
@@ -137,6 +191,25 @@ def train(
     sampler = PatchSampler(train_samples, tuple(tcfg.patch), rng, tcfg.augment, tcfg.foreground_bias,
                            elastic=tcfg.elastic if tcfg.augment else 0.0)
     val = val_samples[: tcfg.max_val_images]
+    ema = WeightAverage(model, tcfg.ema) if tcfg.ema else None
+
+    def validate() -> tuple[dict, dict]:
+        """Score the weights that would be kept (the average, with ``ema``); returns a copy of
+        them and the metrics."""
+        state = copy.deepcopy(model.state_dict()) if ema is None else ema.state(model)
+        live = None
+        if ema is not None:
+            live = copy.deepcopy(model.state_dict())
+            model.load_state_dict(state)
+        try:
+            metrics = score(cfg, [predict_probabilities(model, s.image, device) for s in val], val)
+        finally:
+            if live is not None:
+                model.load_state_dict(live)
+        return state, metrics
+
+    weights = class_weights(train_samples, cfg.num_classes, tcfg.class_balance)
+    weight = None if weights is None else torch.from_numpy(weights).to(device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -165,10 +238,12 @@ def train(
             g["lr"] = lr_at(step, total)
         x, y = sampler.batch(tcfg.batch_size)
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        loss = loss_fn(model(x), y, tcfg.dice_weight)
+        loss = loss_fn(model(x), y, tcfg.dice_weight, weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update(model, step)
         losses.append(loss.item())
         step += 1
         record = {"step": step, "loss": float(np.mean(losses[-20:])), "lr": opt.param_groups[0]["lr"],
@@ -177,21 +252,21 @@ def train(
             tcfg.time_budget is not None and time.perf_counter() - t0 >= tcfg.time_budget
         )
         if val and (step % tcfg.val_every == 0 or last):
-            metrics = score(cfg, [predict_probabilities(model, s.image, device) for s in val], val)
+            state, metrics = validate()
             record["val"] = metrics
             if metrics["score"] > best["score"]:
-                best = {"score": metrics["score"], "step": step,
-                        "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
+                best = {"score": metrics["score"], "step": step, "state": state, "metrics": metrics}
         history.append(record)
         yield Progress(step, total, f"step {step}: loss {record['loss']:.4f}", record)
 
     if val and (not history or "val" not in history[-1]):
-        metrics = score(cfg, [predict_probabilities(model, s.image, device) for s in val], val)
+        state, metrics = validate()
         history.append({"step": step, "val": metrics})
         if metrics["score"] > best["score"]:
-            best = {"score": metrics["score"], "step": step, "state": copy.deepcopy(model.state_dict()), "metrics": metrics}
+            best = {"score": metrics["score"], "step": step, "state": state, "metrics": metrics}
     if not val:
-        best = {"score": float("nan"), "step": step, "state": model.state_dict(), "metrics": {}}
+        best = {"score": float("nan"), "step": step,
+                "state": model.state_dict() if ema is None else ema.state(model), "metrics": {}}
     model.load_state_dict(best["state"])
     model.eval()
     return TrainResult(model, history, best["step"], best["score"], best["metrics"], time.perf_counter() - t0)

@@ -187,7 +187,7 @@ def _cancel_at(moment, ft, qtbot, monkeypatch):
     saved = threading.Event()
     if moment == "validation":  # during the first held-out validation inside training
         monkeypatch.setattr(loop_mod, "score", cancel_in_job(
-            loop_mod.score, when=lambda: sys._getframe(2).f_code.co_name == "train"))
+            loop_mod.score, when=lambda: sys._getframe(2).f_code.co_name == "validate"))
     elif moment == "tuning":
         monkeypatch.setattr(loop_mod, "tune_postprocess", cancel_in_job(loop_mod.tune_postprocess))
     elif moment == "saving":  # as the new version is being written

@@ -19,6 +19,7 @@ from napari_skipseg.model.store import (
 )
 from napari_skipseg.training.data import IGNORE
 from napari_skipseg.training.finetune import (
+    CLASS_BALANCE_NEW,
     Annotated,
     FinetuneOptions,
     adapt_model,
@@ -263,14 +264,20 @@ def test_new_head_trains_every_weight_and_tunes_threshold_only_on_whole_slices(m
     membrane = (labels > 0).astype(np.uint8)
     opts = FinetuneOptions(steps=3, val_every=3, patch=[32, 32], batch_size=2, num_classes=2,
                            class_names=["background", "membrane"])
-    whole = run_finetune("tiny", [Annotated(image, membrane, None, name="stack")], opts, device="cpu")
+    stack = [Annotated(image, membrane, None, name="stack")]
+    whole = run_finetune("tiny", stack, opts, device="cpu")
     assert whole.split["kind"] == "units" and "threshold" in whole.after
     assert whole.options["train"] == "all" and whole.options["lr"] == 3e-3
+    assert whole.options["class_balance"] == CLASS_BALANCE_NEW > 0  # rare classes weigh more
+    assert f"class weights frequency^-{CLASS_BALANCE_NEW}" in save_version(whole, stack).joinpath("card.md").read_text()
     band = run_finetune("tiny", [Annotated(image[0], membrane[0], None, name="one")], opts, device="cpu")
     assert band.split["kind"] == "band" and "threshold" not in band.after
     same_head = run_finetune("tiny", [Annotated(image, labels, None, name="stack")],
                              FinetuneOptions(steps=2, val_every=2, patch=[32, 32], batch_size=2), device="cpu")
     assert same_head.options["train"] == "decoder+last" and same_head.options["lr"] == 3e-4
+    assert same_head.options["class_balance"] == 0
+    with pytest.raises(ValueError, match="class_balance"):
+        FinetuneOptions(class_balance=-1)
 
 
 def test_stop_keeps_the_best_so_far(model_home):
@@ -331,3 +338,26 @@ def test_input_handling_is_described_in_words():
         "haematoxylin channel (colour deconvolution), percentiles 1-99.8")
     assert describe_input({"invert": "auto"}) == "inverted where the background is bright, percentiles 1-99.8"
     assert describe_input({"kind": "none", "invert": True}) == "inverted, no intensity scaling"
+
+
+def test_a_new_head_fine_tune_repeats_exactly_with_the_same_seed(model_home):
+    """The new head is initialised from the options' seed, not from whatever state torch's
+    global random generator is in: the same run twice gives the same weights."""
+    import torch
+
+    image, labels = _stack(2)
+    data = [Annotated(image, (labels > 0).astype(np.uint8), None, name="em")]
+
+    def weights(seed):
+        torch.manual_seed(1000 + seed * 7)  # disturb the global generator differently each time
+        torch.rand(5)
+        opts = FinetuneOptions(steps=3, val_every=3, patch=[32, 32], batch_size=2, num_classes=2, seed=seed,
+                               class_names=["background", "membrane"])
+        return run_finetune("tiny", data, opts, device="cpu").model.state_dict()
+
+    a, b, c = weights(0), weights(0), weights(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a if k.startswith("head."))
+    adapted = [adapt_model(make_tiny_model("tiny"), 2, new_head=True, seed=s).state_dict()["head.weight"]
+               for s in (0, 0, 1)]
+    assert torch.equal(adapted[0], adapted[1]) and not torch.equal(adapted[0], adapted[2])

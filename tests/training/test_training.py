@@ -24,6 +24,8 @@ from napari_skipseg.training.data import (
 )
 from napari_skipseg.training.loop import (
     TrainConfig,
+    WeightAverage,
+    class_weights,
     loss_fn,
     predict_probabilities,
     score,
@@ -241,6 +243,31 @@ def test_loss_is_lower_for_right_answers():
     assert loss_fn(good, target) < 0.05
 
 
+def test_class_weights_balance_rare_classes():
+    target = np.zeros((10, 10), np.int64)
+    target[:2] = 1  # 20 % class 1, 80 % class 0
+    target[9, :5] = IGNORE  # not counted
+    samples = [Sample("a", np.zeros((1, 10, 10), np.float32), target)]
+    assert class_weights(samples, 2, 0.0) is None
+    freq = np.array([75, 20]) / 95
+    for balance in (0.5, 1.0):
+        w = class_weights(samples, 2, balance)
+        np.testing.assert_allclose(w[1] / w[0], (freq[0] / freq[1]) ** balance, rtol=1e-6)
+        np.testing.assert_allclose((freq * w).sum(), 1.0, rtol=1e-6)  # the loss keeps its size
+    w = class_weights(samples, 3, 1.0)  # class 2 absent: the largest weight of the others
+    assert w[2] == w[1] > w[0]
+    # weighted cross-entropy: missing the rare class costs more than missing the common one
+    t = torch.from_numpy(target[None])
+    wt = torch.from_numpy(class_weights(samples, 2, 1.0))
+    all_zero = torch.zeros(1, 2, 10, 10)
+    all_zero[:, 0] = 4
+    all_one = all_zero.flip(1)
+    plain = loss_fn(all_zero, t, 0.0), loss_fn(all_one, t, 0.0)
+    weighted = loss_fn(all_zero, t, 0.0, wt), loss_fn(all_one, t, 0.0, wt)
+    assert plain[0] < plain[1] and weighted[0] > plain[0]
+    assert weighted[0] / weighted[1] > plain[0] / plain[1]
+
+
 # --- the loop -----------------------------------------------------------------------------------
 
 
@@ -302,6 +329,40 @@ def test_training_returns_best_not_last_weights():
     assert vals[12] < result.best_score == max(vals.values())
     again = score(model.config, [predict_probabilities(model, s.image) for s in inverted], inverted)
     assert again["score"] == pytest.approx(result.best_score, abs=1e-6)
+
+
+def test_weight_average_follows_the_formula():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(model, 0.9)
+    w0 = model[0].weight.detach().clone()
+    expect = w0.clone()
+    for step in range(5):
+        with torch.no_grad():
+            model[0].weight.add_(1.0)
+        avg.update(model, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        expect = d * expect + (1 - d) * model[0].weight.detach()
+    state = avg.state(model)
+    torch.testing.assert_close(state["0.weight"], expect)
+    assert state["1.num_batches_tracked"].dtype == torch.int64  # integer buffers are taken as they are
+    assert not torch.equal(state["0.weight"], model[0].weight)  # the live weights are not touched
+    with pytest.raises(ValueError, match="ema"):
+        WeightAverage(model, 1.0)
+
+
+def test_training_with_a_weight_average_keeps_the_averaged_weights():
+    samples = _nuclei_samples(3)
+    model = _tiny()
+    tcfg = TrainConfig(patch=[32, 32], batch_size=4, steps=8, lr=3e-2, warmup=2, val_every=4, ema=0.9)
+    result = run(train(model, samples[:2], samples[2:], tcfg))
+    # the validation scores are those of the averaged weights, and those come back
+    again = score(model.config, [predict_probabilities(model, s.image) for s in samples[2:]], samples[2:])
+    assert again["score"] == pytest.approx(result.best_score, abs=1e-6)
+    plain = _tiny()
+    run(train(plain, samples[:2], samples[2:], TrainConfig(patch=[32, 32], batch_size=4, steps=8, lr=3e-2,
+                                                             warmup=2, val_every=4)))
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values(),
+                                                     strict=True))
 
 
 def test_training_instance_model_and_stop():

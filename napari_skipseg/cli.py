@@ -25,6 +25,7 @@ def _progress_driver(gen, desc: str, quiet: bool = False):
     from tqdm import tqdm
 
     bar = None
+    best, last_val = None, ""
     try:
         while True:
             try:
@@ -42,8 +43,12 @@ def _progress_driver(gen, desc: str, quiet: bool = False):
             bar.n = event.done
             postfix = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in event.info.items()
                        if k in ("loss",)}
-            if "val" in event.info:
-                postfix["val"] = f"{event.info['val'].get('score', 0):.3f}"
+            if "score" in event.info.get("val", {}):  # the latest check stays in view until the next
+                val = float(event.info["val"]["score"])
+                best = val if best is None else max(best, val)
+                last_val = f"{val:.3f} (best {best:.3f})"
+            if last_val:
+                postfix["val"] = last_val
             bar.set_postfix(postfix, refresh=False)
             bar.refresh()
     finally:

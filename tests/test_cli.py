@@ -223,3 +223,22 @@ def test_entry_point_subprocess(home, tmp_path):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [f"skipseg: error: {tmp_path / 'nope.tif'}: no such file or folder"]
+
+
+def test_progress_bar_keeps_the_latest_and_best_validation_score(capsys):
+    from napari_skipseg.cli import _progress_driver
+    from napari_skipseg.inference.engine import Progress
+
+    def gen():
+        yield Progress(1, 4, "step 1", {"loss": 1.0, "val": {"score": 0.7}})
+        yield Progress(2, 4, "step 2", {"loss": 0.9})
+        yield Progress(3, 4, "step 3", {"loss": 0.8, "val": {"score": 0.5}})
+        yield Progress(4, 4, "step 4", {"loss": 0.7})
+        return "done"
+
+    assert _progress_driver(gen(), "train") == "done"
+    err = capsys.readouterr().err
+    assert "val=0.700 (best 0.700)" in err
+    # the step after the second check still shows it, with the best so far
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "4/4" in last and "val=0.500 (best 0.700)" in last, last

@@ -38,6 +38,10 @@ class TrainConfig:
     elastic: float = 0.0  # share of patches given a smooth elastic deformation
     class_balance: float = 0.0  # cross-entropy class weights: frequency ** -class_balance (0: none)
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0: none)
+    # instance models: seed thresholds tried at each validation (the best one scores the check), so
+    # that a model whose interior becomes surer is not judged by a seed threshold that now merges
+    # touching objects; the thresholds kept are tuned at the end. Empty: the config's only.
+    val_seeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9, 0.97])
     seed: int = 0
 
     @classmethod
@@ -166,6 +170,19 @@ def score(cfg, probs_list: list[np.ndarray], samples: list[Sample], params: dict
     return out
 
 
+def score_seeds(cfg, probs_list: list[np.ndarray], samples: list[Sample], seeds) -> dict:
+    """:func:`score` with the best of ``seeds`` as the instance seed threshold (``"seed"`` in the
+    result); the config's thresholds alone for semantic models or an empty ``seeds``."""
+    if cfg.output != "instances" or not seeds:
+        return score(cfg, probs_list, samples)
+    best = None
+    for seed in sorted({*map(float, seeds), float(cfg.postprocess.get("seed", 0.5))}):
+        metrics = score(cfg, probs_list, samples, {**cfg.postprocess, "seed": seed})
+        if best is None or metrics["score"] > best["score"] + 1e-9:
+            best = {**metrics, "seed": seed}
+    return best
+
+
 def _instances_from_target(s: Sample) -> np.ndarray:
     truth = getattr(s, "instances", None)
     if truth is None:
@@ -202,7 +219,8 @@ def train(
             live = copy.deepcopy(model.state_dict())
             model.load_state_dict(state)
         try:
-            metrics = score(cfg, [predict_probabilities(model, s.image, device) for s in val], val)
+            metrics = score_seeds(cfg, [predict_probabilities(model, s.image, device) for s in val], val,
+                                  tcfg.val_seeds)
         finally:
             if live is not None:
                 model.load_state_dict(live)

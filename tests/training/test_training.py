@@ -29,6 +29,7 @@ from napari_skipseg.training.loop import (
     loss_fn,
     predict_probabilities,
     score,
+    score_seeds,
     train,
 )
 from napari_skipseg.training.recipe import load_recipe, train_from_folder
@@ -386,6 +387,26 @@ def test_training_instance_model_and_stop():
     assert "val" in result.history[-1]  # scored once at the end anyway
     assert {"f1@0.5", "mean_matched_iou"} <= set(result.metrics)
     assert 0.0 <= result.best_score <= 1.0
+
+
+def test_validation_of_an_instance_model_searches_the_seed_threshold():
+    # two touching squares whose interior probability dips to 0.8 where they meet: a seed
+    # threshold of 0.5 makes one seed (one object, F1 0); 0.9 makes two (F1 1)
+    truth = np.zeros((20, 40), np.int32)
+    truth[4:16, 4:20], truth[4:16, 20:36] = 1, 2
+    probs = np.zeros((3, 20, 40), np.float32)
+    probs[0] = 1.0
+    inside = truth > 0
+    probs[0][inside], probs[1][inside] = 0.0, 0.95
+    probs[1][4:16, 19:21], probs[2][4:16, 19:21] = 0.8, 0.2
+    sample = Sample("touching", np.zeros((1, 20, 40), np.float32), instance_target(truth), truth)
+    cfg = ModelConfig(name="t", output="instances", num_classes=3,
+                      postprocess={"seed": 0.5, "mask": 0.5, "min_size": 1, "min_seed_size": 1})
+    assert score(cfg, [probs], [sample])["score"] == 0.0
+    best = score_seeds(cfg, [probs], [sample], [0.7, 0.9])
+    assert best["score"] == 1.0 and best["seed"] == 0.9
+    assert score_seeds(cfg, [probs], [sample], [])["score"] == 0.0  # the config's threshold only
+    assert TrainConfig().val_seeds  # on by default
 
 
 def test_train_config_rejects_unknown_options():

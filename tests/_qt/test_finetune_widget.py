@@ -186,8 +186,17 @@ def _cancel_at(moment, ft, qtbot, monkeypatch):
 
     saved = threading.Event()
     if moment == "validation":  # during the first held-out validation inside training
-        monkeypatch.setattr(loop_mod, "score", cancel_in_job(
-            loop_mod.score, when=lambda: sys._getframe(2).f_code.co_name == "validate"))
+        def in_validate() -> bool:  # score() called by validate(), directly or via score_seeds()
+            frame = sys._getframe(2)
+            for _ in range(3):
+                if frame is None:
+                    return False
+                if frame.f_code.co_name == "validate":
+                    return True
+                frame = frame.f_back
+            return False
+
+        monkeypatch.setattr(loop_mod, "score", cancel_in_job(loop_mod.score, when=in_validate))
     elif moment == "tuning":
         monkeypatch.setattr(loop_mod, "tune_postprocess", cancel_in_job(loop_mod.tune_postprocess))
     elif moment == "saving":  # as the new version is being written

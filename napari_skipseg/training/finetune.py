@@ -639,6 +639,8 @@ def save_version(
         raise FileExistsError(f"{folder}: holds a model already; versions are never overwritten")
     if folder.exists() and not folder.is_dir():
         raise FileExistsError(f"{folder}: exists and is a file")
+    from .loop import TrainConfig, training_extras
+
     model = result.model
     cfg = model.config
     cfg.name = folder.name
@@ -657,8 +659,10 @@ def save_version(
         "split": result.split.get("text", ""),
         "training": (f"{result.steps} steps ({result.best_step} kept: best held-out score), train "
                      f"{result.options['train']}, AdamW lr {result.options['lr']} warm-up + cosine, "
-                     + (f"class weights frequency^-{result.options['class_balance']}, "
-                        if result.options.get("class_balance") else "") +
+                     + training_extras(TrainConfig(class_balance=result.options.get("class_balance") or 0.0,
+                                                   elastic=result.options.get("elastic", 0.0),
+                                                   augment=result.options["augment"],
+                                                   ema=result.options.get("ema", 0.0))) +
                      f"batch {result.options['batch_size']}, augment {result.options['augment']}, "
                      f"{result.seconds:.0f} s{', stopped by the user' if result.stopped else ''}"),
         "metrics": after,

@@ -56,6 +56,18 @@ class TrainConfig:
         return asdict(self)
 
 
+def training_extras(tcfg: TrainConfig) -> str:
+    """The model card's words for the training options beyond the basics (empty when unused)."""
+    words = []
+    if tcfg.class_balance:
+        words.append(f"class weights frequency^-{tcfg.class_balance:g}")
+    if tcfg.augment and tcfg.elastic:
+        words.append(f"elastic deformation of {tcfg.elastic:.0%} of patches")
+    if tcfg.ema:
+        words.append(f"weight average (decay {tcfg.ema:g}) validated and kept")
+    return "".join(w + ", " for w in words)
+
+
 @dataclass
 class TrainResult:
     model: object

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..inference.engine import Progress
 from ..model.config import ModelConfig
 from .data import load_pairs, split_names
-from .loop import TrainConfig, train, tune_postprocess
+from .loop import TrainConfig, train, training_extras, tune_postprocess
 
 
 def load_recipe(path: str | Path) -> tuple[ModelConfig, TrainConfig, dict]:
@@ -27,18 +27,6 @@ def load_recipe(path: str | Path) -> tuple[ModelConfig, TrainConfig, dict]:
         raise ValueError(f"{path}: cannot read recipe ({err})") from err
     extra = {k: v for k, v in data.items() if k not in ("model", "training")}
     return ModelConfig.from_dict(data.get("model", {})), TrainConfig.from_dict(data.get("training", {})), extra
-
-
-def _training_extras(tcfg: TrainConfig) -> str:
-    """The card's words for the training options beyond the basics (empty when unused)."""
-    words = []
-    if tcfg.class_balance:
-        words.append(f"class weights frequency^-{tcfg.class_balance:g}")
-    if tcfg.augment and tcfg.elastic:
-        words.append(f"elastic deformation of {tcfg.elastic:.0%} of patches")
-    if tcfg.ema:
-        words.append(f"weight average (decay {tcfg.ema:g}) validated and kept")
-    return "".join(w + ", " for w in words)
 
 
 def train_from_folder(
@@ -105,7 +93,7 @@ def train_from_folder(
             "split": f"hash of file name (napari_skipseg.training.data.split_names, val_fraction={extra.get('val_fraction', 0.15)}); validation files: {', '.join(val_names[:5])}{' ...' if len(val_names) > 5 else ''}",
             "training": f"{previous}{result.best_step} of {len(result.history)} steps kept (best validation score), "
             f"batch {tcfg.batch_size} x patch {tcfg.patch}, AdamW lr {tcfg.lr} cosine, CE + Dice, "
-            f"{_training_extras(tcfg)}{time.perf_counter() - t0:.0f} s",
+            f"{training_extras(tcfg)}{time.perf_counter() - t0:.0f} s",
             "hardware": f"{describe(dev)}, {platform.processor() or platform.machine()}, torch {torch.__version__}",
             "parameters": model.num_parameters(),
             "metrics": {k: round(v, 4) for k, v in metrics.items()},

@@ -269,7 +269,7 @@ def test_new_head_trains_every_weight_and_tunes_threshold_only_on_whole_slices(m
     assert whole.split["kind"] == "units" and "threshold" in whole.after
     assert whole.options["train"] == "all" and whole.options["lr"] == 3e-3
     assert whole.options["class_balance"] == CLASS_BALANCE_NEW > 0  # rare classes weigh more
-    assert f"class weights frequency^-{CLASS_BALANCE_NEW}" in save_version(whole, stack).joinpath("card.md").read_text()
+    assert f"class weights frequency^-{CLASS_BALANCE_NEW:g}" in save_version(whole, stack).joinpath("card.md").read_text()
     band = run_finetune("tiny", [Annotated(image[0], membrane[0], None, name="one")], opts, device="cpu")
     assert band.split["kind"] == "band" and "threshold" not in band.after
     same_head = run_finetune("tiny", [Annotated(image, labels, None, name="stack")],

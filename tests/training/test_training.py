@@ -31,6 +31,7 @@ from napari_skipseg.training.loop import (
     score,
     score_seeds,
     train,
+    training_extras,
 )
 from napari_skipseg.training.recipe import load_recipe, train_from_folder
 
@@ -518,11 +519,9 @@ def test_train_from_folder_continues_from_init(tmp_path, data_folder):
         run(train_from_folder(data_folder, recipe, tmp_path / "c", steps=1, device="cpu", init=first))
 
 
-def test_card_names_the_training_extras():
-    from napari_skipseg.training.recipe import _training_extras
-
-    assert _training_extras(TrainConfig()) == ""
-    words = _training_extras(TrainConfig(ema=0.98, elastic=0.3, class_balance=1.0))
+def test_card_names_thetraining_extras():
+    assert training_extras(TrainConfig()) == ""
+    words = training_extras(TrainConfig(ema=0.98, elastic=0.3, class_balance=1.0))
     assert words == ("class weights frequency^-1, elastic deformation of 30% of patches, "
                      "weight average (decay 0.98) validated and kept, ")
-    assert _training_extras(TrainConfig(elastic=0.3, augment=False)) == ""  # no augmentation: no deformation
+    assert training_extras(TrainConfig(elastic=0.3, augment=False)) == ""  # no augmentation: no deformation

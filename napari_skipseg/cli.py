@@ -1,4 +1,4 @@
-"""``skipseg``: the command line front end (same engine as the napari widgets).
+"""skipseg: segment, inspect, train and fine-tune UNets on image stacks (the engine of the napari widgets).
 
 Exit codes: 0 success, 2 bad input or options (one clear line on stderr), 130 interrupted.
 """
@@ -489,8 +489,20 @@ def launch_viewer(inputs=(), sample: str = "nuclei2d"):
     return viewer
 
 
+EPILOG = """examples:
+  skipseg models -v                          the models it can use, with their metrics
+  skipseg segment image.tif -o labels.tif    default model chosen from the image
+  skipseg segment big.zarr -o labels.zarr    streamed, memory bounded
+  skipseg finetune --model nuclei2d --images a.tif --masks a_mask.tif -o mine --time 180
+  skipseg COMMAND -h                         a command's options
+
+exit codes: 0 success, 2 bad input or options (one line on stderr saying what is wrong),
+130 interrupted."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="skipseg", description=__doc__.splitlines()[0], epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("segment", help="segment images or stacks with a model")

@@ -242,3 +242,21 @@ def test_progress_bar_keeps_the_latest_and_best_validation_score(capsys):
     # the step after the second check still shows it, with the best so far
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "4/4" in last and "val=0.500 (best 0.700)" in last, last
+
+
+def test_help_examples_are_valid_commands():
+    """Every example under ``skipseg --help`` parses with the real parser (options renamed
+    later would otherwise leave the help wrong)."""
+    import shlex
+
+    from napari_skipseg.cli import EPILOG, build_parser
+
+    parser = build_parser()
+    lines = [ln.strip() for ln in EPILOG.split("exit codes")[0].splitlines() if ln.strip().startswith("skipseg ")]
+    assert len(lines) >= 4
+    for line in lines:
+        argv = shlex.split(line.split("   ")[0])[1:]
+        if argv[0] == "COMMAND":
+            continue
+        ns = parser.parse_args(argv)
+        assert ns.command == argv[0]

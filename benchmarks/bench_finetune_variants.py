@@ -1,7 +1,8 @@
 """One fine-tuning setting on the membrane benchmark, at a fixed number of steps.
 
     python benchmarks/bench_finetune_variants.py [--steps 360] [--train all] [--lr 0.003]
-        [--elastic 0.5] [--class-balance 0.5] [--seed 0] [--ema 0] [--no-tune] [--invert] [--threads 1]
+        [--elastic 0.5] [--class-balance 0.5] [--seed 0] [--ema 0] [--val-fraction 0.25]
+        [--patch 128] [--batch 4] [--dice-weight 1] [--no-tune] [--invert] [--threads 1]
 
 What ``bench_finetune.py --which em`` runs (nuclei2d, new 2-class head, em2d images 00 and 01,
 membrane = 1), but for a fixed number of steps instead of a time budget, so that settings can
@@ -30,10 +31,13 @@ def main() -> None:
     parser.add_argument("--train", default="auto")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--elastic", type=float, default=0.0)
-    parser.add_argument("--class-balance", type=float, default=0.0)
+    parser.add_argument("--class-balance", type=float, help="default: the tool's for a new head (1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.98)
     parser.add_argument("--val-fraction", type=float, default=0.25)
+    parser.add_argument("--patch", type=int, help="square patch side (default: the fine-tune's 128)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--dice-weight", type=float, default=1.0, help="weight of the soft Dice term (loss: CE + w * Dice)")
     parser.add_argument("--no-tune", dest="tune", action="store_false")
     parser.add_argument("--invert", action="store_true", help="invert the EM images' contrast first")
     parser.add_argument("--threads", type=int, default=1)
@@ -57,6 +61,7 @@ def main() -> None:
     opts = FinetuneOptions(steps=args.steps, train=args.train, lr=args.lr, elastic=args.elastic, tune=args.tune,
                            class_balance=args.class_balance, seed=args.seed, ema=args.ema,
                            val_fraction=args.val_fraction, num_classes=2, new_head=True,
+                           patch=[args.patch] * 2 if args.patch else None, batch_size=args.batch, dice_weight=args.dice_weight,
                            class_names=["background", "membrane"])
     data = [Annotated(img, mask, None, name=name) for name, img, mask in train_items]
     t0 = time.perf_counter()
@@ -78,9 +83,10 @@ def main() -> None:
         sweep[t] = {"f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4), "precision": round(tp / max(tp + fp, 1), 3),
                     "recall": round(tp / max(tp + fn, 1), 3)}
     out = {"options": {"steps": args.steps, "train": result.options["train"], "lr": result.options["lr"],
-                       "elastic": args.elastic, "class_balance": args.class_balance, "seed": args.seed, "ema": args.ema, "tune": args.tune,
+                       "elastic": args.elastic, "class_balance": result.options["class_balance"], "seed": args.seed, "ema": args.ema, "tune": args.tune,
                        "invert": args.invert,
-                       "val_fraction": args.val_fraction},
+                       "val_fraction": args.val_fraction, "patch": args.patch, "batch": args.batch,
+                       "dice_weight": args.dice_weight},
            "membrane_f1": round(f1, 4), "held_out": round(result.after.get("score", float("nan")), 4),
            "threshold": result.after.get("threshold"), "best_step": result.best_step, "seconds": round(seconds, 1),
            "threshold_sweep": sweep}

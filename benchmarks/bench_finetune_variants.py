@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--train", default="auto")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--elastic", type=float, default=0.0)
-    parser.add_argument("--class-balance", type=float, help="default: the tool's for a new head (1)")
+    parser.add_argument("--class-balance", type=float, default=0.0,
+                        help="0 (the default here, as the runs in docs/finetune.md before the class weights); the tool uses 1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ema", type=float, default=0.98)
     parser.add_argument("--val-fraction", type=float, default=0.25)

@@ -64,7 +64,7 @@ def main() -> None:
     for spec in args.tiles:
         tile = None if spec == "auto" else tuple(int(v) for v in spec.split("x"))
         shape = plan(cfg, (n, n, n), tile=tile)["tile"]
-        overlap = tuple(int(round(t * 0.125)) for t in shape)
+        overlap = tuple(int(round(t * predict.__kwdefaults__["overlap"])) for t in shape)  # the engine's default
         count = len(tile_grid((n, n, n), shape, overlap))
         seconds = best_of(lambda tile=tile: run(predict(model, image, output="semantic", tile=tile, flips=False)))
         label = f"{spec} ({'x'.join(map(str, shape))})" if spec == "auto" else spec

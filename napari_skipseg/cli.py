@@ -496,8 +496,7 @@ EPILOG = """examples:
   skipseg finetune --model nuclei2d --images a.tif --masks a_mask.tif -o mine --time 180
   skipseg COMMAND -h                         a command's options
 
-exit codes: 0 success, 2 bad input or options (one line on stderr saying what is wrong),
-130 interrupted."""
+""" + __doc__.split("\n\n", 1)[1].strip()  # the exit codes, as the module says them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -252,7 +252,7 @@ def test_help_examples_are_valid_commands():
     from napari_skipseg.cli import EPILOG, build_parser
 
     parser = build_parser()
-    lines = [ln.strip() for ln in EPILOG.split("exit codes")[0].splitlines() if ln.strip().startswith("skipseg ")]
+    lines = [ln.strip() for ln in EPILOG.split("Exit codes")[0].splitlines() if ln.strip().startswith("skipseg ")]
     assert len(lines) >= 4
     for line in lines:
         argv = shlex.split(line.split("   ")[0])[1:]

@@ -3,8 +3,13 @@
 For a model with instance output: F1 at IoU 0.5 with one-to-one matching, the mean IoU of
 the matched pairs, Dice of the foreground and the pixel error of foreground versus
 background. For a semantic model: Dice of every class but 0 and the pixel error (the
-fraction of pixels whose class differs). Per image, and overall: instance counts are summed
-over images before the F1 is taken; Dice and pixel error are averaged over images.
+fraction of pixels whose class differs); a model of two classes (foreground versus
+background, as membranes in EM) also gets the pixel error as the ISBI 2012 challenge defined
+it, ``pixel_error_isbi``: 1 - the maximal F-score of the foreground over the thresholds 0,
+0.1, ..., 1 of its probability (:func:`napari_skipseg.metrics.max_f_pixel_error`). Per image,
+and overall: instance counts are summed over images before the F1 is taken, and the counts
+behind ``pixel_error_isbi`` before its F-scores (as the challenge scored a stack); Dice and
+pixel error are averaged over images.
 
 The images are segmented by the same engine as ``skipseg segment`` and the widgets.
 """
@@ -17,7 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import InstanceScores, dice_per_class, match_instances
+from .metrics import (
+    InstanceScores,
+    dice_per_class,
+    match_instances,
+    max_f_pixel_error,
+    threshold_counts,
+)
 
 
 class EvaluationError(ValueError):
@@ -30,6 +41,8 @@ class ImageScore:
     metrics: dict[str, float]
     counts: InstanceScores | None = None
     seconds: float = 0.0
+    #: foreground counts per threshold (:func:`threshold_counts`), for a two-class semantic model
+    threshold_counts: np.ndarray | None = None
 
 
 @dataclass
@@ -143,8 +156,9 @@ def evaluate(
                 raise EvaluationError(f"{mask_path}: a mask must hold whole, non-negative label numbers")
             mask = mask.astype(np.int64)
         keep = collect is not None and output == "instances"
+        binary = output == "semantic" and cfg.num_classes == 2
         seg = drive(predict(model, np.asarray(image), output=output, channel_axis=channel_axis,
-                            keep_probabilities=keep, **options))
+                            keep_probabilities=keep or binary, **options))
         pred = np.asarray(seg.labels)
         if keep and mask.shape == pred.shape:
             collect.append((np.asarray(seg.probabilities, dtype=np.float32), mask))
@@ -152,7 +166,11 @@ def evaluate(
             raise EvaluationError(f"{mask_path}: mask shape {mask.shape} differs from the image's "
                                   f"{pred.shape} ({img_path.name})")
         metrics, counts = score_image(mask, pred, output, cfg.num_classes)
-        score = ImageScore(img_path.name, metrics, counts, time.perf_counter() - t0)
+        fg_counts = None
+        if binary:
+            fg_counts = threshold_counts(mask, np.asarray(seg.probabilities[1]))
+            metrics["pixel_error_isbi"] = max_f_pixel_error(fg_counts)
+        score = ImageScore(img_path.name, metrics, counts, time.perf_counter() - t0, fg_counts)
         result.images.append(score)
         yield score
     result.overall = overall(result.images, output)
@@ -195,11 +213,14 @@ def tune_instances(cfg, collected: list[tuple[np.ndarray, np.ndarray]]) -> tuple
 
 
 def overall(scores: list[ImageScore], output: str) -> dict[str, float]:
-    """Pooled instance counts (F1 over all objects); other metrics averaged over images."""
+    """Pooled instance counts (F1 over all objects) and threshold counts (``pixel_error_isbi``
+    over all pixels); other metrics averaged over images."""
     if not scores:
         return {}
     keys = list(scores[0].metrics)
     out = {k: float(np.mean([s.metrics[k] for s in scores])) for k in keys}
+    if all(s.threshold_counts is not None for s in scores):
+        out["pixel_error_isbi"] = max_f_pixel_error(sum(s.threshold_counts for s in scores))
     if output == "instances":
         total = InstanceScores(0, 0, 0, 0.0)
         for s in scores:

@@ -150,3 +150,47 @@ def test_cli_tune_postprocess_finds_and_saves_better_thresholds(data, tmp_path, 
     again = load_model(folder).config
     assert again.inference["flips"] is (not now)
     assert ("with test-time flips" in again.card["postprocess_tuning"]) is (not now)
+
+
+def test_cli_evaluate_two_class_model_reports_isbi_pixel_error(tmp_path, model_home, capsys):
+    """The bundled em2d model (membrane vs cell interior): masks are its own prediction, the
+    second with a block flipped; ``pixel_error_isbi`` is checked against precision and recall
+    computed here from its probabilities, per image and pooled over both."""
+    from napari_skipseg import segment
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    probs = {}
+    for i in range(2):
+        image = (rng.random((96, 128)) * 255).astype(np.uint8)
+        tifffile.imwrite(tmp_path / "images" / f"s{i}.tif", image)
+        mask = segment(image, model="em2d", output="semantic").astype(np.uint8)
+        if i == 1:
+            mask[10:40, 20:70] = 1 - mask[10:40, 20:70]
+        tifffile.imwrite(tmp_path / "masks" / f"s{i}.tif", mask)
+        probs[f"s{i}.tif"] = (segment(image, model="em2d", output="probabilities")[1], mask > 0)
+    out_json = tmp_path / "scores.json"
+    assert main(["evaluate", "--model", "em2d", str(tmp_path / "images"), str(tmp_path / "masks"),
+                 "--json", str(out_json)]) == 0
+    printed = capsys.readouterr().out
+    assert "pixel_error_isbi" in printed.splitlines()[0] and "pixel_error_isbi 0." in printed
+    result = json.loads(out_json.read_text())
+    per = {r["name"]: r for r in result["images"]}
+
+    def best_f(pairs):
+        best = 0.0
+        for th in np.arange(11) / 10:
+            tp = sum(np.sum((p > th) & t) for p, t in pairs)
+            precision = tp / max(sum(np.sum(p > th) for p, _ in pairs), 1)
+            recall = tp / sum(np.sum(t) for _, t in pairs)
+            if precision + recall:
+                best = max(best, 2 * precision * recall / (precision + recall))
+        return best
+
+    assert per["s0.tif"]["pixel_error"] == 0.0 and per["s0.tif"]["pixel_error_isbi"] == 0.0
+    assert per["s1.tif"]["pixel_error"] > 0.05
+    assert per["s1.tif"]["pixel_error_isbi"] == pytest.approx(1 - best_f([probs["s1.tif"]]))
+    pooled = result["overall"]["pixel_error_isbi"]
+    assert pooled == pytest.approx(1 - best_f(list(probs.values())))
+    assert 0 < pooled < per["s1.tif"]["pixel_error_isbi"]

@@ -8,7 +8,9 @@ from napari_skipseg.metrics import (
     dice_per_class,
     iou_matrix,
     match_instances,
+    max_f_pixel_error,
     pixel_error,
+    threshold_counts,
 )
 
 
@@ -125,3 +127,31 @@ def test_pixel_error():
     pred = np.array([[0, 2, 0, 3]])  # only foreground vs background counts
     assert pixel_error(truth, pred) == 0.25
     assert pixel_error(truth, truth) == 0.0
+
+
+def test_threshold_counts_and_isbi_pixel_error_by_hand():
+    truth = np.array([[0, 1, 1, 0]])
+    foreground = np.array([[0.05, 0.35, 0.65, 0.95]])
+    counts = threshold_counts(truth, foreground)
+    assert counts.shape == (11, 3)
+    # (tp, fp, fn) above 0, 0.3, 0.5 and 1.0
+    assert counts[0].tolist() == [2, 2, 0]
+    assert counts[3].tolist() == [2, 1, 0]
+    assert counts[5].tolist() == [1, 1, 1]
+    assert counts[10].tolist() == [0, 0, 2]
+    # best F-score 0.8 (thresholds 0.1-0.3), although half the pixels are wrong at 0.5
+    assert max_f_pixel_error(counts) == pytest.approx(0.2)
+    assert pixel_error(truth, foreground > 0.5) == 0.5
+
+
+def test_isbi_pixel_error_pools_counts_and_handles_empty_images():
+    perfect = threshold_counts(np.array([[1, 1, 0, 0]]), np.array([[0.9, 0.8, 0.2, 0.0]]))
+    assert max_f_pixel_error(perfect) == 0.0
+    wrong = threshold_counts(np.array([[1, 0]]), np.array([[0.0, 1.0]]))  # nothing right anywhere
+    assert max_f_pixel_error(wrong) == 1.0
+    # pooled: best at 0.2-0.7, tp 2, fp 1, fn 1 -> F = 4 / 6; not the mean of the two errors (0.5)
+    assert max_f_pixel_error(perfect + wrong) == pytest.approx(1 / 3)
+    empty = threshold_counts(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert max_f_pixel_error(empty) == 0.0  # no foreground in truth or prediction
+    with pytest.raises(ValueError, match="differ in shape"):
+        threshold_counts(np.zeros((2, 2)), np.zeros((2, 3)))

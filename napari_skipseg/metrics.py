@@ -101,13 +101,14 @@ def threshold_counts(truth: np.ndarray, foreground: np.ndarray, thresholds=ISBI_
     ``foreground`` is the predicted probability of the foreground (same shape as ``truth``).
     Counts of several images can be summed before :func:`max_f_pixel_error`.
     """
+    truth, foreground = np.asarray(truth), np.asarray(foreground)
     if truth.shape != foreground.shape:
         raise ValueError(f"truth {truth.shape} and foreground {foreground.shape} differ in shape")
-    t = np.asarray(truth) > 0
+    t = truth > 0
     n_true = int(t.sum())
     out = np.zeros((len(thresholds), 3), np.int64)
     for i, th in enumerate(thresholds):
-        p = np.asarray(foreground) > th
+        p = foreground > th
         tp = int(np.logical_and(t, p).sum())
         out[i] = tp, int(p.sum()) - tp, n_true - tp
     return out

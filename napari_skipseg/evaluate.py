@@ -27,6 +27,7 @@ from .metrics import (
     dice_per_class,
     match_instances,
     max_f_pixel_error,
+    pixel_error,
     threshold_counts,
 )
 
@@ -106,7 +107,7 @@ def score_image(truth: np.ndarray, pred: np.ndarray, output: str, num_classes: i
         fg = dice_per_class(truth > 0, pred > 0, [True])[1]
         return {"f1@0.5": counts.f1, "mean_matched_iou": counts.mean_matched_iou, "precision": counts.precision,
                 "recall": counts.recall, "dice_foreground": fg,
-                "pixel_error": float(np.mean((truth > 0) != (pred > 0)))}, counts
+                "pixel_error": pixel_error(truth, pred)}, counts
     top = int(truth.max())
     if top >= num_classes:
         raise EvaluationError(f"mask holds class {top} but the model has {num_classes} classes (0..{num_classes - 1})")

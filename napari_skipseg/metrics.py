@@ -119,8 +119,8 @@ def max_f_pixel_error(counts: np.ndarray) -> float:
     the thresholds of :func:`threshold_counts` (the organisers' Fiji code, ``PixelError``).
 
     It is not the fraction of misclassified pixels (:func:`pixel_error`): with few errors and the
-    foreground a share ``f`` of the pixels it is about ``1 / (2 f)`` of that, two thirds for the
-    cell interiors of the em2d data (``f`` about 0.77).
+    foreground a share ``f`` of the pixels it is about ``1 / (2 f)`` of that (em2d's validation
+    slices, mostly cell interior: 0.0489 against 0.0755, ``skipseg evaluate``).
     """
     counts = np.asarray(counts, dtype=np.float64)
     tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]

@@ -165,11 +165,12 @@ def test_cli_evaluate_two_class_model_reports_isbi_pixel_error(tmp_path, model_h
     for i in range(2):
         image = (rng.random((96, 128)) * 255).astype(np.uint8)
         tifffile.imwrite(tmp_path / "images" / f"s{i}.tif", image)
-        mask = segment(image, model="em2d", output="semantic").astype(np.uint8)
+        foreground = segment(image, model="em2d", output="probabilities")[1]
+        mask = (foreground > 0.5).astype(np.uint8)  # what the model predicts
         if i == 1:
             mask[10:40, 20:70] = 1 - mask[10:40, 20:70]
         tifffile.imwrite(tmp_path / "masks" / f"s{i}.tif", mask)
-        probs[f"s{i}.tif"] = (segment(image, model="em2d", output="probabilities")[1], mask > 0)
+        probs[f"s{i}.tif"] = (foreground, mask > 0)
     out_json = tmp_path / "scores.json"
     assert main(["evaluate", "--model", "em2d", str(tmp_path / "images"), str(tmp_path / "masks"),
                  "--json", str(out_json)]) == 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ class ModelConfig:
     inference : dict
         Inference defaults: ``flips`` (bool), test-time flips (see
         :func:`napari_skipseg.inference.engine.predict`).
+    training_scale : dict
+        The scale the network was trained at: ``object_diameter`` (median equivalent
+        diameter of its training objects, in pixels/voxels per spatial axis), and where the
+        data had one ``pixel_size`` (per spatial axis) with its ``unit`` (e.g. ``"um"``,
+        ``"mm"``). Inference resamples an image to it (see
+        :mod:`napari_skipseg.inference.scale`). Empty: unknown, images are not resampled.
     card : dict
         Free-form model card: task, data, split, training, metrics, licence.
     """
@@ -80,6 +87,7 @@ class ModelConfig:
     tile: list[int] = field(default_factory=list)
     postprocess: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
+    training_scale: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -128,6 +136,25 @@ class ModelConfig:
             raise ModelConfigError(f"inference flips must be true or false, got {self.inference['flips']!r}")
         if self.tile and len(self.tile) != self.spatial_dims:
             raise ModelConfigError(f"tile must have {self.spatial_dims} sizes, got {self.tile!r}")
+        self._validate_training_scale()
+
+    def _validate_training_scale(self) -> None:
+        ts = self.training_scale
+        if not isinstance(ts, dict) or set(ts) - {"object_diameter", "pixel_size", "unit"}:
+            raise ModelConfigError("training_scale takes only the keys object_diameter, pixel_size "
+                                   f"and unit; got {ts!r}")
+        for key in ("object_diameter", "pixel_size"):
+            if key not in ts:
+                continue
+            v = ts[key]
+            ok = (isinstance(v, list) and len(v) == self.spatial_dims
+                  and all(isinstance(x, int | float) and not isinstance(x, bool)
+                          and math.isfinite(x) and x > 0 for x in v))
+            if not ok:
+                raise ModelConfigError(f"training_scale {key} must list {self.spatial_dims} positive "
+                                       f"numbers (one per spatial axis), got {v!r}")
+        if "unit" in ts and not (isinstance(ts["unit"], str) and 0 < len(ts["unit"]) <= 16):
+            raise ModelConfigError(f"training_scale unit must be a short string, got {ts['unit']!r}")
 
     # -- derived ----------------------------------------------------------------------------
     def pool_factors(self) -> list[tuple[int, ...]]:

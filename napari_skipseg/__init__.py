@@ -84,13 +84,16 @@ def finetune(model, images, labels, reviewed=None, *, save: bool = True, rgb: bo
     return result
 
 
-def default_model_for(meta_or_ndim) -> str:
-    """Name of the bundled model to use for an image: 3D nuclei for ZYX data when a 3D
-    model is installed, else the 2D nuclei model."""
-    from .model.store import list_models as _list
+def default_model_for(meta_or_ndim, shape=None) -> str:
+    """Name of the stored model that suits an image best (see
+    :func:`napari_skipseg.model.choose.choose_model`, which also says why).
 
-    names = {e.name: e for e in _list()}
-    spatial = meta_or_ndim if isinstance(meta_or_ndim, int) else sum(a in "ZYX" for a in meta_or_ndim.axes)
-    if spatial >= 3 and "nuclei3d" in names:
-        return "nuclei3d"
-    return "nuclei2d"
+    ``meta_or_ndim``: the image's ``ImageMeta`` (axes, spacing, unit, file kind), a napari
+    layer's ``metadata["skipseg"]`` dict, or a number of spatial axes (2 or 3).
+    """
+    from .model.choose import choose_model
+
+    try:
+        return choose_model(meta_or_ndim, shape=shape)[0]
+    except LookupError:
+        return "nuclei2d"

@@ -207,19 +207,14 @@ def arrange(image, meta: ImageMeta, *, spatial_dims: int | None = None, in_chann
 def guess_axes(shape: Sequence[int], rgb: bool = False) -> tuple[str, bool]:
     """Axes for an array nobody named: ``(axes, guessed)``.
 
-    2 axes: YX; 3: CYX when the first axis has 2 to 4 entries (few enough to be channels),
-    else ZYX; 4: TZYX; 5: TZCYX. ``guessed`` is True except for 2 axes.
+    2 axes: YX; 3: ZYX; 4: TZYX; 5: TZCYX (S appended for RGB). ``guessed`` is True except
+    for 2 axes: a 3-axis array may as well be TYX or CYX, which only its owner can say.
     """
     n = len(shape) - (1 if rgb else 0)
-    s = "S" if rgb else ""
-    if n == 2:
-        return "YX" + s, False
-    if n == 3:
-        return ("CYX" if 2 <= shape[0] <= 4 and not rgb else "ZYX") + s, True
-    guesses = {4: "TZYX", 5: "TZCYX"}
+    guesses = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}
     if n not in guesses:
-        raise AxesError(f"cannot tell the axes of a {len(shape)}-dimensional image")
-    return guesses[n] + s, True
+        raise AxesError(f"cannot tell the axes of a {len(shape)}-dimensional image; name them (TCZYX)")
+    return guesses[n] + ("S" if rgb else ""), n != 2
 
 
 def parse_axes(text: str, shape: Sequence[int], rgb: bool = False) -> str:

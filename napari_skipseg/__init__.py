@@ -27,18 +27,47 @@ def list_models():
     return _list()
 
 
-def segment(image, model="nuclei2d", output: str = "instances", channel_axis=None, **kwargs):
+def segment(image, model="nuclei2d", output: str | None = None, channel_axis=None, *, axes: str | None = None,
+            channel: int | None = None, link: bool = False, **kwargs):
     """Segment ``image`` (numpy/dask/zarr) and return a numpy array.
 
     ``output`` is ``"instances"``, ``"semantic"`` (label images shaped like the image without
-    its channel axis) or ``"probabilities"`` (``(classes, *shape)`` float32). Other keyword
-    arguments go to :func:`napari_skipseg.inference.engine.predict` (``mode``, ``tile``,
-    ``overlap``, ``batch_size``, ``device``).
+    its channel axis) or ``"probabilities"`` (``(classes, *shape)`` float32); default: what
+    the model predicts. ``axes`` names the image's axes (``"TZYX"``, ``"CYX"``, ...; letters
+    TCZYXS): T is then segmented frame by frame (never as depth), ``channel`` picks one
+    channel of a C axis (required when there are several and the model takes one), ``link``
+    gives objects the same id in consecutive frames, and the result keeps the image's axis
+    order. Without ``axes`` the leading axes before the model's spatial ones are slices and
+    ``channel_axis`` marks channels, as for :func:`napari_skipseg.inference.engine.predict`.
+    Other keyword arguments go to ``predict`` (``mode``, ``tile``, ``overlap``,
+    ``batch_size``, ``device``, ``flips`` ...).
     """
     from .inference.engine import predict, run
 
-    result = run(predict(model, image, output=output, channel_axis=channel_axis, **kwargs))
-    return result.probabilities if output == "probabilities" else result.labels
+    if isinstance(model, str) or hasattr(model, "__fspath__"):
+        model = load_model(model)
+    cfg = model.config
+    output = output or ("instances" if cfg.output == "instances" else "semantic")
+    if axes is None:
+        if channel is not None or link:
+            raise ValueError("channel= and link= need the image's axes (axes='TCZYX' letters)")
+        result = run(predict(model, image, output=output, channel_axis=channel_axis, **kwargs))
+        return result.probabilities if output == "probabilities" else result.labels
+    from .inference.axes import arrange, link_frames, parse_axes
+    from .io import ImageMeta
+
+    if channel_axis is not None:
+        raise ValueError("give either axes= or channel_axis=, not both")
+    meta = ImageMeta(parse_axes(axes, image.shape))
+    mode = kwargs.get("mode", "auto")
+    a = arrange(image, meta, spatial_dims=cfg.spatial_dims if mode == "auto" else int(mode[0]),
+                in_channels=cfg.in_channels, channel=channel, model_name=cfg.name)
+    result = run(predict(model, a.image, output=output, channel_axis=a.channel_axis, **kwargs))
+    if output == "probabilities":
+        return a.to_file_order(result.probabilities, leading=1)
+    if link and "T" in a.lead_axes:
+        link_frames(result.labels, a.axes.index("T"))
+    return a.to_file_order(result.labels)
 
 
 def skip_features(model, image, channel_axis=None, **kwargs):
@@ -84,13 +113,16 @@ def finetune(model, images, labels, reviewed=None, *, save: bool = True, rgb: bo
     return result
 
 
-def default_model_for(meta_or_ndim) -> str:
-    """Name of the bundled model to use for an image: 3D nuclei for ZYX data when a 3D
-    model is installed, else the 2D nuclei model."""
-    from .model.store import list_models as _list
+def default_model_for(meta_or_ndim, shape=None) -> str:
+    """Name of the stored model that suits an image best (see
+    :func:`napari_skipseg.model.choose.choose_model`, which also says why).
 
-    names = {e.name: e for e in _list()}
-    spatial = meta_or_ndim if isinstance(meta_or_ndim, int) else sum(a in "ZYX" for a in meta_or_ndim.axes)
-    if spatial >= 3 and "nuclei3d" in names:
-        return "nuclei3d"
-    return "nuclei2d"
+    ``meta_or_ndim``: the image's ``ImageMeta`` (axes, spacing, unit, file kind), a napari
+    layer's ``metadata["skipseg"]`` dict, or a number of spatial axes (2 or 3).
+    """
+    from .model.choose import choose_model
+
+    try:
+        return choose_model(meta_or_ndim, shape=shape)[0]
+    except LookupError:
+        return "nuclei2d"

@@ -53,39 +53,39 @@ def output_suffix(path: str | os.PathLike) -> str:
     return next((s for s in sorted(OUTPUT_SUFFIXES, key=len, reverse=True) if name.endswith(s)), "")
 
 
-def open_source(src: str | os.PathLike, channel: int | None = None) -> tuple[Any, Any, int | None]:
-    """Open `src` lazily for segmentation: ``(image, meta, channel_axis)``.
+def open_source(src: str | os.PathLike, channel: int | None = None, config: Any = None,
+                mode: str = "auto") -> tuple[Any, Any, int | None]:
+    """Open `src` lazily for segmentation: ``(image, meta, channel_axis)``, the image in the
+    engine's axis order (see :func:`arrange_source`; ``meta`` describes that order)."""
+    a = arrange_source(src, channel, config, mode)
+    return a.image, a.meta, a.channel_axis
 
-    With `channel`, that channel of a multi-channel image is taken (lazily).
+
+def arrange_source(src: str | os.PathLike, channel: int | None = None, config: Any = None,
+                   mode: str = "auto"):
+    """Open `src` lazily and bring it into the engine's axis order for a model of `config`
+    (:func:`napari_skipseg.inference.axes.arrange`): T before Z, channels last.
+
+    With `channel`, that channel of a multi-channel image is taken (lazily). With `config`,
+    a 3D model on an image without Z, and several channels for a single-channel model without
+    `channel`, are refused (:class:`BatchError` naming the file); without it, channels are
+    kept as they are.
     """
+    from .inference.axes import AxesError, arrange
     from .io import read_image
 
     image, meta = read_image(src, lazy=True)
-    channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
-    if channel is not None:
-        if meta.channel_axis is None:
-            raise BatchError(f"{src}: --channel given but the image has no channel axis (axes {meta.axes})")
-        n = image.shape[meta.channel_axis]
-        if not 0 <= channel < n:
-            raise BatchError(f"{src}: --channel {channel} out of range (the image has {n} channels)")
-        image = _take(image, channel, meta.channel_axis)
-        meta = replace(meta, axes=meta.axes.replace("C", ""),
-                       spacing=tuple(s for i, s in enumerate(meta.spacing) if i != meta.channel_axis))
-        channel_axis = None
-    return image, meta, channel_axis
-
-
-def _take(image: Any, index: int, axis: int) -> Any:
-    key = (slice(None),) * axis + (index,)
-    if type(image) is np.ndarray or hasattr(image, "compute"):  # in memory, or dask already
-        return image[key]
-    try:  # zarr, memory maps: stay lazy through dask
-        import dask.array as da
-    except ImportError:
-        return np.asarray(image[key])
-    chunks = getattr(image, "chunks", None)
-    chunks = chunks if isinstance(chunks, tuple) and len(chunks) == image.ndim else "auto"
-    return da.from_array(image, chunks=chunks)[key]
+    if config is None:
+        c = meta.channel_axis
+        dims, in_channels, name = None, (image.shape[c] if c is not None else 1), ""
+    else:
+        dims = config.spatial_dims if mode in (None, "auto") else int(mode[0])
+        in_channels, name = config.in_channels, config.name
+    try:
+        return arrange(image, meta, spatial_dims=dims, in_channels=in_channels, channel=channel, model_name=name)
+    except AxesError as err:
+        message = str(err).replace("channel ", "--channel ", 1) if channel is not None else str(err)
+        raise BatchError(f"{src}: {message}") from err
 
 
 def result_meta(meta: Any, output: str) -> Any:
@@ -125,15 +125,22 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
         ``drive(generator) -> result`` (a progress bar); default
         :func:`napari_skipseg.inference.engine.run`.
     """
+    from .inference.axes import link_frames, size_options
     from .inference.engine import SegmentationError, plan, predict, run
     from .io import write_image
 
     drive = drive or run
     opts = dict(options)
     channel = opts.pop("channel", None)
-    image, meta, channel_axis = open_source(job.src, channel)
-    output = opts.get("output", "instances")
+    link = opts.pop("link", False)
     cfg = model.config
+    arranged = arrange_source(job.src, channel, cfg, opts.get("mode", "auto"))
+    image, meta, channel_axis = arranged.image, arranged.meta, arranged.channel_axis
+    spacing = opts.pop("spacing", None)
+    opts.update(size_options(predict, diameter=opts.pop("diameter", None),
+                             spacing=tuple(spacing) if spacing is not None else arranged.spatial_spacing,
+                             unit=meta.unit))
+    output = opts.get("output", "instances")
     geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
                tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125))
     out_meta = result_meta(meta, output)
@@ -165,10 +172,16 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
                 raise
             raise BatchError(f"{job.src}: cannot be segmented ({type(err).__name__}: {err})") from err
         data = result.probabilities if output == "probabilities" else result.labels
+        linked = None
+        if link and output != "probabilities" and "T" in arranged.lead_axes:
+            linked = link_frames(data, arranged.axes.index("T"))  # frame by frame, in place
         if target is not None and tmp_dir is None:
             written = target.commit()
         else:
             Path(job.dst).parent.mkdir(parents=True, exist_ok=True)
+            if not arranged.identity:  # back into the file's own axis order
+                data = arranged.to_file_order(data, leading=1 if output == "probabilities" else 0)
+                out_meta = result_meta(_file_order_meta(meta, arranged), output)
             written = write_image(job.dst, data, out_meta)
     except BaseException:
         if target is not None:
@@ -178,4 +191,12 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
     return {"src": str(job.src), "dst": str(written), "model": cfg.name, "device": result.device,
-            "seconds": result.seconds, "objects": result.info.get("objects"), "shape": tuple(shape)}
+            "seconds": result.seconds, "objects": result.info.get("objects") if linked is None else linked,
+            "shape": tuple(shape), "axes": arranged.describe(), "scale_message": result.info.get("scale_message")}
+
+
+def _file_order_meta(meta: Any, arranged: Any) -> Any:
+    """``meta`` (engine order, channels last) without channels, in the source's axis order."""
+    plain = meta.without_channels()
+    back = [arranged.order.index(i) for i in range(len(arranged.order))]
+    return replace(plain, axes="".join(plain.axes[i] for i in back), spacing=tuple(plain.spacing[i] for i in back))

@@ -134,11 +134,14 @@ def cmd_segment(args) -> int:
     outputs = _output_paths(inputs, Path(args.output), many, fmt)
     model_name = args.model
     if model_name is None:
-        from . import default_model_for
+        from .model.choose import choose_model
 
-        _, meta0 = read_image(inputs[0], lazy=True)
-        model_name = default_model_for(meta0)
+        image0, meta0 = read_image(inputs[0], lazy=True)
+        model_name, why = choose_model(meta0, shape=image0.shape)
     cfg = load_config(model_name)
+    size = _check_segment_inputs(args, cfg, inputs)
+    if args.model is None and not args.quiet:  # after the checks: an error stays one line
+        print(why, file=sys.stderr)
     jobs = []
     for src, dst in zip(inputs, outputs, strict=True):
         if dst.resolve() == src.resolve():  # labels next to the image, inside its OME-Zarr
@@ -155,8 +158,12 @@ def cmd_segment(args) -> int:
     block = None if not args.block else (args.block[0] if len(args.block) == 1 else tuple(args.block))
     options = {"mode": args.mode, "output": args.output_kind, "tile": args.tile, "overlap": args.overlap,
                "batch_size": args.batch_size, "device": args.device, "block": block, "channel": args.channel,
-               "flips": args.flips}
+               "flips": args.flips, **size}
+    if args.link:
+        options["link"] = True
     if args.scheduler or (args.workers or 0) > 1:
+        if args.link:
+            raise CLIError("--link runs on one machine; leave out --scheduler/--workers")
         return _segment_on_cluster(args, jobs, model_name, options)
     model = load_model(model_name)
     for job in jobs:
@@ -166,9 +173,76 @@ def cmd_segment(args) -> int:
         if not args.quiet:
             n = summary["objects"]
             extra = f", {n} objects" if n is not None else ""
+            how = f", {summary['axes']}" if summary.get("axes") else ""
             print(f"{job.src} -> {summary['dst']} ({cfg.name}, {summary['device']}, "
-                  f"{time.perf_counter() - t0:.1f} s{extra})")
+                  f"{time.perf_counter() - t0:.1f} s{how}{extra})")
+            if summary.get("scale_message"):
+                print(f"{job.src.name}: {summary['scale_message']}", file=sys.stderr)
     return 0
+
+
+def _check_segment_inputs(args, cfg, inputs: list[Path]) -> dict:
+    """Settle ``--output``, ``--mode``, ``--channel``, ``--diameter``, ``--spacing`` and
+    ``--link`` against the model and every input before anything is run; returns the
+    object-size options for :func:`~napari_skipseg.batch.segment_file` (``diameter``,
+    ``spacing``). Raises :class:`CLIError` (one line) for what cannot work."""
+    from .inference.axes import AxesError, ChannelChoiceNeeded, arrange
+    from .inference.scale import ScaleError, parse_diameter
+    from .io import read_image
+
+    if args.output_kind is None:  # what the model predicts
+        args.output_kind = "instances" if cfg.output == "instances" else "semantic"
+    elif args.output_kind == "instances" and cfg.output != "instances":
+        raise CLIError(f"model {cfg.name} predicts semantic classes ({', '.join(cfg.class_names)}), not "
+                       "instances; use --output semantic or --output probabilities")
+    if args.mode != "auto" and int(args.mode[0]) != cfg.spatial_dims:
+        raise CLIError(f"model {cfg.name} is a {cfg.spatial_dims}D model; it cannot run in --mode {args.mode}")
+    dims = cfg.spatial_dims
+    trained = (cfg.training_scale or {}).get("object_diameter")
+    diameter = args.diameter
+    if diameter is None and cfg.output == "instances" and trained:
+        diameter = "auto"
+    spacing = None
+    if args.spacing is not None:
+        try:
+            values = [float(v) for v in args.spacing.replace("x", ",").split(",") if v.strip()]
+        except ValueError:
+            raise CLIError(f"--spacing must be numbers (1 or {dims}, comma separated), got {args.spacing!r}") from None
+        values = values * dims if len(values) == 1 else values
+        if len(values) != dims or not all(np.isfinite(v) and v > 0 for v in values):
+            raise CLIError(f"--spacing takes 1 or {dims} positive numbers (one per spatial axis of this "
+                           f"{dims}D model), got {args.spacing!r}")
+        spacing = tuple(values)
+    for src in inputs:
+        image, meta = read_image(src, lazy=True)
+        try:
+            arranged = arrange(image, meta, spatial_dims=dims, in_channels=cfg.in_channels,
+                               channel=args.channel, model_name=cfg.name)
+        except ChannelChoiceNeeded as err:
+            raise CLIError(f"{src}: has {err.n_channels} channels (axes {err.axes}) and model {cfg.name} takes "
+                           f"one; choose one with --channel N (0-{err.n_channels - 1})") from None
+        except AxesError as err:
+            text = str(err).replace("channel ", "--channel ", 1) if args.channel is not None else str(err)
+            raise CLIError(f"{src}: {text}") from None
+        if args.link and "T" not in arranged.lead_axes:
+            raise CLIError(f"{src}: --link links objects between time frames; the image has no T axis "
+                           f"(axes {meta.axes})")
+        if args.diameter is not None:
+            try:
+                parse_diameter(args.diameter, dims, arranged.spatial_shape)
+            except ScaleError as err:
+                raise CLIError(f"--diameter: {err}") from None
+    if args.diameter is not None and args.diameter.strip().lower() != "auto" and not trained:
+        raise CLIError(f"model {cfg.name} does not record the object size it was trained at, so --diameter "
+                       "cannot be used with it")
+    from .inference.axes import size_options
+    from .inference.engine import predict
+
+    try:
+        size_options(predict, diameter=diameter, explicit=args.diameter is not None)
+    except AxesError as err:
+        raise CLIError(f"--diameter: {err}") from None
+    return {"diameter": diameter, "spacing": spacing}
 
 
 def _segment_on_cluster(args, jobs, model_name: str, options: dict) -> int:
@@ -512,11 +586,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "the input OME-Zarr itself to add the result as labels next to the image")
     p.add_argument("--model", help="model name or folder (default: chosen from the image)")
     p.add_argument("--mode", choices=["auto", "2d", "3d"], default="auto")
-    p.add_argument("--output", "--output-kind", "--kind", dest="output_kind", default="instances",
+    p.add_argument("--output", "--output-kind", "--kind", dest="output_kind", default=None,
                    choices=["instances", "semantic", "probabilities"],
-                   help="what to write: instance labels, semantic labels or class probabilities")
+                   help="what to write: instance labels, semantic labels or class probabilities "
+                        "(default: what the model predicts)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--channel", type=int, help="segment this channel of a multi-channel image")
+    p.add_argument("--channel", type=int, help="segment this channel of a multi-channel image (needed when "
+                   "the image has several channels and the model takes one)")
+    p.add_argument("--diameter", help="object diameter in pixels: a number, one per spatial axis (3D: "
+                   "'4,23,23') or 'auto' (estimated; the default for instance models that record the "
+                   "object size they were trained at); the image is resampled to the model's scale")
+    p.add_argument("--spacing", help="pixel/voxel size per spatial axis, e.g. '0.3,0.1,0.1' (default: "
+                   "from the file's metadata)")
+    p.add_argument("--link", action="store_true", help="time-lapses: give an object the same id in "
+                   "consecutive frames (overlap matching); frames are always segmented one by one")
     p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
     p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
     p.add_argument("--batch-size", type=int, default=4)

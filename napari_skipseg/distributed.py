@@ -133,7 +133,9 @@ def _start_chunked(job: FileJob, cfg, model_ref: str, options: dict, client, ove
 
     opts = dict(options)
     channel = opts.pop("channel", None)
-    image, meta, channel_axis = open_source(job.src, channel)
+    for key in ("link", "diameter", "spacing"):  # not for runs split into units
+        opts.pop(key, None)
+    image, meta, channel_axis = open_source(job.src, channel, cfg, opts.get("mode", "auto"))
     output = opts.get("output", "instances")
     geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
                tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125))
@@ -179,10 +181,11 @@ def _run_units(src: str, channel, model_ref: str, options: dict, units: list[int
 
     from .inference.engine import predict, run
 
-    image, _, channel_axis = open_source(src, channel)
+    model = worker_model(model_ref)
+    image, _, channel_axis = open_source(src, channel, model.config, options.get("mode", "auto"))
     out = zarr.open_array(array_path, mode="r+")
     key = "probabilities_out" if options.get("output") == "probabilities" else "labels_out"
-    result = run(predict(worker_model(model_ref), image, channel_axis=channel_axis, units=units,
+    result = run(predict(model, image, channel_axis=channel_axis, units=units,
                          intensity_range=lo_hi, **options, **{key: out}))
     return list(result.info["label_counts"])
 

@@ -23,6 +23,8 @@ class LayerSource:
     translate: tuple[float, ...]
     units: tuple | None = None
     skipseg: dict | None = None  # the layer's metadata["skipseg"] (axes, spacing, unit, extra)
+    axes: str = ""  # one letter (TCZYXS) per axis of ``data``; "" when unknown
+    axes_from: str = ""  # "metadata", "axis labels" or "guessed"
 
 
 #: Layers larger than this (bytes), or backed by dask/zarr, are segmented into zarr stores
@@ -39,8 +41,107 @@ def source_from_layer(layer) -> LayerSource:
     scale = tuple(float(s) for s in layer.scale)
     translate = tuple(float(t) for t in layer.translate)
     stored = (getattr(layer, "metadata", None) or {}).get("skipseg")
+    axes, axes_from = layer_axes(layer)
     return LayerSource(layer.name, data, channel_axis, scale, translate,
-                       skipseg=dict(stored) if isinstance(stored, dict) else None)
+                       skipseg=dict(stored) if isinstance(stored, dict) else None, axes=axes, axes_from=axes_from)
+
+
+#: napari axis labels (lower case) -> our axis letters.
+AXIS_LABELS = {"t": "T", "time": "T", "frame": "T", "z": "Z", "depth": "Z", "plane": "Z", "c": "C",
+               "channel": "C", "ch": "C", "y": "Y", "x": "X"}
+
+
+def layer_axes(layer) -> tuple[str, str]:
+    """What each axis of an Image layer is: ``(axes, where)``.
+
+    ``axes`` has one letter (TCZYX, S for RGB samples) per axis of the layer's data;
+    ``where`` says how it is known: ``"metadata"`` (our reader's ``metadata["skipseg"]``),
+    ``"axis labels"`` (the layer's ``axis_labels``, e.g. ``("t", "y", "x")``),
+    ``"guessed"`` (:func:`~napari_skipseg.inference.axes.guess_axes`; ``"shape"`` for a plain
+    YX image), or ``("", "unknown")`` beyond 5 axes.
+    """
+    from .inference.axes import guess_axes
+    from .io import ImageMeta
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(n) for n in data.shape)
+    rgb = bool(getattr(layer, "rgb", False))
+
+    def fits(axes: str) -> bool:
+        try:
+            ImageMeta(axes).validate(shape)
+        except ValueError:
+            return False
+        return True
+
+    stored = ((getattr(layer, "metadata", None) or {}).get("skipseg") or {}).get("axes")
+    if isinstance(stored, str) and fits(stored) and stored.endswith("S") == rgb:
+        return stored, "metadata"
+    labels = [AXIS_LABELS.get(str(a).strip().lower(), "?") for a in tuple(getattr(layer, "axis_labels", ()))]
+    named = "".join(labels) + ("S" if rgb else "")
+    if "?" not in named and fits(named):
+        return named, "axis labels"
+    try:
+        axes, guessed = guess_axes(shape, rgb)
+    except ValueError:
+        return "", "unknown"
+    return axes, "guessed" if guessed else "shape"
+
+
+def arrange_source(source: LayerSource, model_config, *, axes: str | None = None, channel: int | None = None,
+                   mode: str = "auto"):
+    """``source`` brought into the engine's axis order for a model: ``(engine_source, arranged)``.
+
+    ``engine_source`` is a :class:`LayerSource` whose data, scale and translate are in the
+    engine's order (``(lead..., [Z,] Y, X [, C])``, the chosen channel taken out);
+    ``arranged`` (:class:`~napari_skipseg.inference.axes.Arranged`) turns the result back
+    (:func:`restore_result`), or is None when the axes are unknown (more than 5: ``source``
+    is returned as it is). ``axes`` overrides ``source.axes``. Raises
+    :class:`~napari_skipseg.inference.axes.AxesError` (a 3D model without Z, a channel to
+    choose) without reading any pixels.
+    """
+    from .inference.axes import arrange
+    from .io import ImageMeta
+
+    axes = axes or source.axes
+    if not axes:  # more axes than letters: the engine takes it as it is (and says what is wrong)
+        return source, None
+    plain = axes.replace("S", "")
+    by_letter = dict(zip(plain, source.scale, strict=False))
+    shift = dict(zip(plain, source.translate, strict=False))
+    stored = source.skipseg or {}
+    meta = ImageMeta(axes, tuple(abs(by_letter.get(a, 1.0)) or 1.0 if a in "ZYX" else 1.0 for a in axes),
+                     str(stored.get("unit") or "pixel"), name=source.name, path=stored.get("path"),
+                     extra=dict(stored.get("extra") or {}))
+    dims = model_config.spatial_dims if mode in (None, "auto") else int(mode[0])
+    arranged = arrange(source.data, meta, spatial_dims=dims, in_channels=model_config.in_channels,
+                       channel=channel, model_name=model_config.name)
+    engine = LayerSource(source.name, arranged.image, arranged.channel_axis,
+                         tuple(by_letter.get(a, 1.0) for a in arranged.axes),
+                         tuple(shift.get(a, 0.0) for a in arranged.axes),
+                         units=source.units, skipseg=source.skipseg, axes=arranged.meta.axes,
+                         axes_from=source.axes_from)
+    return engine, arranged
+
+
+def restore_result(result, arranged, source: LayerSource):
+    """``result`` of segmenting :func:`arrange_source`'s engine source, with its labels and
+    probabilities back in the layer's axis order; returns ``(result, placed)`` where
+    ``placed`` is the :class:`LayerSource` to draw them over (the layer's scale and
+    translate without its channel axis)."""
+    if arranged is None:
+        return result, source
+    result.labels = arranged.to_file_order(result.labels)
+    result.probabilities = arranged.to_file_order(result.probabilities, leading=1)
+    plain = (source.axes or "").replace("S", "")
+    if len(plain) == len(source.scale):
+        scale = tuple(s for a, s in zip(plain, source.scale, strict=True) if a != "C")
+        translate = tuple(t for a, t in zip(plain, source.translate, strict=True) if a != "C")
+    else:
+        scale, translate = source.scale, source.translate
+    placed = LayerSource(source.name, None, None, scale, translate, units=source.units, skipseg=source.skipseg,
+                         axes=arranged.file_axes, axes_from=source.axes_from)
+    return result, placed
 
 
 def is_lazy(data) -> bool:

@@ -113,7 +113,7 @@ def test_segment_channels_checked_against_model(home, tmp_path, capsys):
     dst = tmp_path / "cyx_labels.tif"
     # a one-channel model on a two-channel image is a clear error, not a crash
     assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "-q"]) == 2
-    assert "takes 1 channel(s); the image has 2" in _error_line(capsys)
+    assert "has 2 channels (axes CYX) and model tiny takes one; choose one with --channel N (0-1)" in _error_line(capsys)
     assert not dst.exists()
     # --channel picks one channel: one label image with the image's YX spacing
     assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "-q", "--channel", "1"]) == 0
@@ -122,7 +122,7 @@ def test_segment_channels_checked_against_model(home, tmp_path, capsys):
     assert meta.spacing == pytest.approx((0.3, 0.3))
     assert main(["segment", str(src), "-o", str(dst), "--model", "tiny", "-q", "--overwrite",
                  "--channel", "2"]) == 2
-    assert "--channel 2 out of range" in _error_line(capsys)
+    assert "--channel 2 is out of range" in _error_line(capsys)
 
 
 def test_segment_probabilities(home, tmp_path):

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -18,7 +19,16 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..layers import is_lazy, reopen_committed, result_layers, result_stores, source_from_layer
+from ..layers import (
+    arrange_source,
+    is_lazy,
+    layer_axes,
+    reopen_committed,
+    restore_result,
+    result_layers,
+    result_stores,
+    source_from_layer,
+)
 from ._jobs import job
 from ._labels import WrapLabel
 
@@ -36,34 +46,62 @@ def _segment_job(model_name: str, source, options: dict):
     # torch and what napari needs for a Labels layer (pandas), loaded without freezing the
     # GUI: started when the widget opened; this waits for it if it is still running
     ensure_loaded()
+    from ..inference.axes import link_frames, size_options
     from ..inference.engine import predict
     from ..model.store import load_model
 
     model = load_model(model_name)
     options = dict(options)
     folder = options.pop("results_folder", None)
-    if not is_lazy(source.data):
-        result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options)
-        return result, source, threading.get_ident()
-    # a dask/zarr (or very large) layer: stream the result into zarr stores on disk, shown lazily
-    targets, outputs = result_stores(source, model.config, options, folder)
-    try:
-        result = yield from predict(model, source.data, channel_axis=source.channel_axis, **options, **outputs)
-        arrays = reopen_committed(targets)
-    except BaseException:  # error or cancel: leave nothing behind
-        for t in targets:
-            t.abort()
-        raise
-    result.labels = arrays.get("labels", None if result.labels is None else result.labels)
-    result.probabilities = arrays.get("probabilities", result.probabilities)
-    return result, source, threading.get_ident()
+    axes, channel = options.pop("axes", None), options.pop("channel", None)
+    link, diameter = options.pop("link", False), options.pop("diameter", None)
+    # T before Z, the chosen channel taken out: the order the engine takes (and back after)
+    engine_source, arranged = arrange_source(source, model.config, axes=axes, channel=channel,
+                                             mode=options.get("mode", "auto"))
+    if arranged is not None:
+        options.update(size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
+                                    unit=arranged.meta.unit, explicit=diameter not in (None, "auto")))
+    data, channel_axis = engine_source.data, engine_source.channel_axis
+    if not is_lazy(data):
+        result = yield from predict(model, data, channel_axis=channel_axis, **options)
+    else:
+        # a dask/zarr (or very large) layer: stream the result into zarr stores on disk, shown lazily
+        targets, outputs = result_stores(engine_source, model.config, options, folder)
+        try:
+            result = yield from predict(model, data, channel_axis=channel_axis, **options, **outputs)
+            arrays = reopen_committed(targets)
+        except BaseException:  # error or cancel: leave nothing behind
+            for t in targets:
+                t.abort()
+            raise
+        result.labels = arrays.get("labels", None if result.labels is None else result.labels)
+        result.probabilities = arrays.get("probabilities", result.probabilities)
+    if link and result.labels is not None and arranged is not None and "T" in arranged.lead_axes:
+        result.info["objects"] = link_frames(result.labels, arranged.axes.index("T"))
+        result.info["linked"] = True
+    result, placed = restore_result(result, arranged, source)
+    return result, placed, threading.get_ident()
 
 
 def layer_spatial_dims(layer) -> int:
-    """2 or 3: the spatial axes of an image layer (from the reader's axes when known)."""
-    axes = (layer.metadata.get("skipseg") or {}).get("axes")
-    spatial = sum(a in "ZYX" for a in axes) if axes else layer.ndim - (1 if getattr(layer, "rgb", False) else 0)
-    return min(max(spatial, 2), 3)
+    """2 or 3: the spatial axes of an image layer (T and C are not spatial; see
+    :func:`napari_skipseg.layers.layer_axes`)."""
+    axes, _ = layer_axes(layer)
+    return min(max(sum(a in "ZYX" for a in axes), 2), 3)
+
+
+def layer_facts(layer, axes: str | None = None):
+    """What :func:`napari_skipseg.model.choose.choose_model` needs to know of an image layer."""
+    from ..model.choose import facts_from_meta
+
+    axes = axes or layer_axes(layer)[0]
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    stored = dict((layer.metadata or {}).get("skipseg") or {})
+    plain = axes.replace("S", "")
+    scale = dict(zip(plain, (float(v) for v in layer.scale), strict=False))
+    stored.update(axes=axes, spacing=tuple(scale.get(a, 1.0) if a in "ZYX" else 1.0 for a in axes))
+    stored.setdefault("unit", "pixel")
+    return facts_from_meta(stored, tuple(data.shape))
 
 
 class SegmentWidget(QWidget):
@@ -75,6 +113,7 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.last_result = None
         self.last_thread = None  # thread the last job ran in (never the GUI thread)
+        self._result_layer = None  # the labels of the last run (the diameter circle is drawn over it)
         self._cancelled = False  # cancel asked for the running job: its result is dropped
         self._job_done = True  # the worker has finished (its result layers may still be coming)
         self._adding = None  # result layers still to add, one per event-loop turn
@@ -115,6 +154,31 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setSingleStep(0.05)
         self.overlap_spin.setDecimals(3)
         self.overlap_spin.setValue(0.125)
+        self.axes_edit = QLineEdit()
+        self.axes_edit.setToolTip("what each axis of the image is (T time, C channel, Z, Y, X; S: RGB): "
+                                  "T is segmented frame by frame, never as depth")
+        self.channel_combo = QComboBox()
+        self.channel_combo.setToolTip("the channel to segment: a one-channel model never averages channels")
+        self.channel_row = QWidget()
+        row = QHBoxLayout(self.channel_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("channel"))
+        row.addWidget(self.channel_combo, 1)
+        self.channel_row.setVisible(False)
+        self.link_check = QCheckBox("link objects between frames")
+        self.link_check.setToolTip("time-lapses: an object keeps its id from one frame to the next "
+                                   "(overlap matching)")
+        self.link_check.setVisible(False)
+        self.diameter_edit = QLineEdit()
+        self.diameter_edit.setPlaceholderText("model default")
+        self.diameter_edit.setToolTip("object diameter in pixels ('auto': estimated; 3D: one per axis, "
+                                      "'4,23,23'); the image is resampled to the model's scale")
+        self.choice_label = WrapLabel("")
+        self.choice_label.setStyleSheet("color: #9aa0a6;")
+        self.diameter_label = QLabel("")
+        self.diameter_button = QPushButton("show diameter")
+        self.diameter_button.setToolTip("draw a circle of the object diameter at the centre of the view")
+        self.diameter_button.setEnabled(False)
         self.flips_check = QCheckBox("test-time flips")
         self.flips_check.setToolTip(
             "average the network over the image flipped along each axis: 4 passes in 2D, 8 in 3D "
@@ -141,6 +205,11 @@ class SegmentWidget(QWidget):
         model_row.addWidget(self.card_button)
         form.addRow("model", model_row)
         form.addRow("", self.model_info)
+        form.addRow("", self.choice_label)
+        form.addRow("axes", self.axes_edit)
+        form.addRow(self.channel_row)
+        form.addRow("", self.link_check)
+        form.addRow("diameter", self.diameter_edit)
         form.addRow("device", self.device_combo)
         form.addRow("mode", self.mode_combo)
         form.addRow("output", self.output_combo)
@@ -155,6 +224,10 @@ class SegmentWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.device_label)
+        size_row = QHBoxLayout()
+        size_row.addWidget(self.diameter_label, 1)
+        size_row.addWidget(self.diameter_button)
+        layout.addLayout(size_row)
         layout.addWidget(self.status)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
@@ -168,17 +241,21 @@ class SegmentWidget(QWidget):
         # active (one click), and a version made active there is selected here
         self.refresh_button.clicked.connect(lambda: self.refresh_models())
         self.model_combo.activated.connect(self._on_model_chosen)
-        self.layer_combo.currentTextChanged.connect(self._pick_default_model)
-        self.output_combo.activated.connect(lambda _: setattr(self, "_output_forced", False))  # user's pick
+        self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
+        self.axes_edit.editingFinished.connect(self._on_axes_edited)
+        self.diameter_button.clicked.connect(lambda: self.show_diameter())
+        self.output_combo.activated.connect(self._on_output_chosen)  # the user's pick
         from ..model.store import on_active_changed
 
         on_active_changed(self._on_active_changed)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
+        self._output_user = False  # the user picked the output here: it stays
+        self._layer_axes = {}  # layer name -> axes set by the user in the axes field
         self._refresh_layers()
         self.refresh_models()
-        self._pick_default_model(self.layer_combo.currentText())
+        self._on_layer_changed(self.layer_combo.currentText())
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
@@ -218,24 +295,109 @@ class SegmentWidget(QWidget):
         self._show_model_info()
 
     def _pick_default_model(self, layer_name: str = "") -> None:
-        """Until a model is chosen (here, or made active by a fine-tune), use the bundled
-        default for the image's dimensionality: 3D nuclei for a volume, 2D nuclei otherwise."""
-        from .. import default_model_for
+        """Until a model is chosen (here, or made active by a fine-tune), use the model that
+        suits the image (:func:`~napari_skipseg.model.choose.choose_model`: axes, voxel size
+        and unit, file kind), and say why in one line."""
         from ..model.store import active_model
 
         if active_model() is not None or layer_name not in self.viewer.layers:
             return
-        if self._model_chosen:
+        if self._model_chosen or not self._models:
             return
-        name = default_model_for(layer_spatial_dims(self.viewer.layers[layer_name]))
-        if name in self._models and name != self.model_combo.currentText():
+        from ..model.choose import choose_model
+
+        layer = self.viewer.layers[layer_name]
+        name, why = choose_model(layer_facts(layer, self.current_axes()), list(self._models.values()))
+        if name != self.model_combo.currentText():
             self.model_combo.setCurrentText(name)
+        self.choice_label.setText(why)
+
+    # -- axes, channel, output ---------------------------------------------------------------
+    def _current_layer(self):
+        name = self.layer_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def current_axes(self) -> str:
+        """The axes of the selected layer: as set in the axes field, else as the layer says
+        (reader metadata, axis labels) or guessed."""
+        layer = self._current_layer()
+        if layer is None:
+            return ""
+        return self._layer_axes.get(layer.name) or layer_axes(layer)[0]
+
+    def _on_layer_changed(self, layer_name: str = "") -> None:
+        layer = self._current_layer()
+        if layer is None:
+            self.axes_edit.setText("")
+            self._show_channels()
+            return
+        axes, where = layer_axes(layer)
+        if layer.name in self._layer_axes:
+            axes, where = self._layer_axes[layer.name], "set here"
+        self.axes_edit.setText(axes)
+        self.axes_edit.setToolTip(f"axes {axes} ({where}): T time, C channel, Z, Y, X, S RGB; "
+                                  "T is segmented frame by frame, never as depth")
+        if where == "guessed":
+            self.status.setText(f"axes {axes} guessed from the shape {tuple(layer.data.shape)}; "
+                                "correct them in 'axes' if they are wrong")
+        self._show_channels()
+        self._pick_default_model(layer_name)
+
+    def _on_axes_edited(self) -> None:
+        from ..inference.axes import AxesError, parse_axes
+
+        layer = self._current_layer()
+        if layer is None:
+            return
+        text = self.axes_edit.text()
+        if text == self.current_axes():
+            return
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        try:
+            axes = parse_axes(text, data.shape, bool(getattr(layer, "rgb", False)))
+        except AxesError as err:
+            self.status.setText(str(err))
+            self.axes_edit.setText(self.current_axes())
+            return
+        self._layer_axes[layer.name] = axes
+        self.axes_edit.setText(axes)
+        self.status.setText(f"axes of {layer.name}: {axes}")
+        self._show_channels()
+        self._pick_default_model(layer.name)
+
+    def _show_channels(self) -> None:
+        """The channel picker, shown when the layer has a C axis (RGB samples are not
+        channels), with "choose a channel" first when the model takes one channel."""
+        layer = self._current_layer()
+        axes = self.current_axes()
+        n = int(layer.data.shape[axes.index("C")]) if layer is not None and "C" in axes else 0
+        entry = self._models.get(self.model_combo.currentText())
+        one = entry is None or entry.config.in_channels == 1
+        wanted = ([] if not one else ["choose a channel"]) + [f"channel {i}" for i in range(n)]
+        if n > 1 and not one and entry is not None and entry.config.in_channels == n:
+            wanted = ["all channels (the model takes them all)"] + wanted
+        current = [self.channel_combo.itemText(i) for i in range(self.channel_combo.count())]
+        if n > 1 and wanted != current:
+            self.channel_combo.clear()
+            self.channel_combo.addItems(wanted)
+        self.channel_row.setVisible(n > 1)
+        self.link_check.setVisible("T" in axes)
+
+    def selected_channel(self) -> int | None:
+        """The channel picked in the channel list (None: none picked, or all)."""
+        text = self.channel_combo.currentText()
+        return int(text.split()[-1]) if text.startswith("channel ") else None
+
+    def _on_output_chosen(self, _index: int) -> None:
+        self._output_forced = False
+        self._output_user = True
 
     def _on_model_chosen(self, index: int) -> None:
         from ..model.store import ModelLoadError, set_active_model
 
         entry = self._models.get(self.model_combo.itemText(index))
         self._model_chosen = True
+        self.choice_label.setText("")
         if entry is not None:
             try:
                 set_active_model(entry.name if entry.source != "folder" else str(entry.path), persist=False)
@@ -297,12 +459,14 @@ class SegmentWidget(QWidget):
         self.flips_check.setChecked(bool(cfg.inference.get("flips", False)))
         passes = 2**cfg.spatial_dims
         self.flips_check.setText(f"test-time flips ({passes} passes, {passes}x slower)")
-        if cfg.output != "instances" and self.output_combo.currentText() == "instances":
+        current = self.output_combo.currentText()
+        if cfg.output != "instances" and current == "instances":
             self.output_combo.setCurrentText("semantic")  # a semantic model has no instances
-            self._output_forced = True
-        elif cfg.output == "instances" and self._output_forced:
-            self.output_combo.setCurrentText("instances")  # back to what it was
+            self._output_forced = self._output_user
+        elif cfg.output == "instances" and current == "semantic" and (self._output_forced or not self._output_user):
+            self.output_combo.setCurrentText("instances")  # what the model predicts
             self._output_forced = False
+        self._show_channels()
 
     def show_card(self) -> None:
         """Show the selected model's card (rendered markdown) in a window."""
@@ -327,7 +491,16 @@ class SegmentWidget(QWidget):
 
     # -- running ----------------------------------------------------------------------------
     def options(self) -> dict:
+        layer = self._current_layer()
+        n_channels = 0
+        axes = self.current_axes()
+        if layer is not None and "C" in axes:
+            n_channels = int(layer.data.shape[axes.index("C")])
         return {
+            "axes": axes or None,
+            "channel": self.selected_channel() if n_channels > 1 else None,
+            "link": self.link_check.isVisibleTo(self) and self.link_check.isChecked(),
+            "diameter": self.diameter_edit.text().strip() or None,
             "device": self.device_combo.currentText(),
             "mode": self.mode_combo.currentText(),
             "output": self.output_combo.currentText(),
@@ -360,11 +533,17 @@ class SegmentWidget(QWidget):
             self.status.setText(f"failed: {err}")
             show_error(f"Segment failed: {err}")
             return None
+        options = self.options()
+        problem = self._check(source, entry, options)
+        if problem:
+            self.status.setText(f"not started: {problem}")
+            show_warning(f"Segment: {problem}")
+            return None
         self._cancelled = False
         self._job_done = False
         self.worker = create_worker(
             _segment_job, model_ref, source,
-            {**self.options(), **({"results_folder": self.results_folder} if self.results_folder else {})},
+            {**options, **({"results_folder": self.results_folder} if self.results_folder else {})},
             _start_thread=False, _ignore_errors=True,
         )
         self.worker.yielded.connect(self._on_progress)
@@ -378,6 +557,63 @@ class SegmentWidget(QWidget):
         self.status.setText(f"segmenting {name} with {model_name} ...")
         self.worker.start()
         return self.worker
+
+    def _check(self, source, entry, options: dict) -> str:
+        """What stops this job before it starts, in one line ("" when nothing): a 3D model
+        without a Z axis, several channels and no channel chosen, a diameter that is no
+        size. Reads no pixels."""
+        from ..inference.axes import AxesError, ChannelChoiceNeeded
+        from ..inference.scale import ScaleError, parse_diameter
+
+        if entry is None:
+            return ""
+        cfg = entry.config
+        try:
+            _, arranged = arrange_source(source, cfg, axes=options["axes"], channel=options["channel"],
+                                         mode=options["mode"])
+        except ChannelChoiceNeeded as err:
+            return (f"choose a channel: the image has {err.n_channels} channels and model {cfg.name} takes "
+                    "one (they are never averaged)")
+        except AxesError as err:
+            return str(err)
+        if options["diameter"] is not None and arranged is not None:
+            try:
+                parse_diameter(options["diameter"], arranged.spatial_dims, arranged.spatial_shape)
+            except ScaleError as err:
+                return str(err)
+        return ""
+
+    def show_diameter(self, diameter=None):
+        """Draw a circle (ellipse with the pixel aspect) of the object diameter at the centre
+        of the view, over the last result's layer, as a Shapes layer; returns it.
+
+        ``diameter``: pixels per spatial axis (or one number); default: the last run's
+        (``Segmentation.info["diameter"]``)."""
+        import numpy as np
+
+        if diameter is None:
+            diameter = (self.last_result.info.get("diameter") if self.last_result is not None else None)
+        if diameter is None:
+            self.status.setText("no object diameter known yet: run with a diameter or 'auto'")
+            return None
+        layer = self._result_layer or self._current_layer()
+        if layer is None:
+            return None
+        d = np.atleast_1d(np.asarray(diameter, dtype=float))
+        ry, rx = (d[-2:] if d.size >= 2 else np.repeat(d, 2)) / 2.0
+        scale, translate = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
+        point = np.asarray(layer.world_to_data(self.viewer.dims.point), float)
+        centre = np.asarray(self.viewer.camera.center, float)[-2:]
+        point[-2:] = (centre - translate[-2:]) / scale[-2:]
+        cy, cx = point[-2:]
+        corners = np.array([[cy - ry, cx - rx], [cy - ry, cx + rx], [cy + ry, cx + rx], [cy + ry, cx - rx]])
+        lead = np.repeat(np.round(point[None, :-2]), 4, axis=0)
+        size = f"{d[-1]:.0f}" if np.allclose(d, d[-1]) else " x ".join(f"{v:.0f}" for v in d)
+        return self.viewer.add_shapes(
+            [np.concatenate([lead, corners], axis=1)], shape_type="ellipse", name=f"diameter ~{size} px",
+            scale=tuple(scale), translate=tuple(translate), edge_color="yellow", face_color="transparent",
+            edge_width=max(float(min(ry, rx)) / 10, 0.5),
+        )
 
     def cancel(self) -> None:
         """Stop the running job. Its result, even one already computed, is never added."""
@@ -447,7 +683,17 @@ class SegmentWidget(QWidget):
         if result.output == "instances":
             n = result.info.get("objects")
             extra = f", {int(result.labels.max()) if n is None else n} objects"
+        if "linked" in result.info:
+            extra += " (linked between frames)"
         self.status.setText(f"done in {result.seconds:.1f} s{extra}")
+        labels = [layer for layer in state["added"] if layer.__class__.__name__ == "Labels"]
+        self._result_layer = labels[0] if labels else (state["added"][0] if state["added"] else None)
+        message = result.info.get("scale_message") or ""
+        diameter = result.info.get("diameter")
+        if not message and diameter is not None:
+            message = f"diameter ~{' x '.join(f'{v:.0f}' for v in sorted(set(diameter)))} px"
+        self.diameter_label.setText(message)
+        self.diameter_button.setEnabled(diameter is not None)
         self._maybe_idle()
 
     def _on_error(self, err) -> None:

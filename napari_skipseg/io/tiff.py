@@ -82,6 +82,8 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
             axes = _map_axes(series.axes, series.shape, path)
             spacing, unit = _spacing(tif, series.keyframe, axes)
             meta = ImageMeta(axes, spacing, unit, name=file_stem(path, SUFFIXES), path=path)
+            if "S" in series.axes and "S" not in axes and int(series.keyframe.photometric) == 2:
+                meta.extra["rgb_planar"] = True  # RGB stored plane by plane: its C axis is colour
             data = _lazy(path, series) if lazy else series.asarray()
             if damage:  # pages lost: tifffile would return part of the image
                 raise ImageReadError(path, f"truncated or corrupt TIFF file ({damage[0]})")

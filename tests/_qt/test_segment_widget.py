@@ -101,9 +101,8 @@ def test_error_is_reported_and_viewer_keeps_working(widget, qtbot):
     w.model_combo.setCurrentText("tiny3d")  # a 3D model cannot segment a 2D image
     w.output_combo.setCurrentText("semantic")
     w.output_combo.activated.emit(w.output_combo.currentIndex())  # the user's choice: it stays
-    w.run()
-    _wait_done(qtbot, w)
-    assert "failed" in w.status.text() and "3D" in w.status.text()
+    assert w.run() is None  # refused before it starts: the image has no Z axis
+    assert "not started" in w.status.text() and "3D" in w.status.text() and "Z axis" in w.status.text()
     assert [layer.name for layer in viewer.layers] == ["flat"]
     # and a valid job afterwards still runs
     w.model_combo.setCurrentText("tiny")

@@ -6,7 +6,10 @@ zarr (no ome-zarr package needed): NGFF 0.5 in zarr format 3 for new images, and
 written next to an image the image's own NGFF version and zarr format.
 
 A folder is written under a temporary name and renamed into place when complete, so a
-reader never meets a half-written store at the final path.
+reader never meets a half-written store at the final path. The temporary name names its
+writer (host and process): what a killed write leaves is removed by the next write into the
+same folder (:func:`clean_stale_temporaries`). Every store written here carries the
+:data:`MARKER` attribute, so that the napari writer replaces only stores it wrote.
 """
 
 from __future__ import annotations

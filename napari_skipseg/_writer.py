@@ -8,6 +8,7 @@ spacing of Z, Y and X comes from the layer's ``scale``. No napari or torch impor
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -16,13 +17,22 @@ from napari_skipseg.io import ImageMeta, default_axes
 from napari_skipseg.io import write_image as _write
 
 
+class WriteRefused(ValueError):
+    """The writer will not replace what is at the path (it did not write it)."""
+
+
 def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 writer for one Image layer.
+
+    An existing zarr store is replaced only when this plugin wrote it (it carries our
+    marker, :func:`napari_skipseg.io.zarr_io.written_by_us`); anything else raises
+    :class:`WriteRefused` and stays as it was.
 
     Parameters
     ----------
     path : str
-        Destination ``.tif``/``.tiff``/``.ome.tif``/``.ome.tiff`` file.
+        Destination ``.tif``/``.tiff``/``.ome.tif``/``.ome.tiff``, ``.nii``/``.nii.gz`` or
+        ``.zarr``.
     data : array-like
         The layer data.
     attributes : dict
@@ -33,6 +43,9 @@ def write_image(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     list of str
         The path written.
     """
+    if isinstance(data, list):  # a multiscale layer: its full resolution
+        data = data[0]
+    _refuse_foreign_store(path)
     return [_write(path, data, layer_meta(data, attributes))]
 
 
@@ -40,26 +53,68 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     """npe2 writer for one Labels layer; see :func:`write_image`.
 
     Saved to an existing OME-Zarr image (``image.zarr``), the labels are added next to the
-    image as ``labels/<layer name>`` (OME-NGFF labels) instead of replacing it.
+    image as ``labels/<layer name>`` (OME-NGFF labels) instead of replacing it; an existing
+    ``labels/<layer name>`` is replaced only when this plugin wrote it. Any other existing
+    zarr store is replaced only when this plugin wrote it as labels; otherwise
+    :class:`WriteRefused` is raised and nothing is written.
     """
-    import os
-
     if isinstance(data, list):  # a multiscale labels layer: its full resolution
         data = data[0]
     meta = layer_meta(data, attributes)
-    if path.rstrip("/").lower().endswith(".zarr") and os.path.isdir(path):
-        from napari_skipseg.io import read_image
+    if _existing_store(path):
+        from napari_skipseg.io.zarr_io import MARKER, written_by_us
 
-        try:
-            _, image_meta = read_image(path, lazy=True)
-        except ValueError:
-            image_meta = None
-        if image_meta is not None and image_meta.extra.get("ome_zarr"):
+        if written_by_us(path) and _attrs(path).get(MARKER, {}).get("label"):
+            return [_write(path, data, meta)]  # our own labels, saved again
+        if _is_ome_image(path):
             from napari_skipseg.io.zarr_io import write_labels_next_to
 
             name = "".join(c if c.isalnum() or c in "-_." else "_" for c in attributes.get("name") or "labels")
-            return [write_labels_next_to(path, name.lstrip("."), data, meta, overwrite=True)]
+            name = name.lstrip(".") or "labels"
+            dest = os.path.join(path, "labels", name)
+            if os.path.lexists(dest) and not written_by_us(dest):
+                raise WriteRefused(f"{dest}: labels there were not written by napari-skipseg and are kept; "
+                                   "rename the layer to save it next to them")
+            return [write_labels_next_to(path, name, data, meta, overwrite=True)]
+        _refuse_foreign_store(path)
     return [_write(path, data, meta)]
+
+
+def _existing_store(path: str) -> bool:
+    return path.rstrip("/\\").lower().endswith(".zarr") and os.path.lexists(path)
+
+
+def _attrs(path: str) -> dict:
+    import zarr
+
+    try:
+        return dict(zarr.open(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a zarr store
+        return {}
+
+
+def _is_ome_image(path: str) -> bool:
+    """An OME-Zarr image (multiscales, not itself a label image): labels can go next to it."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    from napari_skipseg.io import read_image
+
+    try:
+        _, image_meta = read_image(path, lazy=True)
+    except ValueError:
+        return False
+    ome = image_meta.extra.get("ome_zarr")
+    attrs = _attrs(path)
+    return bool(ome) and "image-label" not in (attrs.get("ome") or attrs)
+
+
+def _refuse_foreign_store(path: str) -> None:
+    """Raise :class:`WriteRefused` when `path` is an existing ``.zarr`` this plugin did not write."""
+    from napari_skipseg.io.zarr_io import written_by_us
+
+    if _existing_store(path) and not written_by_us(path):
+        raise WriteRefused(f"{path}: exists and was not written by napari-skipseg, so it is not replaced; "
+                           "save to a new name")
 
 
 def layer_meta(data: Any, attributes: dict[str, Any]) -> ImageMeta:

@@ -6,16 +6,20 @@ An autosave is two files in :func:`autosave_dir` (``$SKIPSEG_HOME/autosave``, ne
 user's ``models/`` folder), named ``<layer>.<time_ns>-<hex>``:
 
 - ``.npz``: the labels array, compressed (``labels``; read back without pickles);
-- ``.json``: the sidecar: layer name, source image layer, shape, dtype, time, scale,
-  translate, the layer's extra metadata, the ``.npz`` file's size and SHA-256, and a digest
-  of the array (an unchanged array is not saved again).
+- ``.json``: the sidecar: layer name, source image layer and its stable id
+  (:func:`source_id_of`), shape, dtype, time, scale, translate, the layer's extra metadata,
+  the ``.npz`` file's size and SHA-256, and a digest of the array (an unchanged array is
+  not saved again).
 
 Each file is written atomically with the model store's helper (temporary file, flush, fsync,
 rename), the data first and the sidecar last: an autosave exists once its sidecar does, and
 is listed only while the sidecar and its data file agree. A process killed at any moment so
 leaves the autosaves that were complete before and perhaps the new one, never a broken one in
-the listing. The newest :data:`KEEP` autosaves of each layer are kept; older ones are deleted
-(sidecar first) only after a new one is complete, so the newest complete one never is.
+the listing. The newest :data:`KEEP` autosaves of each layer OF EACH SOURCE IMAGE are kept
+(:attr:`Autosave.key`: two images' layers of the same name never push each other out); older
+ones are deleted (sidecar first) only after a new one is complete, so the newest complete one
+never is. Sidecars of format 1 (before source ids) are still listed and read; their key is
+the image layer's name they recorded.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ import numpy as np
 AUTOSAVE_FOLDER = "autosave"
 #: autosaves kept per layer
 KEEP = 3
-#: sidecar format version
-FORMAT = 1
+#: sidecar format version (2: ``source_id``); :data:`READ_FORMATS` are read
+FORMAT = 2
+READ_FORMATS = (1, 2)
+#: "any source" for the filters of :func:`list_autosaves`
+ANY = object()
 #: leftovers of interrupted saves (temporary files, a data file whose sidecar never came)
 #: are deleted once they are this old (seconds); younger ones may belong to a save in progress
 STALE_SECONDS = 600.0
@@ -69,6 +76,18 @@ class Autosave:
     sha256: str
     digest: str
     metadata: dict = field(default_factory=dict)
+    source_id: str | None = None
+
+    @property
+    def source_key(self) -> str | None:
+        """What the autosave belongs to: the source's stable id, else (format 1, scripts)
+        the source's name."""
+        return self.source_id if self.source_id is not None else self.source
+
+    @property
+    def key(self) -> tuple[str | None, str]:
+        """``(source_key, layer)``: autosaves are kept (:data:`KEEP`) and compared per key."""
+        return self.source_key, self.layer
 
     @property
     def clock(self) -> str:
@@ -90,6 +109,29 @@ def array_digest(labels: np.ndarray) -> str:
     h.update(f"{arr.shape}|{arr.dtype.str}|".encode())
     h.update(memoryview(arr).cast("B") if arr.size else b"")
     return h.hexdigest()
+
+
+def source_id_of(path: str | os.PathLike | None = None, *, sample: Sequence[str] | None = None,
+              data=None, name: str = "") -> str:
+    """A stable id of the image that labels belong to, the same in every session.
+
+    Its file (``file:<real path>``) when it came from one; a bundled sample
+    (``sample:<plugin>/<name>``); else its data (``data:<digest>`` of shape, dtype and a
+    strided sample of at most 4096 values of an in-memory array, with ``name``).
+    """
+    if path:
+        return "file:" + os.path.realpath(os.fspath(path))
+    if sample:
+        return "sample:" + "/".join(str(s) for s in sample)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(str(name).encode())
+    if data is not None:
+        shape = tuple(int(n) for n in getattr(data, "shape", ()))
+        h.update(f"|{shape}|{getattr(data, 'dtype', '')}|".encode())
+        if isinstance(data, np.ndarray) and data.size:  # a strided view: nothing big is copied
+            k = max(1, int(4096 ** (1 / data.ndim)))
+            h.update(np.ascontiguousarray(data[tuple(slice(None, None, max(1, n // k)) for n in data.shape)]).tobytes())
+    return "data:" + h.hexdigest()
 
 
 def _slug(name: str) -> str:
@@ -116,6 +158,7 @@ def save_autosave(
     layer: str,
     *,
     source: str | None = None,
+    source_id: str | None = None,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     metadata: Mapping | None = None,
@@ -125,11 +168,13 @@ def save_autosave(
 ) -> Autosave:
     """Autosave ``labels`` (an integer array) of the Labels layer called ``layer``.
 
-    ``source`` names the image layer the labels belong to; ``scale``, ``translate`` and
-    ``metadata`` (JSON-able: e.g. the reviewed slices) are kept to restore the layer as it
-    was. ``folder`` defaults to :func:`autosave_dir`. Afterwards only the newest ``keep``
-    autosaves of ``layer`` remain. With ``skip_unchanged``, labels equal to the newest
-    autosave of ``layer`` are not written again and that autosave is returned.
+    ``source`` names the image layer the labels belong to and ``source_id`` identifies its
+    data (:func:`source_id_of`; default: the name); ``scale``, ``translate`` and ``metadata``
+    (JSON-able: e.g. the reviewed slices) are kept to restore the layer as it was.
+    ``folder`` defaults to :func:`autosave_dir`. Afterwards only the newest ``keep``
+    autosaves of this source and ``layer`` (:attr:`Autosave.key`) remain; other sources'
+    layers of the same name are not touched. With ``skip_unchanged``, labels equal to the
+    newest autosave of the same key are not written again and that autosave is returned.
     """
     from .model.store import _atomic_write, _fsync_dir
 
@@ -141,8 +186,9 @@ def save_autosave(
     folder = Path(folder) if folder is not None else autosave_dir()
     folder.mkdir(parents=True, exist_ok=True)
     digest = array_digest(arr)
+    key_source = source_id if source_id is not None else (None if source is None else str(source))
     if skip_unchanged:
-        newest = newest_autosave(layer, folder)
+        newest = newest_autosave(layer, folder, source_id=key_source)
         if newest is not None and newest.digest == digest:
             return newest
     buf = io.BytesIO()
@@ -155,6 +201,7 @@ def save_autosave(
         "format": FORMAT,
         "layer": str(layer),
         "source": None if source is None else str(source),
+        "source_id": None if source_id is None else str(source_id),
         "shape": [int(n) for n in arr.shape],
         "dtype": str(arr.dtype),
         "time": _dt.datetime.fromtimestamp(now_ns / 1e9).astimezone().isoformat(timespec="seconds"),
@@ -173,7 +220,7 @@ def save_autosave(
     _atomic_write(sidecar, lambda p: Path(p).write_text(text))
     _fsync_dir(folder)
     entry = _entry(sidecar, json.loads(text))
-    _rotate(folder, str(layer), keep)
+    _rotate(folder, entry.key, keep)
     _clean(folder)
     return entry
 
@@ -181,7 +228,7 @@ def save_autosave(
 def _entry(sidecar: Path, meta) -> Autosave | None:
     """The autosave a sidecar describes, or None when the sidecar is not a valid one."""
     try:
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        if not isinstance(meta, dict) or meta.get("format") not in READ_FORMATS:
             return None
         shape = tuple(int(n) for n in meta["shape"])
         np.dtype(meta["dtype"])
@@ -194,13 +241,16 @@ def _entry(sidecar: Path, meta) -> Autosave | None:
             translate=None if translate is None else tuple(float(v) for v in translate),
             size=int(meta["size"]), sha256=str(meta["sha256"]), digest=str(meta["digest"]),
             metadata=dict(meta.get("metadata") or {}),
+            source_id=None if meta.get("source_id") is None else str(meta["source_id"]),
         )
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def list_autosaves(layer: str | None = None, folder: str | os.PathLike | None = None) -> list[Autosave]:
-    """The complete autosaves (of ``layer``, or all), oldest first.
+def list_autosaves(layer: str | None = None, folder: str | os.PathLike | None = None, *,
+                   source_id=ANY) -> list[Autosave]:
+    """The complete autosaves (of ``layer``, or all; of the source ``source_id``, compared
+    with :attr:`Autosave.source_key`, or of any), oldest first.
 
     An autosave is listed only if its sidecar reads as one and its data file exists with the
     size the sidecar says: what an interrupted save leaves behind is not listed. (The
@@ -220,6 +270,8 @@ def list_autosaves(layer: str | None = None, folder: str | os.PathLike | None = 
         entry = _entry(sidecar, meta)
         if entry is None or (layer is not None and entry.layer != layer):
             continue
+        if source_id is not ANY and entry.source_key != source_id:
+            continue
         try:
             if entry.path.stat().st_size != entry.size:
                 continue
@@ -229,9 +281,11 @@ def list_autosaves(layer: str | None = None, folder: str | os.PathLike | None = 
     return sorted(found, key=lambda e: (e.time_ns, e.path.name))
 
 
-def newest_autosave(layer: str | None = None, folder: str | os.PathLike | None = None) -> Autosave | None:
-    """The newest complete autosave (of ``layer``, or of any layer), or None."""
-    entries = list_autosaves(layer, folder)
+def newest_autosave(layer: str | None = None, folder: str | os.PathLike | None = None, *,
+                    source_id=ANY) -> Autosave | None:
+    """The newest complete autosave (of ``layer``, or of any layer; of ``source_id``, or of
+    any source), or None."""
+    entries = list_autosaves(layer, folder, source_id=source_id)
     return entries[-1] if entries else None
 
 
@@ -269,10 +323,11 @@ def load_autosave(autosave: Autosave | str | os.PathLike) -> tuple[np.ndarray, A
     return labels, entry
 
 
-def load_newest(layer: str | None = None, folder: str | os.PathLike | None = None
-                ) -> tuple[np.ndarray, Autosave] | None:
-    """The newest autosave (of ``layer``) that reads back, skipping damaged ones; or None."""
-    for entry in reversed(list_autosaves(layer, folder)):
+def load_newest(layer: str | None = None, folder: str | os.PathLike | None = None, *,
+                source_id=ANY) -> tuple[np.ndarray, Autosave] | None:
+    """The newest autosave (of ``layer``; of ``source_id``) that reads back, skipping damaged
+    ones; or None."""
+    for entry in reversed(list_autosaves(layer, folder, source_id=source_id)):
         try:
             return load_autosave(entry)
         except AutosaveError:
@@ -280,10 +335,11 @@ def load_newest(layer: str | None = None, folder: str | os.PathLike | None = Non
     return None
 
 
-def _rotate(folder: Path, layer: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` complete autosaves of ``layer`` (sidecar first, so
-    each leaves the listing in one step)."""
-    for entry in list_autosaves(layer, folder)[:-keep]:
+def _rotate(folder: Path, key: tuple[str | None, str], keep: int) -> None:
+    """Delete all but the newest ``keep`` complete autosaves of ``key`` (source, layer;
+    sidecar first, so each leaves the listing in one step)."""
+    source, layer = key
+    for entry in list_autosaves(layer, folder, source_id=source)[:-keep]:
         with contextlib.suppress(OSError):
             entry.sidecar.unlink()
             entry.path.unlink()

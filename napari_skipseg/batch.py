@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,55 @@ class BatchError(ValueError):
     """A file cannot be segmented as asked; the message names the file."""
 
 
+def _real(path: str | os.PathLike) -> str:
+    """The absolute path with every symlink followed (for a path that does not exist yet,
+    those of its existing parents), normalised for comparison."""
+    return os.path.normcase(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether real path `path` lies strictly inside real path `folder`."""
+    return path != folder and path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output(dst: str | os.PathLike, inputs: Sequence[str | os.PathLike], *,
+                 may_be_inside: str | os.PathLike | None = None) -> None:
+    """Refuse an output that would write over, replace or land inside an input.
+
+    Every command that writes calls this before anything is written. Paths are compared
+    as real paths (symlinks followed, also of parents), so a link to an input is the input.
+
+    Parameters
+    ----------
+    dst : path-like
+        What will be written or replaced: a file, or a folder (a zarr store, an OME-Zarr
+        ``labels/<name>`` group) that is replaced whole.
+    inputs : sequence of path-like
+        Everything read: files, image folders (zarr stores, DICOM series) and folders of
+        images named on the command line.
+    may_be_inside : path-like, optional
+        One input that `dst` may lie inside: the OME-Zarr image whose ``labels/<name>`` is
+        written next to it.
+
+    Raises
+    ------
+    BatchError
+        If `dst` is an input, holds an input (a folder or store replaced with its
+        contents), or lies inside an input folder or store; the message names both.
+    """
+    out = _real(dst)
+    allowed = None if may_be_inside is None else _real(may_be_inside)
+    for src in inputs:
+        real = _real(src)
+        if out == real:
+            raise BatchError(f"{dst}: the output is the input {src}; choose another output")
+        if _inside(real, out):
+            raise BatchError(f"{dst}: the output holds the input {src} and would replace it; "
+                             "choose another output")
+        if _inside(out, real) and real != allowed:
+            raise BatchError(f"{dst}: the output lies inside the input {src}; choose an output outside it")
+
+
 @dataclass
 class FileJob:
     """One input and where its result goes.
@@ -46,6 +95,17 @@ class FileJob:
     src: Path
     dst: Path
     labels_name: str | None = None
+
+    @property
+    def written(self) -> Path:
+        """What the job writes or replaces: ``dst``, or the input's ``labels/<labels_name>``."""
+        return Path(self.src) / "labels" / self.labels_name if self.labels_name else Path(self.dst)
+
+    def check(self, inputs: Sequence[str | os.PathLike] = ()) -> None:
+        """Refuse the job when what it writes is, holds or lies inside its input or one of
+        `inputs` (:func:`check_output`); labels may go inside their own input OME-Zarr."""
+        check_output(self.written, [self.src, *inputs],
+                     may_be_inside=self.src if self.labels_name else None)
 
 
 def output_suffix(path: str | os.PathLike) -> str:
@@ -130,6 +190,7 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
     from .io import write_image
 
     drive = drive or run
+    job.check()
     opts = dict(options)
     channel = opts.pop("channel", None)
     link = opts.pop("link", False)
@@ -155,9 +216,11 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
     if suffix == ".zarr":
         target = create_target(job, shape, dtype, out_meta, chunks, overwrite, label=output != "probabilities")
     elif suffix in (".nii", ".nii.gz") and big:
-        from .io.zarr_io import create_ome_zarr
+        from .io.zarr_io import clean_stale_temporaries, create_ome_zarr, temporary_name
 
-        tmp_dir = tempfile.mkdtemp(prefix=".skipseg-", dir=os.path.dirname(os.path.abspath(job.dst)))
+        clean_stale_temporaries(os.path.dirname(os.path.abspath(job.dst)))
+        tmp_dir = temporary_name(job.dst)
+        os.makedirs(tmp_dir)
         target = create_ome_zarr(os.path.join(tmp_dir, "result.zarr"), shape, dtype, out_meta, chunks=chunks)
     kwargs: dict[str, Any] = {}
     if target is not None:

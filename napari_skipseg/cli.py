@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,65 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".nii", ".nii.gz", ".dcm")
 
 class CLIError(Exception):
     """Bad input or options: printed as one line, exit code 2."""
+
+
+# --- numbers on the command line: argparse ``type=`` functions ------------------------------
+# argparse puts "argument --NAME: " before the message of an ArgumentTypeError, and
+# _Parser.error prints it as one line (exit code 2).
+
+#: tile sizes beyond this do not fit in any accelerator's memory; below the minimum the
+#: network sees too little context (and the engine refuses sizes off its size multiple)
+TILE_RANGE = (16, 4096)
+#: a spatial block (pixels per side) predicted at a time
+BLOCK_RANGE = (8, 65536)
+
+
+def whole_number(low: int | None = None, high: int | None = None, what: str = ""):
+    """An argparse type: a whole number in ``low..high`` (either end open when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: {_span(low, high)}{what}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real_number(low: float | None = None, high: float | None = None, what: str = ""):
+    """An argparse type: a finite number in ``low..high`` (either end open when None)."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: {_span(low, high)}{what}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _span(low, high) -> str:
+    if low is not None and high is not None:
+        return f"use {low:g} to {high:g}"
+    return f"use at least {low:g}" if low is not None else f"use at most {high:g}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options: one line naming what is wrong (exit code 2), not the usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} -h)\n")
 
 
 def _progress_driver(gen, desc: str, quiet: bool = False):
@@ -143,18 +203,21 @@ def cmd_segment(args) -> int:
     if args.model is None and not args.quiet:  # after the checks: an error stays one line
         print(why, file=sys.stderr)
     jobs = []
+    read = [*inputs, *map(Path, args.inputs)]  # also the folders named: nothing is written inside them
     for src, dst in zip(inputs, outputs, strict=True):
         if dst.resolve() == src.resolve():  # labels next to the image, inside its OME-Zarr
             if not src.is_dir() or output_suffix(src) != ".zarr":
                 raise CLIError(f"{dst}: the output is the input; only an OME-Zarr input can take its "
                                "result inside it (as labels)")
-            jobs.append(FileJob(src, dst, labels_name=args.labels_name or cfg.name))
-            continue
-        if output_suffix(dst) not in OUTPUT_SUFFIXES:
-            raise CLIError(f"{dst}: unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
-        if dst.exists() and not args.overwrite:
-            raise CLIError(f"{dst}: exists; pass --overwrite to replace it")
-        jobs.append(FileJob(src, dst))
+            job = FileJob(src, dst, labels_name=args.labels_name or cfg.name)
+        else:
+            if output_suffix(dst) not in OUTPUT_SUFFIXES:
+                raise CLIError(f"{dst}: unknown output format; use one of {', '.join(OUTPUT_SUFFIXES)}")
+            job = FileJob(src, dst)
+        job.check(read)  # not an input, holding one, or inside one
+        if job.written.exists() and not args.overwrite:
+            raise CLIError(f"{job.written}: exists; pass --overwrite to replace it")
+        jobs.append(job)
     block = None if not args.block else (args.block[0] if len(args.block) == 1 else tuple(args.block))
     options = {"mode": args.mode, "output": args.output_kind, "tile": args.tile, "overlap": args.overlap,
                "batch_size": args.batch_size, "device": args.device, "block": block, "channel": args.channel,
@@ -286,6 +349,7 @@ def cmd_features(args) -> int:
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CLIError(f"{out}: features are written to a folder, and this is a file")
+    _check_features_output(out, src)
     image, meta = read_image(src, lazy=True)
     channel_axis = meta.axes.index("S") if meta.rgb else meta.channel_axis
     taps = as_taps(args.model)
@@ -336,6 +400,21 @@ def cmd_features(args) -> int:
               f"({capture.model_name}, {capture.device}{', ' + where if where else ''}, "
               f"{time.perf_counter() - t0:.1f} s); index: {out / INDEX_FILE}")
     return 0
+
+
+def _check_features_output(out: Path, src: Path) -> None:
+    """Refuse a features folder whose files would replace the input (its index or an
+    ``L<k>_<kind>.ome.tif`` of the same name), or that lies inside the input."""
+    import re
+
+    from .batch import check_output
+    from .features.export import INDEX_FILE
+
+    check_output(out / INDEX_FILE, [src])
+    if re.fullmatch(r"L\d+_(encoder|decoder|fused)\.ome\.tif", src.name) and \
+            os.path.realpath(src.parent) == os.path.realpath(out):
+        raise CLIError(f"{out}: the features written there would replace the input {src}; "
+                       "choose another output folder")
 
 
 def cmd_models(args) -> int:
@@ -467,6 +546,10 @@ def cmd_evaluate(args) -> int:
         raise CLIError(f"model {model.config.name!r} is semantic: --tune tunes instance post-processing")
     names = split_names(resolve_model(args.model), args.split) if args.split else None
     pairs = pair_files(args.images, args.masks, names)
+    if args.json:
+        from .batch import check_output
+
+        check_output(args.json, [p for pair in pairs for p in pair] + [resolve_model(args.model)])
     collected: list | None = [] if args.tune else None
     gen = evaluate(model, pairs, drive=lambda g: _progress_driver(g, "segment", True), device=args.device,
                    tile=args.tile, overlap=args.overlap, mode=args.mode, flips=args.flips, collect=collected)
@@ -574,7 +657,7 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipseg", description=__doc__.splitlines()[0], epilog=EPILOG,
+    parser = _Parser(prog="skipseg", description=__doc__.splitlines()[0], epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -591,8 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to write: instance labels, semantic labels or class probabilities "
                         "(default: what the model predicts)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--channel", type=int, help="segment this channel of a multi-channel image (needed when "
-                   "the image has several channels and the model takes one)")
+    p.add_argument("--channel", type=whole_number(0), help="segment this channel of a multi-channel image "
+                   "(needed when the image has several channels and the model takes one)")
     p.add_argument("--diameter", help="object diameter in pixels: a number, one per spatial axis (3D: "
                    "'4,23,23') or 'auto' (estimated; the default for instance models that record the "
                    "object size they were trained at); the image is resampled to the model's scale")
@@ -600,13 +683,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "from the file's metadata)")
     p.add_argument("--link", action="store_true", help="time-lapses: give an object the same id in "
                    "consecutive frames (overlap matching); frames are always segmented one by one")
-    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile", type=whole_number(*TILE_RANGE, " pixels"), help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=real_number(0, 0.5), default=0.125, help="tile overlap fraction (0 to 0.5)")
+    p.add_argument("--batch-size", type=whole_number(1, 1024), default=4)
     p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time flips: average 4 (2D) or 8 (3D) flipped passes, that many times "
                         "slower (default: the model's setting, see its card)")
-    p.add_argument("--block", type=int, nargs="+",
+    p.add_argument("--block", type=whole_number(*BLOCK_RANGE, " pixels"), nargs="+",
                    help="spatial block predicted at a time (bounds memory; default: whole slices, "
                         "3D volumes in blocks of up to 8M voxels)")
     p.add_argument("--format", choices=["tif", "nii", "nii.gz", "zarr"],
@@ -614,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-name", help="name of the labels written into an OME-Zarr input "
                    "(-o the input itself; default: the model name)")
     p.add_argument("--scheduler", help="dask.distributed scheduler address, e.g. tcp://10.0.0.5:8786")
-    p.add_argument("--workers", type=int, help="run on a local dask cluster of this many processes")
+    p.add_argument("--workers", type=whole_number(1, 256),
+                   help="run on a local dask cluster of this many processes")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_segment)
@@ -623,10 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image file")
     p.add_argument("-o", "--output", required=True, help="folder for L<k>_<kind>.ome.tif files and index.json")
     p.add_argument("--model", required=True, help="model name or folder")
-    p.add_argument("--slice", type=int, help="Z slice (2D models; for 3D models: centre of the block)")
-    p.add_argument("--time", type=int, help="time point (default 0)")
-    p.add_argument("--center", type=float, nargs="+", help="block centre in pixels, spatial axes (3D models)")
-    p.add_argument("--block", type=int, nargs="+", help="block size in pixels (default: whole slice / model tile)")
+    p.add_argument("--slice", type=whole_number(0), help="Z slice (2D models; for 3D models: centre of the block)")
+    p.add_argument("--time", type=whole_number(0), help="time point (default 0)")
+    p.add_argument("--center", type=real_number(), nargs="+", help="block centre in pixels, spatial axes (3D models)")
+    p.add_argument("--block", type=whole_number(*BLOCK_RANGE, " pixels"), nargs="+",
+                   help="block size in pixels (default: whole slice / model tile)")
     p.add_argument("--kinds", nargs="+", choices=["encoder", "decoder", "fused"], help="which maps to write")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--overwrite", action="store_true")
@@ -657,8 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the images of the model's recorded split (validation_split.json)")
     p.add_argument("--mode", choices=["auto", "2d", "3d"], default="auto")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--tile", type=int, help="tile size in pixels (default: the model's)")
-    p.add_argument("--overlap", type=float, default=0.125, help="tile overlap fraction")
+    p.add_argument("--tile", type=whole_number(*TILE_RANGE, " pixels"), help="tile size in pixels (default: the model's)")
+    p.add_argument("--overlap", type=real_number(0, 0.5), default=0.125, help="tile overlap fraction (0 to 0.5)")
     p.add_argument("--flips", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time flips: average 4 (2D) or 8 (3D) flipped passes, that many times "
                         "slower (default: the model's setting, see its card)")

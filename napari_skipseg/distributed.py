@@ -45,22 +45,93 @@ def worker_model(model_ref: str):
     return _MODELS[key]
 
 
-def connect(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
+#: seconds a scheduler has to accept a connection and answer dask's handshake
+CONNECT_TIMEOUT = 10.0
+
+
+def connect(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1,
+            timeout: float = CONNECT_TIMEOUT):
     """A dask client: to the scheduler at `scheduler`, or to a new local cluster of
-    `workers` processes. Returns ``(client, cluster)``; close both (cluster may be None)."""
+    `workers` processes. Returns ``(client, cluster)``; close both (cluster may be None).
+
+    Connecting to `scheduler` is bounded in time: a TCP address is first probed (a plain
+    socket, then dask's handshake, each within `timeout` seconds), and the client itself
+    must be up within ``2 * timeout + 10`` seconds; otherwise :class:`BatchError` says so
+    in one line. (dask's own ``Client(timeout=...)`` waits forever on an address that
+    accepts connections and never answers.)
+    """
     try:
         from distributed import Client, LocalCluster
     except ImportError as err:  # pragma: no cover
         raise ImportError("running on a cluster needs dask.distributed: "
                           "pip install 'napari-skipseg[formats]'") from err
     if scheduler:
-        try:
-            return Client(scheduler, timeout="20s"), None
-        except OSError as err:
-            raise BatchError(f"{scheduler}: cannot reach the dask scheduler ({err})") from err
+        _probe_scheduler(scheduler, timeout)
+        client = _within(lambda: Client(scheduler, timeout=f"{timeout:g}s"), 2 * timeout + 10,
+                         f"{scheduler}: the dask scheduler did not take the client within "
+                         f"{2 * timeout + 10:g} s")
+        return client, None
     cluster = LocalCluster(n_workers=max(int(workers or 1), 1), threads_per_worker=threads_per_worker,
                            processes=True, dashboard_address=":0")
     return Client(cluster), cluster
+
+
+def _within(make, seconds: float, message: str):
+    """``make()`` run in a daemon thread, given `seconds`; its error re-raised (an OSError
+    or dask's TimeoutError as :class:`BatchError`), or BatchError(`message`) past the time."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = make()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="skipseg-connect", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise BatchError(message)
+    err = box.get("error")
+    if isinstance(err, OSError):  # TimeoutError too
+        detail = " ".join(str(err).split())
+        raise BatchError(f"{message}{f' ({detail})' if detail else ''}") from err
+    if err is not None:
+        raise err
+    return box["value"]
+
+
+def _probe_scheduler(address: str, timeout: float) -> None:
+    """Raise :class:`BatchError` unless the TCP scheduler at `address` accepts a connection
+    and answers dask's handshake within `timeout` seconds each (other protocols: nothing
+    checked here)."""
+    import asyncio
+    import socket
+
+    from distributed.comm import connect as comm_connect
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, loc = parse_address(address, strict=False)
+        host, port = parse_host_port(loc)
+    except (ValueError, TypeError) as err:
+        raise BatchError(f"{address}: not a dask scheduler address (e.g. tcp://10.0.0.5:8786): {err}") from err
+    if scheme != "tcp":
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        why = "no answer" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise BatchError(f"{address}: cannot reach the dask scheduler ({why})") from err
+
+    async def handshake() -> None:
+        comm = await asyncio.wait_for(comm_connect(f"tcp://{loc}", timeout=timeout), timeout)
+        await comm.close()
+
+    _within(lambda: asyncio.run(handshake()), timeout + 5,
+            f"{address}: the dask scheduler did not answer within {timeout:g} s")
 
 
 def _chunked(job: FileJob) -> bool:

@@ -61,10 +61,10 @@ def test_round_trip_in_the_store_home(home):
     # by path, of either file
     for path in (entry.path, entry.sidecar):
         assert np.array_equal(load_autosave(path)[0], labels)
-    # an unchanged array is not written again; a changed one is
-    assert save_autosave(labels.copy(), "corrected") == entry and len(list_autosaves()) == 1
+    # an unchanged array (of the same source and layer) is not written again; a changed one is
+    assert save_autosave(labels.copy(), "corrected", source="img") == entry and len(list_autosaves()) == 1
     labels[0, 0, 0] = 9
-    newer = save_autosave(labels, "corrected")
+    newer = save_autosave(labels, "corrected", source="img")
     assert newer != entry and newest_autosave("corrected") == newer
     assert np.array_equal(load_newest("corrected")[0], labels)
     # other kinds of labels; odd layer names make safe file names
@@ -92,6 +92,44 @@ def test_rotation_keeps_the_newest_few_per_layer(home):
     with pytest.raises(ValueError, match="keep must be at least 1"):
         save_autosave(_labels(8), "corrected", keep=0)
     assert len(list_autosaves("corrected")) == 1
+
+
+def test_rotation_is_per_source_image_and_layer(home, tmp_path):
+    """S3: image A's "Labels" saved once, then image B's "Labels" 3 times: A's autosave stays."""
+    a_id = autosave.source_id_of(tmp_path / "a.tif")
+    b_id = autosave.source_id_of(tmp_path / "b.tif")
+    assert a_id != b_id and a_id == autosave.source_id_of(str(tmp_path / "x" / ".." / "a.tif"))
+    a = save_autosave(_labels(0), "Labels", source="a", source_id=a_id)
+    b = [save_autosave(_labels(seed), "Labels", source="b", source_id=b_id) for seed in range(1, 5)]
+    assert list_autosaves("Labels", source_id=a_id) == [a] and a.path.exists()
+    assert list_autosaves("Labels", source_id=b_id) == b[-3:]
+    assert np.array_equal(load_newest("Labels", source_id=a_id)[0], _labels(0))
+    assert newest_autosave("Labels") == b[-1]  # any source: the newest of all
+    # unchanged labels are compared within their own source: the same array for A is written
+    same = save_autosave(_labels(4), "Labels", source="a", source_id=a_id)
+    assert same != b[-1] and list_autosaves("Labels", source_id=a_id) == [a, same]
+    # an in-memory image: its id follows its data and name, the same in every session
+    img = np.arange(10_000, dtype=np.uint16).reshape(100, 100)
+    assert autosave.source_id_of(data=img, name="i") == autosave.source_id_of(data=img.copy(), name="i")
+    assert autosave.source_id_of(data=img, name="i") != autosave.source_id_of(data=img + 1, name="i")
+    assert autosave.source_id_of(sample=("napari-skipseg", "nuclei2d")) == "sample:napari-skipseg/nuclei2d"
+
+
+def test_format_1_autosaves_stay_readable_and_keyed_by_their_source_name(home):
+    """Autosaves written before source ids (format 1, no ``source_id``) are listed, loaded
+    and rotated with their source name as the key; they never rotate out new ones."""
+    old = save_autosave(_labels(0), "Labels", source="img")
+    side = json.loads(old.sidecar.read_text())
+    side["format"] = 1
+    del side["source_id"]
+    old.sidecar.write_text(json.dumps(side))
+    (entry,) = list_autosaves()
+    assert entry.source_id is None and entry.source_key == "img" and entry.key == ("img", "Labels")
+    assert np.array_equal(load_autosave(entry)[0], _labels(0))
+    assert np.array_equal(load_newest("Labels", source_id="img")[0], _labels(0))
+    new = [save_autosave(_labels(s), "Labels", source="img", source_id="file:/data/img.tif") for s in (1, 2, 3)]
+    assert list_autosaves("Labels", source_id="img") == [entry]  # not rotated out by another key
+    assert list_autosaves("Labels", source_id="file:/data/img.tif") == new
 
 
 def test_partial_or_damaged_autosaves_are_not_listed_or_loaded(home, monkeypatch):

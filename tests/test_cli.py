@@ -198,9 +198,11 @@ def test_existing_output_needs_overwrite(home, tmp_path, capsys):
 def test_bad_option_values_exit_2(home, tmp_path, capsys):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, _image((16, 16)))
-    code = main(["segment", str(src), "-o", str(tmp_path / "o.tif"), "--model", "tiny", "--overlap", "0.9"])
-    assert code == 2
-    assert "overlap" in _error_line(capsys)
+    with pytest.raises(SystemExit) as info:  # refused while the options are parsed
+        main(["segment", str(src), "-o", str(tmp_path / "o.tif"), "--model", "tiny", "--overlap", "0.9"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "skipseg segment: error: argument --overlap: 0.9 is out of range: use 0 to 0.5 (see skipseg segment -h)"]
 
 
 def test_argparse_errors_exit_2(capsys):

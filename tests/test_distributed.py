@@ -68,3 +68,65 @@ def test_cluster_equals_single_process(instance_model, tmp_path, cluster):
         b, meta_b = read_image(tmp_path / "dist" / name)
         np.testing.assert_array_equal(a, b)
     assert meta_b.spacing == (3.0, 1.0, 1.0)
+
+
+@pytest.fixture
+def black_hole():
+    """A real loopback TCP server that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    held, stop = [], threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_scheduler_that_never_answers_fails_in_bounded_time(model_home, tmp_path, black_hole, capsys):
+    """dask's Client() waits forever on such an address; the CLI gives up with one line, exit 2."""
+    import time
+
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.ones((64, 64), np.uint16))
+    t0 = time.monotonic()
+    rc = main(["segment", str(src), "-o", str(tmp_path / "a_labels.tif"), "--model", "tiny", "-q",
+               "--scheduler", black_hole])
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and took < 30, (rc, took)
+    assert err == [f"skipseg: error: {black_hole}: the dask scheduler did not answer within 10 s"]
+    assert not (tmp_path / "a_labels.tif").exists()
+
+
+def test_a_closed_port_fails_at_once(model_home, tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.ones((64, 64), np.uint16))
+    t0 = time.monotonic()
+    rc = main(["segment", str(src), "-o", str(tmp_path / "b.tif"), "--model", "tiny", "-q",
+               "--scheduler", f"tcp://127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and time.monotonic() - t0 < 5
+    assert len(err) == 1 and "cannot reach the dask scheduler" in err[0] and f":{port}" in err[0]

@@ -732,7 +732,7 @@ class FinetuneWidget(QWidget):
             # array is not written again)
             for name in ("paint", "data", "labels_update", "set_data"):
                 getattr(layer.events, name).connect(self._labels_changed)
-            entry = self._newest_autosave(layer.name)
+            entry = self._newest_autosave(layer.name, self._image_source_id())
             self.autosave_label.setText(f"last autosave {entry.clock}" if entry is not None else "")
 
     @staticmethod
@@ -756,13 +756,28 @@ class FinetuneWidget(QWidget):
         self._autosave_timer.start()  # restarts: saved once the user pauses
 
     @staticmethod
-    def _newest_autosave(name: str):
+    def _newest_autosave(name: str, source_id: str | None):
         from ..autosave import newest_autosave
 
         try:
-            return newest_autosave(name)
+            return newest_autosave(name, source_id=source_id)
         except OSError:
             return None
+
+    def _image_source_id(self) -> str | None:
+        """The stable id of the chosen image (its file, sample or data): autosaves are kept
+        per image and Labels layer, so two images' layers of one name never replace each
+        other's autosaves."""
+        from ..autosave import source_id_of
+
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        layer = self.viewer.layers[name]
+        source = getattr(layer, "source", None)
+        path = getattr(source, "path", None) or ((layer.metadata or {}).get("skipseg") or {}).get("path")
+        data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+        return source_id_of(path, sample=getattr(source, "sample", None), data=data, name=name)
 
     def autosave_now(self, layer=None, wait: bool = False):
         """Autosave the labels layer now (a copy taken here, written in a worker thread, or
@@ -781,6 +796,7 @@ class FinetuneWidget(QWidget):
         labels = np.array(layer.data, copy=True)  # a snapshot: painting may go on meanwhile
         kwargs = {
             "source": self.image_combo.currentText() or None,
+            "source_id": self._image_source_id(),
             "scale": [float(v) for v in layer.scale],
             "translate": [float(v) for v in layer.translate],
             "metadata": {REVIEWED_KEY: [int(i) for i in layer.metadata.get(REVIEWED_KEY, [])]},
@@ -842,7 +858,8 @@ class FinetuneWidget(QWidget):
                 loaded = load_autosave(entry)
             else:
                 current = self.labels_combo.currentText()
-                loaded = (load_newest(current) if current else None) or load_newest()
+                loaded = ((load_newest(current, source_id=self._image_source_id()) or load_newest(current))
+                          if current else None) or load_newest()
         except (AutosaveError, OSError) as err:
             self.status.setText(f"cannot restore: {err}")
             return None

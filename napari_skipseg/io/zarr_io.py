@@ -6,12 +6,16 @@ zarr (no ome-zarr package needed): NGFF 0.5 in zarr format 3 for new images, and
 written next to an image the image's own NGFF version and zarr format.
 
 A folder is written under a temporary name and renamed into place when complete, so a
-reader never meets a half-written store at the final path.
+reader never meets a half-written store at the final path. The temporary name names its
+writer (host and process): what a killed write leaves is removed by the next write into the
+same folder (:func:`clean_stale_temporaries`). Every store written here carries the
+:data:`MARKER` attribute, so that the napari writer replaces only stores it wrote.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -232,23 +236,130 @@ def _check_meta(meta: ImageMeta, shape: tuple[int, ...], path: str) -> ImageMeta
     return meta
 
 
+#: attribute our stores carry (on the root group, and on a ``labels/<name>`` group): the
+#: napari writer replaces only a store that has it (see :func:`written_by_us`)
+MARKER = "napari_skipseg"
+#: a temporary store whose writer cannot be seen alive (another host, a name without a
+#: writer) is deleted once this old (seconds); one whose writer died here, at once
+STALE_TMP_SECONDS = 24 * 3600.0
+#: ``.<final name>.<8 hex>[.<host id>-<pid>].tmp[.old]``: what :func:`temporary_name` and
+#: :func:`_swap_in` make (the older names had no writer part)
+_TMP = re.compile(r"^\.(?P<final>.+)\.[0-9a-f]{8}(?:\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+))?\.tmp(?P<old>\.old)?$")
+
+
+def _host_id() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.blake2s(socket.gethostname().encode(), digest_size=4).hexdigest()
+
+
+def temporary_name(path: str | os.PathLike) -> str:
+    """A fresh temporary path next to `path` that names its writer (host and process), so
+    that :func:`clean_stale_temporaries` can tell when it is left over."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path).rstrip("/\\")))
+    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.{_host_id()}-{os.getpid()}.tmp")
+
+
+def _writer_alive(host: str | None, pid: str | None) -> bool | None:
+    """True/False for a writer on this host; None when it cannot be told."""
+    if host is None or pid is None or host != _host_id():
+        return None
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _looks_like_ours(path: str) -> bool:
+    """A folder holding a zarr store, the big NIfTI path's ``result.zarr``, or nothing."""
+    try:
+        names = set(os.listdir(path))
+    except OSError:
+        return False
+    return not names or bool(names & {*_MARKERS, "result.zarr"})
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, max_age: float = STALE_TMP_SECONDS) -> list[str]:
+    """Delete the temporary stores that interrupted writes (a crash, ``kill -9``) left in
+    `folder`; returns what was deleted or put back.
+
+    Only folders named as :func:`temporary_name` names them and holding a zarr store (or
+    nothing) are touched, and only when their writer is dead (same host) or they are older
+    than `max_age`. A store that was being replaced (``*.tmp.old``) whose final path is
+    missing is moved back there instead: the write did not finish, the old result stays.
+    """
+    import time
+
+    folder = os.fspath(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    done = []
+    now = time.time()
+    for name in names:
+        m = _TMP.match(name)
+        path = os.path.join(folder, name)
+        if m is None or os.path.islink(path) or not os.path.isdir(path) or not _looks_like_ours(path):
+            continue
+        alive = _writer_alive(m["host"], m["pid"])
+        try:
+            old = now - os.stat(path).st_mtime > max_age
+        except OSError:
+            continue
+        if alive or (alive is None and not old):
+            continue
+        final = os.path.join(folder, m["final"])
+        try:
+            if m["old"] and not os.path.lexists(final):
+                os.replace(path, final)
+            else:
+                shutil.rmtree(path)
+        except OSError:
+            continue
+        done.append(path)
+    return done
+
+
+def written_by_us(path: str | os.PathLike) -> bool:
+    """Whether the zarr store at `path` carries our :data:`MARKER` (we wrote it)."""
+    path = os.fspath(path).rstrip("/\\")
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    try:
+        node = _zarr().open(path, mode="r")
+        return isinstance(dict(node.attrs).get(MARKER), dict)
+    except Exception:  # noqa: BLE001 - not a zarr store at all: not ours
+        return False
+
+
 def _fresh_target(path: str, overwrite: bool) -> str:
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path}: exists; pass overwrite=True to replace it")
-    folder, name = os.path.split(os.path.abspath(path))
+    folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+    clean_stale_temporaries(folder)
+    return temporary_name(path)
 
 
 def _swap_in(tmp: str, path: str) -> None:
     """Move the complete store `tmp` to `path`, replacing an old store there."""
     old = None
-    if os.path.exists(path):
+    if os.path.lexists(path):
         old = f"{tmp}.old"
         os.replace(path, old)
     os.replace(tmp, path)
     if old:
-        shutil.rmtree(old, ignore_errors=True)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.unlink(old)
 
 
 class ZarrTarget:
@@ -333,7 +444,7 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, m
                            "multiscales": [_multiscales(meta, ["0"], [[1] * len(shape)], meta.name or file_stem(path, (".ome.zarr", ".zarr")), "0.5")]}
     if label:
         ome["image-label"] = {"version": "0.5"}
-    root.attrs["ome"] = ome
+    root.attrs.update({"ome": ome, MARKER: {"label": bool(label)}})
     array = root.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
                               chunks=tuple(chunks or default_chunks(shape, meta.axes)),
                               dimension_names=[a.lower() for a in meta.axes])
@@ -364,13 +475,15 @@ def create_labels(image_path: str | os.PathLike, name: str, shape: Sequence[int]
     dest = os.path.join(image_path, "labels", name)
     if os.path.exists(dest) and not overwrite:
         raise FileExistsError(f"{dest}: exists; pass overwrite=True to replace it")
-    tmp_name = f".{name}.{uuid.uuid4().hex[:8]}.tmp"
+    clean_stale_temporaries(os.path.join(image_path, "labels"))
+    tmp_name = os.path.basename(temporary_name(dest))
     sub = labels.create_group(tmp_name)
     ms = _multiscales(meta, ["0"], [[1] * len(shape)], name, version)
     if version == "0.5":
-        sub.attrs["ome"] = {"version": "0.5", "multiscales": [ms], "image-label": {"version": "0.5"}}
+        sub.attrs.update({"ome": {"version": "0.5", "multiscales": [ms], "image-label": {"version": "0.5"}},
+                          MARKER: {"label": True}})
     else:
-        sub.attrs.update({"multiscales": [ms], "image-label": {"version": version}})
+        sub.attrs.update({"multiscales": [ms], "image-label": {"version": version}, MARKER: {"label": True}})
     kwargs = {"dimension_names": [a.lower() for a in meta.axes]} if fmt == 3 else {}
     array = sub.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
                              chunks=tuple(chunks or default_chunks(shape, meta.axes)), **kwargs)

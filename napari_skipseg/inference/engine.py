@@ -36,7 +36,15 @@ import numpy as np
 from .postprocess import DEFAULT_INSTANCE_PARAMS, instance_labels, semantic_labels
 from .preprocess import check_pixel_dtype, normalize, percentile_range
 from .resample import Resampling, parse_scale
-from .tiling import blend_window, block_grid, block_tiles, default_block, fit_tile, tile_starts
+from .tiling import (
+    blend_window,
+    block_grid,
+    block_tiles,
+    default_block,
+    fit_tile,
+    fit_tile_volume,
+    tile_starts,
+)
 
 OUTPUTS = ("instances", "semantic", "probabilities")
 #: Voxels per block by default (2D: a 4096 x 4096 plane, 3D: e.g. 128 x 256 x 256); a block
@@ -46,6 +54,10 @@ BLOCK_VOXELS = {2: 2**24, 3: 2**23}
 MODES = ("auto", "2d", "3d")
 #: Most tiles one slice (2D) or volume (3D) may be cut into; smaller tiles are refused.
 MAX_TILES = 2**20
+#: A volume with at most this many times the configured tile's voxels is predicted as one
+#: tile (:func:`~napari_skipseg.inference.tiling.fit_tile_volume`): no voxel computed twice,
+#: no seams, and about the memory of the default batch of configured tiles.
+VOLUME_TILE_GROW = 5.0
 #: Post-processing parameters that are areas (voxel counts) on the grid the network sees.
 AREA_PARAMS = ("min_size", "min_seed_size")
 
@@ -247,7 +259,8 @@ def predict(
     runner = None
     try:
         runner = _make_runner(model, dev, cfg, backend=backend, window=window, voxels=total * window.size,
-                              batch_size=batch_size, threads=threads, amp=autocast_dtype(dev), flips=flips)
+                              batch_size=_tiles_in_flight(batch_size, total, window.shape, cfg),
+                              threads=threads, amp=autocast_dtype(dev), flips=flips)
         backend_info, fallback = runner.describe(), runner.fallback
         desc = _describe(dev, runner)
         message = f"{cfg.name} on {desc}"
@@ -585,6 +598,9 @@ def _tile_shape(tile, cfg, ndim: int, spatial: tuple[int, ...], overlap: float =
         if len(shape) != ndim:
             raise SegmentationError(f"model {cfg.name!r} has a default tile of {len(shape)} sizes; "
                                     f"it cannot run on {ndim}D tiles")
+        if ndim == 3:
+            return fit_tile_volume(spatial, shape, overlap, cfg.size_multiple(),
+                                   max_voxels=int(VOLUME_TILE_GROW * math.prod(shape)))
         return fit_tile(spatial, shape, overlap, cfg.size_multiple())
     if isinstance(tile, numbers.Real) and not isinstance(tile, bool):
         if not (math.isfinite(tile) and tile == int(tile)):
@@ -913,6 +929,19 @@ def _make_runner(model, dev: str, cfg, *, backend: str, window: np.ndarray, voxe
                               flips=bool(cfg.inference.get("flips", False) if flips is None else flips))
     except bk.BackendError as err:
         raise SegmentationError(str(err)) from None
+
+
+def _tiles_in_flight(batch_size: int, total: int, window: tuple[int, ...], cfg) -> int:
+    """Tiles handed to the runner at once: ``batch_size``, but no more than the job has (two
+    tiles run on two workers rather than in one call on one) and, for tiles of more than
+    twice the configured tile's voxels, no more than fit in ``batch_size`` configured tiles
+    (at least one), so that large tiles do not multiply the memory a batch takes."""
+    n = min(batch_size, max(total, 1))
+    configured = math.prod(int(t) for t in cfg.default_tile())
+    voxels = math.prod(window)
+    if voxels > 2 * configured:
+        n = min(n, max(1, batch_size * configured // voxels))
+    return n
 
 
 def _describe(dev: str, runner) -> str:

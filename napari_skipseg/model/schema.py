@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -57,7 +58,8 @@ class Spec:
 
 
 class Int(Spec):
-    """An integer (not a bool, not a float such as ``2.0``) from ``lo`` to ``hi``."""
+    """An integer (not a bool, not a float such as ``2.0``; numpy integers are fine) from
+    ``lo`` to ``hi``."""
 
     def __init__(self, lo: int | None = None, hi: int | None = None) -> None:
         self.lo, self.hi = lo, hi
@@ -70,7 +72,7 @@ class Int(Spec):
         return "an integer"
 
     def validate(self, value: Any, path: str) -> None:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             raise self.fail(value, path)
         if (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise self.fail(value, path)
@@ -92,10 +94,11 @@ class Num(Spec):
         return "a finite number" if self.finite else "a number"
 
     def validate(self, value: Any, path: str) -> None:
-        if not isinstance(value, int | float) or isinstance(value, bool):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             raise self.fail(value, path)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral):
             value = float(value) if abs(value) < 2**1000 else math.copysign(math.inf, value)
+        value = float(value)
         if math.isnan(value):
             if self.finite or self.lo is not None or self.hi is not None:
                 raise self.fail(value, path)

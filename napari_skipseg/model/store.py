@@ -251,12 +251,12 @@ def read_version(folder: Path, attempts: int = 50) -> tuple[bytes, bytes]:
     last: OSError | None = None
     for attempt in range(attempts):
         try:
-            if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+            if DIR_FD_READS:
                 dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
                 try:
-                    cfd = os.open(CONFIG_FILE, os.O_RDONLY, dir_fd=dfd)
+                    cfd = _open_in(folder, CONFIG_FILE, dfd)
                     try:
-                        wfd = os.open(WEIGHTS_FILE, os.O_RDONLY, dir_fd=dfd)
+                        wfd = _open_in(folder, WEIGHTS_FILE, dfd)
                     except BaseException:
                         os.close(cfd)
                         raise
@@ -265,8 +265,10 @@ def read_version(folder: Path, attempts: int = 50) -> tuple[bytes, bytes]:
                 with open(cfd, "rb") as cfh, open(wfd, "rb") as wfh:
                     return _read_bounded(cfh, folder / CONFIG_FILE), wfh.read()
             before = os.stat(folder)
-            with open(folder / CONFIG_FILE, "rb") as cfh, open(folder / WEIGHTS_FILE, "rb") as wfh:
-                config_raw, weights_raw = _read_bounded(cfh, folder / CONFIG_FILE), wfh.read()
+            with open(_open_in(folder, CONFIG_FILE, None), "rb") as cfh:
+                config_raw = _read_bounded(cfh, folder / CONFIG_FILE)
+            with open(_open_in(folder, WEIGHTS_FILE, None), "rb") as wfh:
+                weights_raw = wfh.read()
             after = os.stat(folder)
             if (before.st_ino, before.st_ctime_ns) == (after.st_ino, after.st_ctime_ns):
                 return config_raw, weights_raw
@@ -276,6 +278,17 @@ def read_version(folder: Path, attempts: int = 50) -> tuple[bytes, bytes]:
             raise ModelLoadError(f"{folder}: cannot read the model ({err.strerror or err})") from err
         time.sleep(min(0.002 * 2**attempt, 0.1))
     raise ModelLoadError(f"{folder}: the model kept changing while it was read, or is incomplete ({last})")
+
+
+#: Whether :func:`read_version` opens both files relative to one folder descriptor (POSIX).
+DIR_FD_READS = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+
+
+def _open_in(folder: Path, name: str, dir_fd: int | None) -> int:
+    """A read descriptor of ``name`` in the folder (relative to ``dir_fd`` when given)."""
+    if dir_fd is not None:
+        return os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    return os.open(folder / name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
 
 
 def _read_bounded(fh, path: Path) -> bytes:
@@ -1090,9 +1103,9 @@ def safe_model_name(name: object, fallback: str = "model") -> str:
 def store_path(name: str, root: str | os.PathLike | None = None) -> Path:
     """The folder of the model ``name`` in the store ``root`` (default :func:`user_model_dir`).
 
-    ``name`` must be a plain name (see :func:`safe_model_name`); the folder must lie directly
-    inside the store, also once symbolic links of the store's path are resolved. Anything
-    else raises :class:`ModelLoadError`.
+    ``name`` must be a plain name (see :func:`safe_model_name`); the folder, once symbolic
+    links are resolved, must lie directly inside the store (a link in the store pointing
+    elsewhere is not written through). Anything else raises :class:`ModelLoadError`.
     """
     root = Path(root) if root is not None else user_model_dir()
     if not isinstance(name, str) or len(name) > 128 or not _NAME.match(name):
@@ -1101,10 +1114,7 @@ def store_path(name: str, root: str | os.PathLike | None = None) -> Path:
             "'+', '-', starting with a letter or digit, at most 128 characters); a name is never a path"
         )
     folder = root / name
-    real_root = Path(os.path.realpath(root))
-    if Path(os.path.realpath(folder.parent)) != real_root or Path(os.path.abspath(folder)).parent != Path(
-        os.path.abspath(root)
-    ):
+    if Path(os.path.realpath(folder)).parent != Path(os.path.realpath(root)):  # e.g. a link out of it
         raise ModelLoadError(f"{name!r}: the folder {folder} would lie outside the model store {root}")
     return folder
 

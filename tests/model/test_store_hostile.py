@@ -67,6 +67,8 @@ def test_finetune_of_a_model_named_like_a_path_writes_nothing_outside_the_store(
     import napari_skipseg as ss
 
     evil = str(tmp_path / "abs" / "x") if evil == "ABSOLUTE" else evil
+    (tmp_path / "abs").mkdir()
+    (tmp_path / "evil").mkdir()  # the folders the name points into exist, as /tmp does
     folder = home / "models" / "hostile"
     save_model(tiny("hostile"), folder)
     cfg = json.loads((folder / CONFIG_FILE).read_text())

@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import re
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -316,8 +317,11 @@ def parse_json(raw: bytes | str, source: str | Path, error: Callable[[str], Exce
     except RecursionError:
         raise error(f"{source}: the {what} nests lists/objects too deeply (at most {MAX_DEPTH})") from None
     except ValueError as err:  # e.g. an integer beyond sys.get_int_max_str_digits()
-        raise error(f"{source}: the {what} holds a value Python refuses to parse "
-                    f"({str(err).splitlines()[0][:120]})") from None
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "integer string conversion" in text:
+            limit = getattr(sys, "get_int_max_str_digits", lambda: 4300)()
+            text = f"an integer of more than {limit} digits"
+        raise error(f"{source}: the {what} holds a value Python refuses to parse ({text[:120]})") from None
     if not _depth_ok(value, MAX_DEPTH):
         raise error(f"{source}: the {what} nests lists/objects more than {MAX_DEPTH} deep")
     return value

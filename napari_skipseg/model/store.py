@@ -26,8 +26,9 @@ of one and weights of the other.
 Names are never paths: a model name that becomes a folder of the store (an import, a
 fine-tuned ``<base>-ft-<N>``) is checked (:func:`store_path`): safe characters only, no
 separator, no ``..``, and the resolved folder must lie inside the store. A broken user model
-(bad JSON, wrong types, damaged weights header) is skipped in listings with a
-:class:`BrokenModelWarning` naming its folder; it never stops other models from loading.
+(a config that is not UTF-8, not JSON, or of wrong types or sizes) is skipped in listings with
+a :class:`BrokenModelWarning` naming its folder; it never stops other models from loading, and
+loading it says what is wrong in one line naming the file (damaged weights included).
 Leftovers of killed saves (hidden ``.<name>.tmp-<pid>-*`` folders, ``.<file>.<pid>-*.tmp``
 files) are removed when their writer is dead or they are older than :data:`STALE_SECONDS`.
 
@@ -556,12 +557,14 @@ def import_checkpoint(
     elif isinstance(config, Mapping):
         cfg = ModelConfig.from_dict(dict(config))
     else:
+        from .schema import MAX_JSON_BYTES
+
         try:
-            cfg = ModelConfig.from_json(config)
+            with open(config, "rb") as fh:
+                raw = fh.read(MAX_JSON_BYTES + 1)
         except OSError as err:
             raise ModelLoadError(f"{config}: cannot read the config ({err.strerror or err})") from err
-        except UnicodeDecodeError as err:
-            raise ModelLoadError(f"{config}: not a JSON config file ({err})") from err
+        cfg = ModelConfig.from_bytes(raw, config)
     folder, is_name = _import_destination(dest)
     if is_name:
         cfg = replace(cfg, name=folder.name)
@@ -725,8 +728,10 @@ def _write_in_place(folder: Path, files: dict) -> None:
 def _save_exclusive(folder: Path, files: dict) -> None:
     """Write a new model into ``folder`` (made if missing) that must not hold one, under an
     exclusive claim file."""
+    created = False
     with contextlib.suppress(FileExistsError):
         os.mkdir(folder)
+        created = True
     if not folder.is_dir() or folder.is_symlink():
         raise FileExistsError(f"{folder}: exists and is not a folder")
     claim = _claim(folder)
@@ -734,10 +739,20 @@ def _save_exclusive(folder: Path, files: dict) -> None:
         if is_model_dir(folder):
             raise FileExistsError(f"{folder}: holds a model already; versions are never overwritten")
         _write_in_place(folder, files)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(claim)
-            (folder / CLAIM_FILE).unlink()
+    except BaseException:
+        _release(folder, claim)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if it is still empty: nothing else of anyone's is removed
+        raise
+    _release(folder, claim)
+
+
+def _release(folder: Path, claim: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(claim)
+    with contextlib.suppress(OSError):
+        (folder / CLAIM_FILE).unlink()
 
 
 def _claim(folder: Path) -> int:

@@ -235,3 +235,20 @@ def test_stale_leftovers_are_cleaned_and_live_ones_kept(home):
     save_model(tiny(), root / "tiny")
     assert not stale_dir.exists() and not stale_file.exists() and not old_live.exists()
     assert live.exists() and mine.exists()
+
+
+def test_disk_full_during_cli_finetune_is_one_line_and_leaves_nothing(home, tmp_path, monkeypatch, capsys):
+    from tests.test_cli_finetune import _pair
+
+    import tifffile
+
+    a, ma = _pair(tmp_path, "a", 0)
+    tifffile.imwrite(ma, (tifffile.imread(ma) > 0).astype(np.uint8))  # the tiny model's two classes
+    before = _all_files(home)
+    _disk_full_after(monkeypatch)
+    rc = main(["finetune", "--model", "tiny", "--images", a, "--masks", ma, "-o", "tuned", "--steps", "1", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.splitlines() == [
+        f"skipseg: error: {home / 'models' / 'tuned'}: the model could not be saved (no space left on the "
+        "device); nothing was changed there"]
+    assert _all_files(home) == before

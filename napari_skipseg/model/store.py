@@ -221,11 +221,17 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     from .unet import SkipUNet
 
     path = resolve_model(name_or_path)
-    config_raw, weights_raw = read_version(path)
-    try:
-        cfg = ModelConfig.from_bytes(config_raw, path / CONFIG_FILE)
-    except ModelConfigError as err:
-        raise ModelLoadError(str(err)) from err
+    parsed: dict[str, ModelConfig] = {}
+
+    def weights_limit(config_raw: bytes) -> int:
+        try:
+            parsed["cfg"] = ModelConfig.from_bytes(config_raw, path / CONFIG_FILE)
+        except ModelConfigError as err:
+            raise ModelLoadError(str(err)) from err
+        return max_weights_bytes(parsed["cfg"])
+
+    _, weights_raw = read_version(path, weights_limit)
+    cfg = parsed["cfg"]
     weights = path / WEIGHTS_FILE
     shapes = safetensors_header(weights_raw, weights)
     check_shapes(cfg, shapes, source=str(path))  # before allocating a network the file may not fit
@@ -240,8 +246,17 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     return model.to(device=device, dtype=torch.float32).eval()
 
 
-def read_version(folder: Path, attempts: int = 50) -> tuple[bytes, bytes]:
+def max_weights_bytes(cfg: ModelConfig) -> int:
+    """The largest weights file a network of ``cfg`` can have (float32 parameters and batch-norm
+    statistics, with room for the header): a larger file is not read into memory."""
+    return cfg.parameter_count() * 8 + MAX_HEADER_BYTES + 2**20
+
+
+def read_version(folder: Path, weights_limit=None, attempts: int = 50) -> tuple[bytes, bytes]:
     """``(config bytes, weights bytes)`` of the model in ``folder``, both of one version.
+
+    ``weights_limit(config bytes)`` (optional) returns the largest weights file to read; a
+    larger one raises :class:`ModelLoadError` before it is read.
 
     POSIX: both files are opened relative to one descriptor of the folder; a version swapped
     in meanwhile leaves that descriptor on the old folder, whose files both open or (once it
@@ -264,12 +279,13 @@ def read_version(folder: Path, attempts: int = 50) -> tuple[bytes, bytes]:
                 finally:
                     os.close(dfd)
                 with open(cfd, "rb") as cfh, open(wfd, "rb") as wfh:
-                    return _read_bounded(cfh, folder / CONFIG_FILE), wfh.read()
+                    config_raw = _read_bounded(cfh, folder / CONFIG_FILE)
+                    return config_raw, _read_weights(wfh, folder, config_raw, weights_limit)
             before = os.stat(folder)
             with open(_open_in(folder, CONFIG_FILE, None), "rb") as cfh:
                 config_raw = _read_bounded(cfh, folder / CONFIG_FILE)
             with open(_open_in(folder, WEIGHTS_FILE, None), "rb") as wfh:
-                weights_raw = wfh.read()
+                weights_raw = _read_weights(wfh, folder, config_raw, weights_limit)
             after = os.stat(folder)
             if (before.st_ino, before.st_ctime_ns) == (after.st_ino, after.st_ctime_ns):
                 return config_raw, weights_raw
@@ -290,6 +306,15 @@ def _open_in(folder: Path, name: str, dir_fd: int | None) -> int:
     if dir_fd is not None:
         return os.open(name, os.O_RDONLY, dir_fd=dir_fd)
     return os.open(folder / name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+def _read_weights(fh, folder: Path, config_raw: bytes, weights_limit) -> bytes:
+    if weights_limit is not None:
+        limit, size = weights_limit(config_raw), os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE}: {size} bytes, more than the network of its config "
+                                 f"can hold ({limit}); damaged, or not this model's weights")
+    return fh.read()
 
 
 def _read_bounded(fh, path: Path) -> bytes:

@@ -252,3 +252,13 @@ def test_disk_full_during_cli_finetune_is_one_line_and_leaves_nothing(home, tmp_
         f"skipseg: error: {home / 'models' / 'tuned'}: the model could not be saved (no space left on the "
         "device); nothing was changed there"]
     assert _all_files(home) == before
+
+
+def test_a_weights_file_larger_than_its_network_is_not_read(home):
+    folder = home / "models" / "tiny"
+    with open(folder / WEIGHTS_FILE, "r+b") as fh:  # a sparse 1 GB tail: nothing is allocated
+        fh.truncate(2**30)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"model.safetensors: 1073741824 bytes, more than the network"):
+        load_model(folder)
+    assert time.perf_counter() - t0 < 5

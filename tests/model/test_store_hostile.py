@@ -238,9 +238,9 @@ def test_stale_leftovers_are_cleaned_and_live_ones_kept(home):
 
 
 def test_disk_full_during_cli_finetune_is_one_line_and_leaves_nothing(home, tmp_path, monkeypatch, capsys):
-    from tests.test_cli_finetune import _pair
-
     import tifffile
+
+    from tests.test_cli_finetune import _pair
 
     a, ma = _pair(tmp_path, "a", 0)
     tifffile.imwrite(ma, (tifffile.imread(ma) > 0).astype(np.uint8))  # the tiny model's two classes

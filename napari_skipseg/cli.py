@@ -439,6 +439,38 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _bounded(kind: type, lo: float, hi: float, lo_open: bool = False):
+    """An argparse ``type`` for a finite ``kind`` (int or float) from ``lo`` (excluded when
+    ``lo_open``) to ``hi``: argparse then says ``argument --lr: ...`` and exits 2."""
+    import math
+
+    def parse(text: str):
+        what = "an integer" if kind is int else "a number"
+        low = f"above {lo:g}" if lo_open else f"from {lo:g}"
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what} {low} to {hi:g}, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
+            raise argparse.ArgumentTypeError(f"must be {what} {low} to {hi:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid ... value"
+    return parse
+
+
+def _training_bounds():
+    from .model.config import MAX_CLASSES
+    from .training.loop import MAX_LR, MAX_SECONDS, MAX_STEPS
+
+    return {
+        "steps": _bounded(int, 0, MAX_STEPS), "time": _bounded(float, 0, MAX_SECONDS, lo_open=True),
+        "lr": _bounded(float, 0, MAX_LR, lo_open=True), "batch": _bounded(int, 1, 1024),
+        "classes": _bounded(int, 2, MAX_CLASSES), "balance": _bounded(float, 0, 2),
+        "seed": _bounded(int, 0, 2**32 - 1),
+    }
+
+
 def cmd_import_model(args) -> int:
     """Convert a PyTorch checkpoint (read with weights_only=True) into a model folder."""
     from .model.store import import_checkpoint, load_model
@@ -763,13 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--screenshot", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_view)
 
+    bound = _training_bounds()
     p = sub.add_parser("train", help="train a model from a folder with images/ and masks/")
     p.add_argument("data", help="folder with images/ and masks/ (same file names)")
     p.add_argument("--recipe", required=True, help="recipe JSON (model + training options)")
     p.add_argument("-o", "--output", required=True, help="folder to write the model to")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--time", type=float, help="time budget in seconds")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--steps", type=bound["steps"])
+    p.add_argument("--time", type=bound["time"], help="time budget in seconds")
+    p.add_argument("--lr", type=bound["lr"], help="peak learning rate, above 0 and at most 1 (default: the recipe's)")
     p.add_argument("--init", help="start from this model's weights (same network as the recipe's) "
                    "to continue training")
     p.add_argument("--device", default="auto")
@@ -783,22 +816,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="new model: a name (stored in the user model folder) or a folder path; never overwritten")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="training steps (default 300)")
-    budget.add_argument("--time", type=float, help="time budget in seconds, everything included")
+    budget.add_argument("--steps", type=bound["steps"], help="training steps (default 300)")
+    budget.add_argument("--time", type=bound["time"], help="time budget in seconds, everything included")
     p.add_argument("--train", default="auto", choices=["auto", "all", "decoder", "decoder+last"],
                    help="what to train (auto: the decoder and the last encoder stages; every weight with "
                         "--num-classes, a new head)")
-    p.add_argument("--lr", type=float, help="peak learning rate, warm-up then cosine "
+    p.add_argument("--lr", type=bound["lr"], help="peak learning rate, warm-up then cosine, at most 1 "
                                             "(default 0.0003; 0.003 with --num-classes)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no flips/turns/intensity changes")
-    p.add_argument("--class-balance", type=float, metavar="B",
+    p.add_argument("--class-balance", type=bound["balance"], metavar="B",
                    help="weigh each class's cross-entropy by its frequency ** -B in the labels (0: none, "
                         "1: every class as much; default 1 with new classes, else 0)")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--num-classes", type=int, help="new classes (masks hold class ids 0..N-1): a new head "
+    p.add_argument("--batch-size", type=bound["batch"], default=4)
+    p.add_argument("--num-classes", type=bound["classes"], help="new classes (masks hold class ids 0..N-1): a new head "
                    "for N classes (semantic output), the rest of the network kept")
     p.add_argument("--class-names", nargs="+", help="names of the classes (with --num-classes)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bound["seed"], default=0)
     p.add_argument("--activate", action="store_true", help="make it the active model if it is better")
     p.add_argument("--device", default="auto")
     p.add_argument("-q", "--quiet", action="store_true")

@@ -6,6 +6,7 @@ A model on disk is a folder with ``config.json`` (this dataclass), ``model.safet
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -13,12 +14,81 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .schema import (
+    AnyJSON,
+    Bool,
+    Int,
+    List,
+    Nullable,
+    Num,
+    Obj,
+    OneOf,
+    Str,
+    check,
+    parse_json,
+    read_json,
+)
+
 BLOCKS = ("plain", "residual")
 OUTPUTS = ("semantic", "instances")
+#: Resource bounds of a config: a network larger than this is refused before anything is
+#: allocated (the bundled models have 0.3 to 2 M parameters).
+MAX_PARAMETERS = 200_000_000
+MAX_CLASSES = 255  # labels are stored as uint8 where they fit; a UNet head of 255 classes is plenty
+MAX_TILE_PIXELS = 2**24  # 4096 x 4096 or 256 x 256 x 256
+#: A model name is a name, never a path: no separators, no drive colon, no control
+#: characters, not hidden (so not "." or ".."), at most 128 characters.
+NAME_PATTERN = r"[^./\\:\x00-\x1f\x7f][^/\\:\x00-\x1f\x7f]{0,127}"
+STAINS = ("hematoxylin", "haematoxylin", "eosin", "dab")
 
 
 class ModelConfigError(ValueError):
     """A model configuration is malformed or inconsistent."""
+
+
+_POSITIVE_SMALL = Int(1, 1_000_000_000)
+#: The spec of every field but ``card`` and ``training_scale`` (see :meth:`ModelConfig.validate`).
+FIELDS = {
+    "name": Str(128, pattern=NAME_PATTERN, what="a model name (1 to 128 characters, no '/', '\\', ':' "
+                "or control characters, not starting with '.')"),
+    "spatial_dims": Int(2, 3),
+    "in_channels": Int(1, 64),
+    "num_classes": Int(1, MAX_CLASSES),
+    "base_channels": Int(1, 1024),
+    "depth": Int(1, 6),
+    "block": Str(choices=BLOCKS),
+    "pool": Nullable(List(List(Int(1, 2), 2, 3), 1, 6)),
+    "output": Str(choices=OUTPUTS),
+    "class_names": List(Str(128), 0, MAX_CLASSES),
+    "normalization": Obj({
+        "kind": Str(choices=("percentile", "none")),
+        "low": Num(0, 100),
+        "high": Num(0, 100),
+        "invert": OneOf(Nullable(Bool()), Str(choices=("auto", "none", "no", "yes"))),
+        "stain": Nullable(Str(choices=STAINS)),
+    }),
+    "tile": List(Int(1, 16384), 0, 3),
+    "postprocess": Obj({
+        "seed": Num(0, 1),
+        "mask": Num(0, 1),
+        "min_size": Int(0, 1_000_000_000),
+        "min_seed_size": Int(0, 1_000_000_000),
+    }),
+    "inference": Obj({"flips": Bool()}),
+    "training_scale": Obj({}, extra=AnyJSON(2, 64, 8)),  # checked in detail by _validate_training_scale
+}
+#: The card is free-form, but what the card renderer and the CLI read has a type.
+CARD = Obj(
+    {
+        **{key: Str() for key in ("task", "notes", "flips_effect", "postprocess_tuning")},
+        "metrics": Obj({}, extra=AnyJSON(4), max_items=1000),
+        "metrics_before": Obj({}, extra=AnyJSON(4), max_items=1000),
+        "parameters": Int(0),
+        "accepted": Bool(),
+    },
+    extra=AnyJSON(8),
+    max_items=1000,
+)
 
 
 @dataclass
@@ -95,48 +165,47 @@ class ModelConfig:
 
     # -- checks -----------------------------------------------------------------------------
     def validate(self) -> None:
-        """Raise :class:`ModelConfigError` naming the first problem found."""
-        if self.spatial_dims not in (2, 3):
-            raise ModelConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
-        for key in ("in_channels", "num_classes", "base_channels"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ModelConfigError(f"{key} must be a positive integer, got {value!r}")
-        if not isinstance(self.depth, int) or not 1 <= self.depth <= 6:
-            raise ModelConfigError(f"depth must be an integer from 1 to 6, got {self.depth!r}")
-        if self.block not in BLOCKS:
-            raise ModelConfigError(f"block must be one of {BLOCKS}, got {self.block!r}")
-        if self.output not in OUTPUTS:
-            raise ModelConfigError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        """Raise :class:`ModelConfigError` naming the first problem found.
+
+        Every field is type-checked (``True`` is not an integer, ``2.0`` is not an integer
+        ``spatial_dims``), bounded (see :data:`FIELDS` and :data:`MAX_PARAMETERS`) and checked
+        against the others (class names per class, tile and pool per spatial axis).
+        """
+        for key, spec in FIELDS.items():
+            check(spec, getattr(self, key), key, ModelConfigError)
+        check(CARD, self.card, "card", ModelConfigError)
         if self.output == "instances" and self.num_classes != 3:
             raise ModelConfigError(
                 "an 'instances' model predicts background, interior and boundary: "
                 f"num_classes must be 3, got {self.num_classes}"
             )
-        if self.pool is not None:
-            try:
-                bad = len(self.pool) != self.depth or any(
-                    len(p) != self.spatial_dims or any(int(f) not in (1, 2) for f in p)
-                    for p in self.pool
-                )
-            except (TypeError, ValueError):
-                bad = True
-            if bad:
-                raise ModelConfigError(
-                    f"pool must list {self.depth} factors of length {self.spatial_dims}, "
-                    f"each 1 or 2; got {self.pool!r}"
-                )
+        if self.pool is not None and (
+            len(self.pool) != self.depth or any(len(p) != self.spatial_dims for p in self.pool)
+        ):
+            raise ModelConfigError(
+                f"pool must list {self.depth} factors of length {self.spatial_dims}, "
+                f"each 1 or 2; got {self.pool!r}"
+            )
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ModelConfigError(
                 f"class_names has {len(self.class_names)} names for {self.num_classes} classes"
             )
-        if not isinstance(self.inference, dict) or set(self.inference) - {"flips"}:
-            raise ModelConfigError(f"inference takes only the key 'flips'; got {self.inference!r}")
-        if not isinstance(self.inference.get("flips", False), bool):
-            raise ModelConfigError(f"inference flips must be true or false, got {self.inference['flips']!r}")
-        if self.tile and len(self.tile) != self.spatial_dims:
-            raise ModelConfigError(f"tile must have {self.spatial_dims} sizes, got {self.tile!r}")
+        if self.tile:
+            if len(self.tile) != self.spatial_dims:
+                raise ModelConfigError(f"tile must have {self.spatial_dims} sizes, got {self.tile!r}")
+            if math.prod(self.tile) > MAX_TILE_PIXELS:
+                raise ModelConfigError(f"tile {self.tile} holds {math.prod(self.tile)} pixels; at most "
+                                       f"{MAX_TILE_PIXELS} (a tile is held in memory at every level)")
+        norm = self.normalization
+        if norm.get("low", 1.0) >= norm.get("high", 99.8):
+            raise ModelConfigError(f"normalization low must be below high, got {norm!r}")
         self._validate_training_scale()
+        n = self.parameter_count()
+        if n > MAX_PARAMETERS:
+            raise ModelConfigError(
+                f"the network would have {n / 1e6:.0f} M parameters (at most {MAX_PARAMETERS // 1_000_000} M): "
+                f"base_channels {self.base_channels}, depth {self.depth}, {self.spatial_dims}D"
+            )
 
     def _validate_training_scale(self) -> None:
         ts = self.training_scale
@@ -174,6 +243,25 @@ class ModelConfig:
         """Input sizes must be multiples of this (the network pads to it internally)."""
         return self.level_scale(self.depth)
 
+    def parameter_count(self) -> int:
+        """Number of trainable parameters of the :class:`SkipUNet` this config builds (computed,
+        nothing allocated; ``validate`` bounds it by :data:`MAX_PARAMETERS`)."""
+        k = 3**self.spatial_dims
+        residual = self.block == "residual"
+
+        def block(cin: int, cout: int) -> int:
+            n = cin * cout * k + 2 * cout + cout * cout * k + 2 * cout
+            if residual and cin != cout:
+                n += cin * cout + 2 * cout
+            return n
+
+        total = block(self.in_channels, self.channels(0))
+        for level, factors in enumerate(self.pool_factors(), start=1):
+            deep, skip = self.channels(level), self.channels(level - 1)
+            total += block(skip, deep)  # encoder stage
+            total += deep * skip * math.prod(factors) + skip + block(2 * skip, skip)  # decoder stage
+        return total + self.channels(0) * self.num_classes + self.num_classes
+
     def channels(self, level: int) -> int:
         return self.base_channels * 2**level
 
@@ -188,14 +276,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A validated config from a JSON object; :class:`ModelConfigError` on anything wrong.
+
+        The values are deep-copied, so the config never shares lists or dicts with ``data``.
+        """
         if not isinstance(data, dict):
             raise ModelConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
-            raise ModelConfigError(f"unknown keys in model config: {', '.join(unknown)}")
+            raise ModelConfigError(f"unknown keys in model config: {', '.join(unknown)[:200]}")
+        check(AnyJSON(max_depth=16), data, "", ModelConfigError)  # plain JSON, bounded, before copying
         try:
-            return cls(**data)
+            return cls(**copy.deepcopy(data))
         except TypeError as err:  # wrong types for the dataclass
             raise ModelConfigError(str(err)) from err
 
@@ -204,11 +297,14 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ModelConfigError(f"{path}: not valid JSON ({err})") from err
+        """Read and validate ``path``; every problem is one :class:`ModelConfigError` naming it."""
+        return cls.from_bytes(None, path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None, path: str | Path) -> ModelConfig:
+        """Validate config bytes already read from ``path`` (None: read ``path``)."""
+        data = (read_json(path, ModelConfigError, what="model config") if raw is None
+                else parse_json(raw, path, ModelConfigError, what="model config"))
         try:
             return cls.from_dict(data)
         except ModelConfigError as err:

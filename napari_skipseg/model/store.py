@@ -8,7 +8,29 @@ checkpoint (``.pt``/``.pth``) is only read by :func:`import_checkpoint`, with
 Saving is atomic for the folder as a whole: a new version is written into a hidden
 temporary folder next to the target and swapped in with one rename, so a crash at any
 moment leaves the previous complete version or the new one, never a mix (see
-:func:`save_model`).
+:func:`save_model`). A version that must not exist yet (a fine-tuned ``<base>-ft-<N>``, an
+import without ``overwrite``) is claimed exclusively (``mkdir`` for a new number, an
+``O_EXCL`` claim file for a given folder): of two processes saving it at once, one saves and
+the other fails with :class:`FileExistsError`, never a silent overwrite. A save that fails
+(disk full included) raises :class:`ModelSaveError` in one line, removes what it wrote and
+leaves the previous version intact.
+
+Reading is consistent with re-saving: :func:`load_model` reads the config and the weights
+from one snapshot of the folder. On POSIX both files are opened relative to one open
+descriptor of the folder (``openat``); the swap replaces the folder as a whole, so both come
+from the same version, and if the old version is deleted between the two opens the read is
+retried on the new one. Elsewhere the folder's identity is compared before and after reading
+(retried when it changed). So a reader sees the old version or the new one, never a config
+of one and weights of the other.
+
+Names are never paths: a model name that becomes a folder of the store (an import, a
+fine-tuned ``<base>-ft-<N>``) is checked (:func:`store_path`): safe characters only, no
+separator, no ``..``, and the resolved folder must lie inside the store. A broken user model
+(a config that is not UTF-8, not JSON, or of wrong types or sizes) is skipped in listings with
+a :class:`BrokenModelWarning` naming its folder; it never stops other models from loading, and
+loading it says what is wrong in one line naming the file (damaged weights included).
+Leftovers of killed saves (hidden ``.<name>.tmp-<pid>-*`` folders, ``.<file>.<pid>-*.tmp``
+files) are removed when their writer is dead or they are older than :data:`STALE_SECONDS`.
 
 Bundled models live in the repository's ``models/`` folder (shipped inside the wheel as
 ``napari_skipseg/bundled_models``); the user's models live in :func:`user_model_dir`.
@@ -25,11 +47,14 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .config import ModelConfig, ModelConfigError
+from .schema import Obj, Str, check, parse_json, read_json
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -40,10 +65,29 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # hidden folders a save leaves behind when it is killed: ".<name>.tmp-<pid>-<hex>" (the new
 # version being written) and ".<name>.old-<pid>-<hex>" (the previous one, moved aside)
 _HIDDEN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+# temporary files of _atomic_write: ".<file>.<pid>-<random>.tmp"
+_TMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp$")
+#: claim file of an exclusive save into a given folder (holds the writer's pid)
+CLAIM_FILE = ".skipseg-save.claim"
+#: A leftover whose writer pid still runs (or was reused) is removed after this many seconds.
+STALE_SECONDS = 3600.0
+#: Weight dtypes a stored model may hold (safetensors names); int64 only for BatchNorm's
+#: ``num_batches_tracked`` counters.
+WEIGHT_DTYPES = {"F16": "float16", "F32": "float32", "BF16": "bfloat16"}
+COUNTER_DTYPES = {"I64": "int64"}
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 class ModelLoadError(RuntimeError):
     """A model could not be found or does not load; the message says why."""
+
+
+class ModelSaveError(ModelLoadError):
+    """A model could not be saved (e.g. the disk is full); the previous version is intact."""
+
+
+class BrokenModelWarning(UserWarning):
+    """A folder of the user store holds a model that does not load; it is skipped."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +133,10 @@ def list_models() -> list[ModelEntry]:
             ):
                 try:
                     cfg = ModelConfig.from_json(path / CONFIG_FILE)
-                except ModelConfigError:
-                    continue  # a broken folder is skipped in listings; loading it says why
+                except ModelConfigError as err:  # skipped in listings; loading it says why
+                    warnings.warn(f"skipping the broken model in {path}: {err}", BrokenModelWarning,
+                                  stacklevel=2)
+                    continue
                 name = path.name
                 if name in seen:
                     continue
@@ -153,49 +199,178 @@ def load_config(name_or_path: str | os.PathLike) -> ModelConfig:
     path = resolve_model(name_or_path)
     try:
         return ModelConfig.from_json(path / CONFIG_FILE)
-    except (ModelConfigError, OSError, UnicodeDecodeError) as err:
-        raise ModelLoadError(str(err) if isinstance(err, ModelConfigError) else f"{path / CONFIG_FILE}: {err}") from err
+    except ModelConfigError as err:
+        raise ModelLoadError(str(err)) from err
 
 
 def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     """Build the network of a stored model and load its weights (float32, eval mode).
 
+    The config and the weights are read from one snapshot of the folder (see the module's
+    docstring), so a model re-saved meanwhile gives the old version or the new one.
+
     Raises :class:`ModelLoadError` if the folder is incomplete, the weights file is
-    damaged or truncated, the weights do not match the config (naming the tensors that
-    differ; checked from the file's header before the network is built), or they hold
-    NaN or infinite values.
+    damaged or truncated, holds a dtype other than float16/float32/bfloat16, the weights do
+    not match the config (naming the tensors that differ; checked from the file's header
+    before the network is built), or they hold NaN or infinite values.
     """
     import torch
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     from .unet import SkipUNet
 
     path = resolve_model(name_or_path)
-    cfg = load_config(path)
+    parsed: dict[str, ModelConfig] = {}
+
+    def weights_limit(config_raw: bytes) -> int:
+        try:
+            parsed["cfg"] = ModelConfig.from_bytes(config_raw, path / CONFIG_FILE)
+        except ModelConfigError as err:
+            raise ModelLoadError(str(err)) from err
+        return max_weights_bytes(parsed["cfg"])
+
+    _, weights_raw = read_version(path, weights_limit)
+    cfg = parsed["cfg"]
     weights = path / WEIGHTS_FILE
-    damaged = (SafetensorError, OSError, ValueError, RuntimeError)
-    try:
-        shapes = _safetensors_shapes(weights)
-    except damaged as err:
-        raise ModelLoadError(f"{weights}: damaged or not a safetensors file ({err})") from err
+    shapes = safetensors_header(weights_raw, weights)
     check_shapes(cfg, shapes, source=str(path))  # before allocating a network the file may not fit
     model = SkipUNet(cfg)
     try:
-        state = load_file(str(weights))
-    except damaged as err:
+        state = load_bytes(weights_raw)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise ModelLoadError(f"{weights}: damaged or not a safetensors file ({err})") from err
+    del weights_raw
     load_state(model, state, source=str(path))
     model.source_path = path
     return model.to(device=device, dtype=torch.float32).eval()
 
 
-def _safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes from a safetensors header, without reading the data."""
-    from safetensors import safe_open
+def max_weights_bytes(cfg: ModelConfig) -> int:
+    """The largest weights file a network of ``cfg`` can have (float32 parameters and batch-norm
+    statistics, with room for the header): a larger file is not read into memory."""
+    return cfg.parameter_count() * 8 + MAX_HEADER_BYTES + 2**20
 
-    with safe_open(str(path), framework="pt") as fh:
-        return {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}  # noqa: SIM118
+
+def read_version(folder: Path, weights_limit=None, attempts: int = 50) -> tuple[bytes, bytes]:
+    """``(config bytes, weights bytes)`` of the model in ``folder``, both of one version.
+
+    ``weights_limit(config bytes)`` (optional) returns the largest weights file to read; a
+    larger one raises :class:`ModelLoadError` before it is read.
+
+    POSIX: both files are opened relative to one descriptor of the folder; a version swapped
+    in meanwhile leaves that descriptor on the old folder, whose files both open or (once it
+    is deleted) fail to open, and then the read is retried. Elsewhere the folder's identity
+    (inode, change time) is compared around the read.
+    """
+    folder = Path(folder)
+    last: OSError | None = None
+    for attempt in range(attempts):
+        try:
+            if DIR_FD_READS:
+                dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    cfd = _open_in(folder, CONFIG_FILE, dfd)
+                    try:
+                        wfd = _open_in(folder, WEIGHTS_FILE, dfd)
+                    except BaseException:
+                        os.close(cfd)
+                        raise
+                finally:
+                    os.close(dfd)
+                with open(cfd, "rb") as cfh, open(wfd, "rb") as wfh:
+                    config_raw = _read_bounded(cfh, folder / CONFIG_FILE)
+                    return config_raw, _read_weights(wfh, folder, config_raw, weights_limit)
+            before = os.stat(folder)
+            with open(_open_in(folder, CONFIG_FILE, None), "rb") as cfh:
+                config_raw = _read_bounded(cfh, folder / CONFIG_FILE)
+            with open(_open_in(folder, WEIGHTS_FILE, None), "rb") as wfh:
+                weights_raw = _read_weights(wfh, folder, config_raw, weights_limit)
+            after = os.stat(folder)
+            if (before.st_ino, before.st_ctime_ns) == (after.st_ino, after.st_ctime_ns):
+                return config_raw, weights_raw
+        except FileNotFoundError as err:  # deleted under us: a newer version took its place
+            last = err
+        except OSError as err:
+            raise ModelLoadError(f"{folder}: cannot read the model ({err.strerror or err})") from err
+        time.sleep(min(0.002 * 2**attempt, 0.1))
+    raise ModelLoadError(f"{folder}: the model kept changing while it was read, or is incomplete ({last})")
+
+
+#: Whether :func:`read_version` opens both files relative to one folder descriptor (POSIX).
+DIR_FD_READS = os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY")
+
+
+def _open_in(folder: Path, name: str, dir_fd: int | None) -> int:
+    """A read descriptor of ``name`` in the folder (relative to ``dir_fd`` when given)."""
+    if dir_fd is not None:
+        return os.open(name, os.O_RDONLY, dir_fd=dir_fd)
+    return os.open(folder / name, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+def _read_weights(fh, folder: Path, config_raw: bytes, weights_limit) -> bytes:
+    if weights_limit is not None:
+        limit, size = weights_limit(config_raw), os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise ModelLoadError(f"{folder / WEIGHTS_FILE}: {size} bytes, more than the network of its config "
+                                 f"can hold ({limit}); damaged, or not this model's weights")
+    return fh.read()
+
+
+def _read_bounded(fh, path: Path) -> bytes:
+    from .schema import MAX_JSON_BYTES
+
+    raw = fh.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ModelLoadError(f"{path}: the model config is larger than {MAX_JSON_BYTES // 1024} kB; refused")
+    return raw
+
+
+def safetensors_header(raw: bytes, source: Path | str, dtypes: Mapping[str, str] | None = None,
+                       ) -> dict[str, tuple[int, ...]]:
+    """``{tensor: shape}`` from the header of safetensors bytes, checked without loading them.
+
+    The header must be plain JSON within the file, each tensor's dtype in ``dtypes``
+    (default :data:`WEIGHT_DTYPES`, plus int64 for BatchNorm counters) and its byte range in
+    the file; else :class:`ModelLoadError` with one line naming ``source``.
+    """
+    allowed = dict(WEIGHT_DTYPES if dtypes is None else dtypes)
+
+    def bad(why: str) -> ModelLoadError:
+        return ModelLoadError(f"{source}: damaged or not a safetensors file ({why})")
+
+    if len(raw) < 8:
+        raise bad("shorter than its 8-byte header length")
+    n = int.from_bytes(raw[:8], "little")
+    if n > min(len(raw) - 8, MAX_HEADER_BYTES):
+        raise bad(f"header of {n} bytes in a file of {len(raw)}")
+    header = parse_json(raw[8 : 8 + n], source, lambda m: bad(m.split(": ", 1)[-1]),
+                        max_bytes=MAX_HEADER_BYTES, what="header")
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_len = len(raw) - 8 - n
+    shapes = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str)
+                and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in info["shape"])
+                and len(info["data_offsets"]) == 2
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in info["data_offsets"])):
+            raise bad(f"tensor {key[:80]!r} is described wrongly")
+        dtype = info["dtype"]
+        counter = key.endswith("num_batches_tracked") and dtype in COUNTER_DTYPES
+        if dtype not in allowed and not counter:
+            raise ModelLoadError(
+                f"{source}: tensor {key[:80]} is stored as {dtype}; models hold float16, float32 or "
+                "bfloat16 weights (convert the checkpoint to one of these and import it again)"
+            )
+        start, stop = info["data_offsets"]
+        if not 0 <= start <= stop <= data_len:
+            raise bad(f"tensor {key[:80]!r} lies outside the file (truncated?)")
+        shapes[key] = tuple(info["shape"])
+    return shapes
 
 
 def check_shapes(cfg: ModelConfig, shapes: Mapping[str, tuple[int, ...]], source: str = "weights") -> None:
@@ -261,6 +436,14 @@ def load_state(model, state: dict, source: str = "weights") -> None:
     )
     if problems:
         raise ModelLoadError(f"{source}: weights do not match the config: {problems}")
+    floats = (torch.float16, torch.float32, torch.bfloat16, torch.float64)
+    for key, value in state.items():
+        counter = key.endswith("num_batches_tracked") and not value.is_floating_point()
+        if value.dtype not in floats and not counter:
+            raise ModelLoadError(
+                f"{source}: tensor {key} is stored as {str(value.dtype).replace('torch.', '')}; models "
+                "take float16, float32, bfloat16 (or float64, converted) weights"
+            )
     bad = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
     if bad:
         raise ModelLoadError(
@@ -348,12 +531,12 @@ def _import_destination(dest: str | os.PathLike) -> tuple[Path, bool]:
     text = os.fspath(dest)
     if isinstance(dest, os.PathLike) or any(sep in text for sep in ("/", os.sep)) or text.startswith("~"):
         return Path(text).expanduser(), False
-    if not _NAME.match(text):
+    if not _NAME.match(text) or len(text) > 128:
         raise ModelLoadError(
-            f"{text!r} is not a usable model name (letters, digits, '.', '_', '+', '-'; "
+            f"{text[:80]!r} is not a usable model name (letters, digits, '.', '_', '+', '-'; "
             "give a folder path to store it elsewhere)"
         )
-    return user_model_dir() / text, True
+    return store_path(text), True
 
 
 def import_checkpoint(
@@ -399,12 +582,14 @@ def import_checkpoint(
     elif isinstance(config, Mapping):
         cfg = ModelConfig.from_dict(dict(config))
     else:
+        from .schema import MAX_JSON_BYTES
+
         try:
-            cfg = ModelConfig.from_json(config)
+            with open(config, "rb") as fh:
+                raw = fh.read(MAX_JSON_BYTES + 1)
         except OSError as err:
             raise ModelLoadError(f"{config}: cannot read the config ({err.strerror or err})") from err
-        except UnicodeDecodeError as err:
-            raise ModelLoadError(f"{config}: not a JSON config file ({err})") from err
+        cfg = ModelConfig.from_bytes(raw, config)
     folder, is_name = _import_destination(dest)
     if is_name:
         cfg = replace(cfg, name=folder.name)
@@ -420,7 +605,7 @@ def import_checkpoint(
     model = SkipUNet(cfg)
     load_state(model, state, source=str(checkpoint))
     cfg.card.setdefault("source", f"imported from {Path(checkpoint).name}")
-    return save_model(model.eval(), folder, half=half)
+    return save_model(model.eval(), folder, half=half, exclusive=not overwrite)
 
 
 # -- saving -------------------------------------------------------------------------------------
@@ -431,6 +616,8 @@ def save_model(
     folder: str | os.PathLike,
     half: bool = True,
     extra_files: Mapping[str, str | bytes] | None = None,
+    *,
+    exclusive: bool = False,
 ) -> Path:
     """Write ``model`` (a SkipUNet) as config.json + model.safetensors + card.md (+ extras).
 
@@ -443,26 +630,42 @@ def save_model(
     folder that is not a model, the files are written one by one with the config last, so
     the folder is not a model until it is complete.
 
+    ``exclusive``: ``folder`` must not hold a model, now or by the time this one is complete.
+    The folder is claimed with an ``O_EXCL`` file first; a second process saving into it at
+    the same moment gets :class:`FileExistsError` (as does any save into a folder holding a
+    model), so a version is never silently overwritten.
+
     Float weights are stored as float16 when ``half``. ``extra_files`` (name -> text or
     bytes) are written as part of the same version, e.g. a training history.
+
+    Raises
+    ------
+    ModelSaveError
+        If the weights hold NaN or infinite values (nothing is written), or writing fails
+        (e.g. the disk is full): what was written is removed and the previous version stays.
     """
     import torch
-    from safetensors.torch import save_file
 
     folder = Path(folder)
     if folder.is_symlink():
         folder = folder.resolve()
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    cfg: ModelConfig = model.config
+    try:
+        cfg.validate()
+    except ModelConfigError as err:
+        raise ModelSaveError(f"{folder}: not saved, the config is invalid: {err}") from err
     state = {}
     for key, tensor in model.state_dict().items():
         t = tensor.detach().cpu()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelSaveError(f"{folder}: not saved: weight tensor {key} holds NaN or infinite values "
+                                 "(a diverged training run?)")
         if half and t.is_floating_point() and "running_var" not in key:
             t = t.to(torch.float16)
         state[key] = t.contiguous()
-    cfg: ModelConfig = model.config
     config_text = json.dumps(cfg.to_dict(), indent=2) + "\n"  # fails early if not JSON
     files: dict[str, object] = {
-        WEIGHTS_FILE: lambda p: save_file(state, str(p), metadata={"name": cfg.name}),
+        WEIGHTS_FILE: lambda p: _save_safetensors(state, p, cfg.name),
         CARD_FILE: render_card(cfg),
     }
     for name, content in (extra_files or {}).items():
@@ -471,15 +674,49 @@ def save_model(
         files[name] = content
     files[CONFIG_FILE] = config_text  # last: a folder without its config is not a model
 
-    recover_interrupted_saves(folder.parent, folder.name)
-    if folder.exists() and not is_model_dir(folder):
-        if not folder.is_dir():
-            raise FileExistsError(f"{folder}: exists and is not a folder")
-        for name, content in files.items():
-            _atomic_write(folder / name, _writer(content))
-        _fsync_dir(folder)
-        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_saves(folder.parent, folder.name)
+        if exclusive:
+            _save_exclusive(folder, files)
+        elif folder.exists() and not is_model_dir(folder):
+            if not folder.is_dir():
+                raise FileExistsError(f"{folder}: exists and is not a folder")
+            _write_in_place(folder, files)
+        else:
+            _save_swapped(folder, files)
+    except FileExistsError:
+        raise
+    except _save_errors() as err:
+        raise _save_error(folder, err) from err
+    return folder
 
+
+def _save_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, SafetensorError)
+
+
+def _save_error(folder: Path, err: BaseException) -> ModelSaveError:
+    """One line for a failed save; the disk-full case said plainly."""
+    text = str(err)
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "ENOSPC" in text:
+        why = "no space left on the device"
+    elif isinstance(err, OSError):
+        why = err.strerror or text
+    else:
+        why = text.splitlines()[0] if text else type(err).__name__
+    return ModelSaveError(f"{folder}: the model could not be saved ({why}); nothing was changed there")
+
+
+def _save_safetensors(state: dict, path: Path, name: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file(state, str(path), metadata={"name": name})
+
+
+def _save_swapped(folder: Path, files: dict) -> None:
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     os.mkdir(tmp)
     try:
@@ -493,7 +730,80 @@ def save_model(
         if tmp.exists():  # the old version after a swap, or the new one after a failure
             shutil.rmtree(tmp, ignore_errors=True)
     _fsync_dir(folder.parent)
-    return folder
+
+
+def _write_in_place(folder: Path, files: dict) -> None:
+    """Write ``files`` into the existing non-model ``folder``, the config last; on failure
+    remove the model files this call made (other files there are left alone)."""
+    made = []
+    try:
+        for name, content in files.items():
+            existed = (folder / name).exists()
+            _atomic_write(folder / name, _writer(content))
+            if not existed:
+                made.append(folder / name)
+        _fsync_dir(folder)
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+
+
+def _save_exclusive(folder: Path, files: dict) -> None:
+    """Write a new model into ``folder`` (made if missing) that must not hold one, under an
+    exclusive claim file."""
+    created = False
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder)
+        created = True
+    if not folder.is_dir() or folder.is_symlink():
+        raise FileExistsError(f"{folder}: exists and is not a folder")
+    claim = _claim(folder)
+    try:
+        if is_model_dir(folder):
+            raise FileExistsError(f"{folder}: holds a model already; versions are never overwritten")
+        _write_in_place(folder, files)
+    except BaseException:
+        _release(folder, claim)
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if it is still empty: nothing else of anyone's is removed
+        raise
+    _release(folder, claim)
+
+
+def _release(folder: Path, claim: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(claim)
+    with contextlib.suppress(OSError):
+        (folder / CLAIM_FILE).unlink()
+
+
+def _claim(folder: Path) -> int:
+    """Create ``folder/CLAIM_FILE`` exclusively (with our pid); a claim of a dead process is
+    taken over. Another live claim: :class:`FileExistsError`."""
+    path = folder / CLAIM_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().strip() or "0")
+            except (OSError, ValueError):
+                pid = 0
+            age = time.time() - path.stat().st_mtime if path.exists() else 0.0
+            if (pid and not _pid_alive(pid)) or age > STALE_SECONDS:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            raise FileExistsError(
+                f"{folder}: another process (pid {pid or '?'}) is saving a model there right now; "
+                "versions are never overwritten, choose another name"
+            ) from None
+        os.write(fd, str(os.getpid()).encode())
+        return fd
+    raise FileExistsError(f"{folder}: another process is saving a model there right now")
 
 
 def discard_model(folder: str | os.PathLike) -> None:
@@ -532,7 +842,7 @@ def _write_synced(target: Path, write) -> None:
 
 
 def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp")
     os.close(fd)
     try:
         _write_synced(Path(tmp), write)
@@ -566,7 +876,7 @@ def _carry_over(old: Path, new: Path, skip: set[str]) -> None:
             shutil.copy2(src, dst)
 
     for entry in old.iterdir():
-        if entry.name in skip or _HIDDEN.match(entry.name) or entry.name.endswith(".tmp"):
+        if entry.name in skip or entry.name == CLAIM_FILE or _HIDDEN.match(entry.name) or entry.name.endswith(".tmp"):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=link)
@@ -652,25 +962,39 @@ def recover_interrupted_saves(root: str | os.PathLike, name: str | None = None) 
     """Finish what a save killed half-way left in ``root`` (for model ``name``, or all).
 
     A previous version moved aside (``.<name>.old-*``) goes back where it was if nothing took
-    its place; leftovers of dead processes are removed. Saves still running in another
-    process are left alone. Errors (e.g. a read-only folder) are ignored.
+    its place; leftovers of dead processes (hidden ``.<name>.tmp-<pid>-*`` folders and
+    ``.<file>.<pid>-*.tmp`` files, in ``root`` and in the folder ``name``) are removed, and so
+    are those older than :data:`STALE_SECONDS` (a writer pid since reused). Saves still running
+    in another process are left alone. Only names of this store's own patterns are touched.
+    Errors (e.g. a read-only folder) are ignored.
     """
     root = Path(root)
     try:
-        pattern = f".{_glob_escape(name)}.*-*" if name else ".*"
+        pattern = f".{_glob_escape(name)}.*" if name else ".*"
         hidden = sorted(root.glob(pattern))
+        if name and (root / name).is_dir() and not (root / name).is_symlink():
+            hidden += sorted((root / name).glob(".*.tmp"))
     except OSError:
         return
+    now = time.time()
     for path in hidden:
-        match = _HIDDEN.match(path.name)
-        if not match or (name and match["name"] != name) or _pid_alive(int(match["pid"])):
+        match = _HIDDEN.match(path.name) or _TMP_FILE.match(path.name)
+        if not match or (name and path.parent == root and match["name"] != name):
+            continue
+        try:
+            stale = now - path.lstat().st_mtime > STALE_SECONDS
+        except OSError:
+            continue
+        if _pid_alive(int(match["pid"])) and not stale:
             continue
         target = root / match["name"]
         with contextlib.suppress(OSError):
-            if match["kind"] == "old" and not target.exists() and is_model_dir(path):
+            if match.re is _HIDDEN and match["kind"] == "old" and not target.exists() and is_model_dir(path):
                 os.rename(path, target)
-            else:
+            elif path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def _glob_escape(text: str) -> str:
@@ -725,6 +1049,7 @@ def render_card(cfg: ModelConfig) -> str:
 # Widgets subscribe with :func:`on_active_changed` (held weakly: a closed widget is dropped).
 
 ACTIVE_FILE = "active.json"
+ACTIVE_SCHEMA = Obj({"model": Str(4096, min_len=1)}, required=("model",))
 _active: dict[str, str] = {}
 _active_listeners: list = []
 
@@ -739,12 +1064,15 @@ def active_model() -> str | None:
     if key in _active:
         return _active[key]
     path = user_model_dir().parent / ACTIVE_FILE
+    if not path.exists():
+        return None
     try:
-        name = json.loads(path.read_text()).get("model")
-    except (OSError, ValueError, AttributeError):
+        data = read_json(path, ValueError, max_bytes=64 * 1024, what="active-model file")
+        check(ACTIVE_SCHEMA, data, "", ValueError)
+    except ValueError as err:
+        warnings.warn(f"ignoring {err}", BrokenModelWarning, stacklevel=2)
         return None
-    if not isinstance(name, str):
-        return None
+    name = data["model"]
     try:
         resolve_model(name)
     except ModelLoadError:
@@ -804,22 +1132,52 @@ def list_versions(base: str) -> list[ModelEntry]:
     return out + [e for _, e in sorted(versions, key=lambda t: t[0])]
 
 
+def safe_model_name(name: object, fallback: str = "model") -> str:
+    """``name`` made a safe store name: characters other than letters, digits, ``.``, ``_``,
+    ``+`` and ``-`` become ``_``, leading ``.``/``_``/``-`` go, at most 100 characters.
+    A name is never a path: ``"../../tmp/x"`` becomes ``"tmp_x"``."""
+    text = re.sub(r"[^A-Za-z0-9._+-]", "_", str(name))[-100:].lstrip("._-+")
+    return text if _NAME.match(text) else fallback
+
+
+def store_path(name: str, root: str | os.PathLike | None = None) -> Path:
+    """The folder of the model ``name`` in the store ``root`` (default :func:`user_model_dir`).
+
+    ``name`` must be a plain name (see :func:`safe_model_name`); the folder, once symbolic
+    links are resolved, must lie directly inside the store (a link in the store pointing
+    elsewhere is not written through). Anything else raises :class:`ModelLoadError`.
+    """
+    root = Path(root) if root is not None else user_model_dir()
+    if not isinstance(name, str) or len(name) > 128 or not _NAME.match(name):
+        raise ModelLoadError(
+            f"{str(name)[:80]!r} is not a usable model name in the store (letters, digits, '.', '_', "
+            "'+', '-', starting with a letter or digit, at most 128 characters); a name is never a path"
+        )
+    folder = root / name
+    if Path(os.path.realpath(folder)).parent != Path(os.path.realpath(root)):  # e.g. a link out of it
+        raise ModelLoadError(f"{name!r}: the folder {folder} would lie outside the model store {root}")
+    return folder
+
+
 def reserve_version(base: str) -> Path:
     """Create (exclusively) the empty folder of the next version ``<base>-ft-<N>`` and return it.
 
     The folder is made with one ``mkdir``, so two fine-tunes finishing at once get different
-    numbers and no version is ever overwritten; :func:`save_model` then fills it.
+    numbers and no version is ever overwritten; :func:`save_model` then fills it. ``base`` is
+    a model name, never a path: it is reduced to a safe name (:func:`safe_model_name`) and the
+    folder checked to lie inside the store (:func:`store_path`).
     """
-    base = version_base(base)
+    base = safe_model_name(version_base(str(base)))
     root = user_model_dir()
     root.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(rf"^\.?{re.escape(base)}-ft-(\d+)(\..*)?$")
     taken = [int(m[1]) for p in root.iterdir() if (m := pattern.match(p.name))]
     n = max(taken, default=0) + 1
-    while True:
-        folder = root / f"{base}-ft-{n}"
+    for _ in range(10_000):
+        folder = store_path(f"{base}-ft-{n}", root)
         try:
             os.mkdir(folder)
             return folder
         except FileExistsError:
             n += 1
+    raise ModelSaveError(f"{root}: no free version number for {base} (10000 tried)")

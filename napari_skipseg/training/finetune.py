@@ -36,7 +36,10 @@ from pathlib import Path
 import numpy as np
 
 from ..inference.engine import Progress
+from ..model.config import MAX_CLASSES
+from ..model.schema import Bool, Int, List, Nullable, Num, Str, check
 from .data import IGNORE, Sample, check_mask, instance_target
+from .loop import TRAIN_FIELDS, TrainingError, check_batch_size
 
 TRAINABLE = ("auto", "all", "decoder", "decoder+last")
 #: cross-entropy class weights (frequency ** -CLASS_BALANCE_NEW) when fine-tuning a new head
@@ -47,6 +50,26 @@ CLASS_BALANCE_NEW = 1.0
 #: labels, so that a thin structure such as a membrane is not under-predicted)
 AUTO_TRAIN = {False: ("decoder+last", 3e-4, 0.0), True: ("all", 3e-3, CLASS_BALANCE_NEW)}
 LABELS_FILE = "labels.npz"
+
+
+#: Types and bounds of :class:`FinetuneOptions` (``model.schema``; :class:`TrainingError`
+#: names the field): a finite learning rate up to 1, bounded steps and seconds, a class
+#: count labels can hold.
+OPTION_FIELDS = {
+    **{k: TRAIN_FIELDS[k] for k in ("batch_size", "steps", "time_budget", "weight_decay", "warmup",
+                                    "val_every", "dice_weight", "augment", "foreground_bias", "elastic",
+                                    "ema", "seed")},
+    "lr": Nullable(Num(0, TRAIN_FIELDS["lr"].hi, lo_open=True)),
+    "train": Str(choices=TRAINABLE),
+    "patch": Nullable(TRAIN_FIELDS["patch"]),
+    "class_balance": Nullable(TRAIN_FIELDS["class_balance"]),
+    "num_classes": Nullable(Int(2, MAX_CLASSES)),
+    "new_head": Bool(),
+    "class_names": Nullable(List(Str(128), 1, MAX_CLASSES)),
+    "preprocess": Str(choices=("auto", "keep")),
+    "tune": Bool(),
+    "val_fraction": Num(0, 0.9),
+}
 
 
 @dataclass
@@ -79,16 +102,10 @@ class FinetuneOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.train not in TRAINABLE:
-            raise ValueError(f"train must be one of {', '.join(TRAINABLE)}, got {self.train!r}")
-        if self.preprocess not in ("auto", "keep"):
-            raise ValueError(f"preprocess must be 'auto' or 'keep', got {self.preprocess!r}")
-        if self.steps < 0 or (self.lr is not None and self.lr <= 0) or self.batch_size < 1:
-            raise ValueError("steps must be >= 0, lr > 0 and batch_size >= 1")
-        if self.num_classes is not None and self.num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
-        if self.class_balance is not None and not 0 <= self.class_balance <= 2:
-            raise ValueError(f"class_balance must be from 0 to 2, got {self.class_balance}")
+        for key, spec in OPTION_FIELDS.items():
+            check(spec, getattr(self, key), key, TrainingError)
+        if self.patch is not None:
+            check_batch_size(self.batch_size, self.patch)
 
 
 @dataclass
@@ -632,7 +649,9 @@ def save_version(
     :func:`~napari_skipseg.model.store.reserve_version` is fine). ``activate`` (default: when
     the guard accepted the result) makes the new version the active model.
     """
-    from ..model.store import is_model_dir, reserve_version, save_model
+    from ..model.config import FIELDS
+    from ..model.schema import Invalid
+    from ..model.store import is_model_dir, reserve_version, safe_model_name, save_model
 
     folder = Path(folder) if folder is not None else reserve_version(result.model.config.name)
     if is_model_dir(folder):
@@ -643,7 +662,11 @@ def save_version(
 
     model = result.model
     cfg = model.config
-    cfg.name = folder.name
+    try:
+        FIELDS["name"].validate(folder.name, "name")
+        cfg.name = folder.name
+    except Invalid:  # a folder name that is not a model name (e.g. holds ':'): a safe form of it
+        cfg.name = safe_model_name(folder.name, fallback=safe_model_name(cfg.name))
     now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     before = {k: round(v, 4) for k, v in result.before.items() if isinstance(v, (int, float)) and k != "score"}
     after = {k: round(v, 4) for k, v in result.after.items() if isinstance(v, (int, float)) and k != "score"}
@@ -683,7 +706,7 @@ def save_version(
             "message": result.message, "normalization": result.normalization,
         }, indent=1, default=str) + "\n",
     }
-    save_model(model, folder, half=False, extra_files=extras)
+    save_model(model, folder, half=False, extra_files=extras, exclusive=True)
     result.path = folder
     if activate if activate is not None else result.accepted:
         activate_version(folder)

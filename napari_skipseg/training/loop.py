@@ -16,12 +16,62 @@ import numpy as np
 from ..inference.engine import Progress
 from ..inference.postprocess import instance_labels, semantic_labels
 from ..metrics import InstanceScores, dice_per_class, match_instances, pixel_error
+from ..model.schema import Bool, Int, List, Nullable, Num, check
 from .data import IGNORE, PatchSampler, Sample
+
+#: Bounds of training options (steps, seconds, pixels per batch): a run asks for at most
+#: this much; larger values are typos or attacks on memory and time.
+MAX_STEPS = 10_000_000
+MAX_SECONDS = 30 * 24 * 3600.0
+MAX_BATCH_PIXELS = 2**26  # batch_size x patch pixels (the bundled recipes use 2**15 to 2**19)
+MAX_LR = 1.0
+
+
+class TrainingError(ValueError):
+    """Training options are out of range, or training went wrong (nothing is saved)."""
+
+
+class TrainingDiverged(TrainingError):
+    """The loss or the weights became NaN or infinite: training stopped, nothing is saved."""
+
+
+#: The spec of every :class:`TrainConfig` field (``model.schema``), used for recipes too.
+TRAIN_FIELDS = {
+    "patch": List(Int(1, 4096), 2, 3),
+    "batch_size": Int(1, 1024),
+    "steps": Int(0, MAX_STEPS),
+    "time_budget": Nullable(Num(0, MAX_SECONDS, lo_open=True)),
+    "lr": Num(0, MAX_LR),  # 0 trains nothing (the CLI and fine-tuning ask for more than 0)
+    "weight_decay": Num(0, 1),
+    "warmup": Int(0, MAX_STEPS),
+    "val_every": Int(1, MAX_STEPS),
+    "max_val_images": Int(0, 100_000),
+    "dice_weight": Num(0, 100),
+    "augment": Bool(),
+    "foreground_bias": Num(0, 1),
+    "elastic": Num(0, 1),
+    "class_balance": Num(0, 2),
+    "ema": Num(0, 0.99999),
+    "val_seeds": List(Num(0, 1), 0, 64),
+    "seed": Int(0, 2**32 - 1),
+}
+
+
+def check_batch_size(batch_size: int, patch) -> None:
+    """Refuse a batch of more than :data:`MAX_BATCH_PIXELS` pixels (memory)."""
+    n = batch_size * int(np.prod(patch))
+    if n > MAX_BATCH_PIXELS:
+        raise TrainingError(f"a batch of {batch_size} patches of {list(patch)} holds {n} pixels; at most "
+                            f"{MAX_BATCH_PIXELS} (lower batch_size or patch)")
 
 
 @dataclass
 class TrainConfig:
-    """How to train. ``steps`` and ``time_budget`` (seconds) both stop training."""
+    """How to train. ``steps`` and ``time_budget`` (seconds) both stop training.
+
+    Every field is type-checked and bounded (:data:`TRAIN_FIELDS`); :meth:`validate` raises
+    :class:`TrainingError` naming the field.
+    """
 
     patch: list[int] = field(default_factory=lambda: [256, 256])
     batch_size: int = 8
@@ -44,16 +94,36 @@ class TrainConfig:
     val_seeds: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9, 0.97])
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        for key, spec in TRAIN_FIELDS.items():
+            check(spec, getattr(self, key), key, TrainingError)
+        check_batch_size(self.batch_size, self.patch)
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise TrainingError(f"training options must be a JSON object, got {type(data).__name__}")
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
-            raise ValueError(f"unknown training options: {', '.join(unknown)}")
+            raise TrainingError(f"unknown training options: {', '.join(unknown)[:200]}")
         return cls(**data)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def non_finite(state: dict) -> str | None:
+    """Name of the first floating-point tensor of ``state`` holding NaN or infinity, or None."""
+    import torch
+
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
 
 
 def training_extras(tcfg: TrainConfig) -> str:
@@ -226,6 +296,11 @@ def train(
         """Score the weights that would be kept (the average, with ``ema``); returns a copy of
         them and the metrics."""
         state = copy.deepcopy(model.state_dict()) if ema is None else ema.state(model)
+        bad = non_finite(state)
+        if bad:
+            raise TrainingDiverged(f"training diverged by step {step}: weight tensor {bad} holds NaN or "
+                                   f"infinite values (learning rate {tcfg.lr:g}: try a smaller one); "
+                                   "nothing was saved")
         live = None
         if ema is not None:
             live = copy.deepcopy(model.state_dict())
@@ -269,6 +344,10 @@ def train(
         x, y = sampler.batch(tcfg.batch_size)
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         loss = loss_fn(model(x), y, tcfg.dice_weight, weight)
+        if not bool(torch.isfinite(loss)):
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1}: the loss became {loss.item()} (learning rate "
+                f"{tcfg.lr:g}: try a smaller one); nothing was saved")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -297,6 +376,10 @@ def train(
     if not val:
         best = {"score": float("nan"), "step": step,
                 "state": model.state_dict() if ema is None else ema.state(model), "metrics": {}}
+    bad = non_finite(best["state"])
+    if bad:
+        raise TrainingDiverged(f"training diverged: weight tensor {bad} holds NaN or infinite values "
+                               f"(learning rate {tcfg.lr:g}: try a smaller one); nothing was saved")
     model.load_state_dict(best["state"])
     model.eval()
     return TrainResult(model, history, best["step"], best["score"], best["metrics"], time.perf_counter() - t0)

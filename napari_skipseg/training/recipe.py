@@ -14,19 +14,39 @@ from collections.abc import Generator
 from pathlib import Path
 
 from ..inference.engine import Progress
-from ..model.config import ModelConfig
+from ..model.config import ModelConfig, ModelConfigError
+from ..model.schema import AnyJSON, Num, Obj, check, read_json
 from .data import load_pairs, split_names
-from .loop import TrainConfig, train, training_extras, tune_postprocess
+from .loop import TrainConfig, TrainingError, train, training_extras, tune_postprocess
+
+#: A recipe: the model's config, the training options, the validation share; other keys
+#: (comments) are kept as plain JSON.
+RECIPE = Obj(
+    {"model": Obj({}, extra=AnyJSON(16)), "training": Obj({}, extra=AnyJSON(4)),
+     "val_fraction": Num(0, 0.9)},
+    extra=AnyJSON(8),
+)
 
 
 def load_recipe(path: str | Path) -> tuple[ModelConfig, TrainConfig, dict]:
+    """The model config, training options and other settings of the recipe file ``path``,
+    validated (:class:`TrainingError` naming the file and the field)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read recipe ({err})") from err
+    data = read_json(path, TrainingError, what="recipe")
+    check(RECIPE, data, "", lambda m: TrainingError(f"{path}: {m}"))
     extra = {k: v for k, v in data.items() if k not in ("model", "training")}
-    return ModelConfig.from_dict(data.get("model", {})), TrainConfig.from_dict(data.get("training", {})), extra
+    try:
+        cfg = ModelConfig.from_dict(data.get("model", {}))
+    except ModelConfigError as err:
+        raise TrainingError(f"{path}: model: {err}") from err
+    try:
+        tcfg = TrainConfig.from_dict(data.get("training", {}))
+    except TrainingError as err:
+        raise TrainingError(f"{path}: training: {err}") from err
+    if len(tcfg.patch) != cfg.spatial_dims:
+        raise TrainingError(f"{path}: training: patch {tcfg.patch} must have {cfg.spatial_dims} sizes "
+                            f"(the model is {cfg.spatial_dims}D)")
+    return cfg, tcfg, extra
 
 
 def train_from_folder(
@@ -58,6 +78,7 @@ def train_from_folder(
         tcfg.time_budget = time_budget
     if lr is not None:
         tcfg.lr = lr
+    tcfg.validate()  # the overrides are bounded like the recipe's values
     dev = select_device(device)
     data_dir = Path(data_dir)
     names = sorted(p.name for p in (data_dir / "images").iterdir() if p.is_file())

@@ -157,7 +157,7 @@ def test_truncated_or_empty_config(tmp_path):
     folder = save_model(tiny(), tmp_path / "m")
     text = (folder / CONFIG_FILE).read_text()
     (folder / CONFIG_FILE).write_text(text[: len(text) // 2])
-    with pytest.raises(ModelLoadError, match="config.json: not valid JSON"):
+    with pytest.raises(ModelLoadError, match="config.json: the model config is not valid JSON"):
         load_model(folder)
     (folder / CONFIG_FILE).write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ModelLoadError, match="config.json"):
@@ -175,10 +175,18 @@ def test_truncated_weights_at_any_length(tmp_path, cut):
 
 
 def test_non_finite_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from napari_skipseg.model.store import ModelSaveError
+
     model = tiny()
     with torch.no_grad():
         model.head.weight[0, 0] = float("nan")
-    folder = save_model(model, tmp_path / "m")
+    with pytest.raises(ModelSaveError, match="head.weight holds NaN or infinite values"):
+        save_model(model, tmp_path / "m")  # never stored
+    assert not (tmp_path / "m").exists()
+    folder = save_model(tiny(), tmp_path / "m")  # a file damaged afterwards is refused on loading
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS_FILE))
     with pytest.raises(ModelLoadError, match=r"1 weight tensor\(s\) hold NaN or infinite values, e.g. head.weight"):
         load_model(folder)
 
@@ -204,14 +212,23 @@ def test_config_with_other_input_channels(tmp_path):
 
 
 def test_huge_config_refused_before_allocating(tmp_path):
-    """A config asking for a network of ~10^13 parameters is checked against the file's
-    header on the meta device, so nothing is allocated."""
+    """A config asking for a network of ~10^13 parameters is refused by the config's bounds
+    (and would be checked against the file's header on the meta device), so nothing is
+    allocated."""
     folder = save_model(tiny(), tmp_path / "m")
     cfg = json.loads((folder / CONFIG_FILE).read_text())
     cfg["base_channels"] = 100_000
     cfg["depth"] = 6
     (folder / CONFIG_FILE).write_text(json.dumps(cfg))
     t0 = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="config.json: base_channels must be an integer from 1 to 1024"):
+        load_model(folder)
+    cfg["base_channels"], cfg["depth"] = 512, 5  # within each bound, too large together
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match=r"would have \d+ M parameters \(at most 200 M\)"):
+        load_model(folder)
+    cfg["base_channels"], cfg["depth"] = 8, 2  # a fitting size, not these weights
+    (folder / CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="weights do not match the config"):
         load_model(folder)
     assert time.perf_counter() - t0 < 10

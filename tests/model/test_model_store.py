@@ -156,9 +156,11 @@ def test_save_is_atomic(tmp_path):
     folder = save_model(model, tmp_path / "m")
     assert sorted(p.name for p in folder.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
     before = (folder / CONFIG_FILE).read_text()
-    # a config that cannot be written as JSON fails half-way through the save
+    # a config that cannot be written as JSON is refused before anything is written
+    from napari_skipseg.model.store import ModelSaveError
+
     model.config.card["bad"] = {1, 2}
-    with pytest.raises(TypeError):
+    with pytest.raises(ModelSaveError, match="card.bad is a set, not plain JSON"):
         save_model(model, folder)
     assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))
     assert (folder / CONFIG_FILE).read_text() == before  # the old file is untouched

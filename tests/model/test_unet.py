@@ -242,9 +242,9 @@ def test_config_from_json_errors(tmp_path):
 
 
 @pytest.mark.parametrize(("inference", "match"), [
-    ({"flip": True}, "only the key 'flips'"),
+    ({"flip": True}, r"inference has an unknown key 'flip' \(known: flips\)"),
     ({"flips": "yes"}, "true or false"),
-    ([True], "only the key 'flips'"),
+    ([True], "inference must be an object with the keys flips"),
 ])
 def test_config_inference_settings_are_checked(inference, match):
     with pytest.raises(ModelConfigError, match=match):

@@ -493,7 +493,7 @@ def test_load_pairs_errors(tmp_path, data_folder):
 def test_load_recipe_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(ValueError, match="cannot read recipe"):
+    with pytest.raises(ValueError, match="bad.json: the recipe is not valid JSON"):
         load_recipe(bad)
     bad.write_text(json.dumps({"model": {"block": "dense"}}))
     with pytest.raises(ValueError, match="block"):

@@ -48,8 +48,10 @@ def whole_number(low: int | None = None, high: int | None = None, what: str = ""
     return parse
 
 
-def real_number(low: float | None = None, high: float | None = None, what: str = ""):
-    """An argparse type: a finite number in ``low..high`` (either end open when None)."""
+def real_number(low: float | None = None, high: float | None = None, what: str = "",
+                low_open: bool = False):
+    """An argparse type: a finite number in ``low..high`` (either end open when None;
+    ``low`` itself excluded when ``low_open``)."""
     import math
 
     def parse(text: str) -> float:
@@ -59,18 +61,22 @@ def real_number(low: float | None = None, high: float | None = None, what: str =
             raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{value:g} is out of range: {_span(low, high)}{what}")
+        if ((low is not None and (value < low or (low_open and value == low)))
+                or (high is not None and value > high)):
+            raise argparse.ArgumentTypeError(f"{value:g} is out of range: {_span(low, high, low_open)}{what}")
         return value
 
     parse.__name__ = "number"
     return parse
 
 
-def _span(low, high) -> str:
+def _span(low, high, low_open: bool = False) -> str:
+    first = f"above {low:g}" if low_open else f"{low:g}" if low is not None else ""
     if low is not None and high is not None:
-        return f"use {low:g} to {high:g}"
-    return f"use at least {low:g}" if low is not None else f"use at most {high:g}"
+        return f"use {first} to {high:g}"
+    if low is not None:
+        return f"use a number {first}" if low_open else f"use at least {low:g}"
+    return f"use at most {high:g}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -439,35 +445,15 @@ def cmd_models(args) -> int:
     return 0
 
 
-def _bounded(kind: type, lo: float, hi: float, lo_open: bool = False):
-    """An argparse ``type`` for a finite ``kind`` (int or float) from ``lo`` (excluded when
-    ``lo_open``) to ``hi``: argparse then says ``argument --lr: ...`` and exits 2."""
-    import math
-
-    def parse(text: str):
-        what = "an integer" if kind is int else "a number"
-        low = f"above {lo:g}" if lo_open else f"from {lo:g}"
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {what} {low} to {hi:g}, got {text!r}") from None
-        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
-            raise argparse.ArgumentTypeError(f"must be {what} {low} to {hi:g}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names the type in "invalid ... value"
-    return parse
-
-
 def _training_bounds():
     from .model.config import MAX_CLASSES
     from .training.loop import MAX_LR, MAX_SECONDS, MAX_STEPS
 
     return {
-        "steps": _bounded(int, 0, MAX_STEPS), "time": _bounded(float, 0, MAX_SECONDS, lo_open=True),
-        "lr": _bounded(float, 0, MAX_LR, lo_open=True), "batch": _bounded(int, 1, 1024),
-        "classes": _bounded(int, 2, MAX_CLASSES), "balance": _bounded(float, 0, 2),
-        "seed": _bounded(int, 0, 2**32 - 1),
+        "steps": whole_number(0, MAX_STEPS), "time": real_number(0, MAX_SECONDS, " seconds", low_open=True),
+        "lr": real_number(0, MAX_LR, low_open=True), "batch": whole_number(1, 1024),
+        "classes": whole_number(2, MAX_CLASSES), "balance": real_number(0, 2),
+        "seed": whole_number(0, 2**32 - 1),
     }
 
 

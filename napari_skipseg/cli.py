@@ -825,9 +825,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: ``skipseg: warning: ...`` on one line, no source lines."""
+    return f"skipseg: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     from .inference.engine import SegmentationError
     from .model.config import ModelConfigError
     from .model.store import ModelLoadError

@@ -155,7 +155,7 @@ def check_claim(path: object, shape: Sequence[Any], dtype: Any, *, lazy: bool, s
     if stored is not None and claimed > max(int(stored), 0) * ratio:
         how = "" if ratio == 1 else f" (even at {ratio:g}:1 compression)"
         raise ImageReadError(path, f"{what} claims {desc}, but the file holds "
-                             f"{_size(stored)} of pixel data{how}: truncated, or the metadata is wrong")
+                             f"{_size(stored)} of pixel data{how}: the file is truncated or corrupt, or its metadata wrong")
     limit, env = (max_bytes(), "SKIPSEG_MAX_BYTES") if lazy else (max_eager_bytes(), "SKIPSEG_MAX_EAGER_BYTES")
     if claimed > limit:
         raise ImageReadError(path, f"{what} claims {desc}, more than the "

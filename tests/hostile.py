@@ -232,7 +232,6 @@ def dicom_series(folder: str | Path, n: int = 3, shape=(8, 10), **tags) -> Path:
     value is ``None``) on every slice, e.g. ``PixelSpacing=["0.5"]``, ``BitsAllocated=24``."""
     import numpy as np
     import pydicom
-
     from formats_data import write_dicom_series
 
     folder = Path(folder)

@@ -9,8 +9,8 @@ import zarr
 
 from napari_skipseg._reader import get_reader, read_layers
 from napari_skipseg.io import ImageMeta, ImageReadError, read_image, write_image
-from napari_skipseg.io.zarr_io import create_ome_zarr, read_levels, write_labels_next_to
 from napari_skipseg.io.validate import unwrap
+from napari_skipseg.io.zarr_io import create_ome_zarr, read_levels, write_labels_next_to
 
 ome_zarr = pytest.importorskip("ome_zarr")
 

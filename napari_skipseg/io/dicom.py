@@ -14,6 +14,7 @@ with the scan. Needs pydicom (``pip install 'napari-skipseg[formats]'``).
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -218,13 +219,17 @@ def _header(f: str, ds: Any) -> dict[str, Any]:
     thickness = tag("SliceThickness")
     thickness = 1.0 if thickness is None else numbers(f, [thickness], "DICOM SliceThickness")[0]
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except (ValueError, AttributeError):  # not a transfer syntax we know: its pixels may be anything
+        compressed = True
     return {
         "uid": str(tag("SeriesInstanceUID", "")), "shape": (rows, cols), "pixel": (bits, representation == 1),
         "spacing": spacing, "slope": slope, "intercept": intercept,
         "thickness": thickness if thickness > 0 else 1.0,
         "orientation": vector("ImageOrientationPatient", 6), "position": vector("ImagePositionPatient", 3),
         "modality": str(tag("Modality", "")),
-        "compressed": bool(syntax is not None and getattr(syntax, "is_compressed", False)),
+        "compressed": compressed,
     }
 
 
@@ -235,9 +240,26 @@ def _seq(value: Any) -> list:
     return list(value)
 
 
+class _CappedFile(io.FileIO):
+    """A file whose reads never ask for more than what is left in it.
+
+    pydicom reads an element by its stated length; a garbled length (up to 4 GB) would make
+    it allocate that much before finding the file shorter."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, "rb")
+        self._size = os.fstat(self.fileno()).st_size
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > 0:
+            size = min(size, max(self._size - self.tell(), 0))
+        return super().read(size)
+
+
 def _read_header(pydicom: Any, f: str) -> Any:
     try:
-        return pydicom.dcmread(f, stop_before_pixels=True)
+        with _CappedFile(f) as fh:
+            return pydicom.dcmread(fh, stop_before_pixels=True)
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise ImageReadError(f, f"not a readable DICOM file, truncated or corrupt? ({e})") from e
 
@@ -246,7 +268,8 @@ def _read_pixels(f: str, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
     """The rescaled pixels of one slice file."""
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(f)
+        with _CappedFile(f) as fh:
+            ds = pydicom.dcmread(fh)
         pixels = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - truncated PixelData, missing codecs, ...
         raise ImageReadError(f, f"cannot read the DICOM pixel data, truncated or compressed with a codec "

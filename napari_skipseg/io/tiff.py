@@ -132,7 +132,7 @@ def _ratio(compression: Any) -> float:
 def _stored(path: str, series: tifffile.TiffPageSeries) -> tuple[int, float]:
     """Bytes of pixel data the file holds for `series`, and the largest plausible ratio."""
     if series.dataoffset is not None:  # contiguous, uncompressed: the bytes after the offset
-        return os.path.getsize(path) - int(series.dataoffset), 1.0
+        return max(os.path.getsize(path) - int(series.dataoffset), 0), 1.0
     stored = 0
     for page in series.pages:
         if page is not None:

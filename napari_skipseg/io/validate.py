@@ -261,7 +261,7 @@ class GuardedArray:
         return getattr(self.wrapped, name)
 
     def __len__(self) -> int:
-        return len(self.wrapped)
+        return int(self.shape[0])
 
     def __repr__(self) -> str:
         return f"GuardedArray({self.wrapped!r}, path={self.path!r})"

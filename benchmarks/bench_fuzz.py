@@ -120,10 +120,9 @@ class Pool:
 
 
 def run_format(fmt: str, count: int, pool: Pool, keep: Path, seed: int, log) -> dict:
+    from hostile import case_strategy, write_case
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
-
-    from hostile import case_strategy, write_case
 
     counts: Counter = Counter()
     examples: dict[str, list] = {}
@@ -200,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+
+    import logging
+    import warnings
+
+    logging.disable(logging.CRITICAL)  # the format libraries complain about every spoilt file we write
+    warnings.simplefilter("ignore")
 
     keep = Path(tempfile.mkdtemp(prefix="bench_fuzz_"))
     pool = Pool(int(args.address_space_gb * (1 << 30)), args.timeout)

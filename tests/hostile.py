@@ -594,6 +594,8 @@ def _write_nifti(case: dict, folder: Path) -> Path:
                 hdr[field] = np.asarray(value, dtype=float).astype(current.dtype)
         except (ValueError, TypeError, OverflowError):
             continue
+    if "vox_offset" not in dict(case["fields"]):
+        hdr["vox_offset"] = 352
     opener = gzip.open if case["gz"] else open
     with opener(path, "wb") as fh:
         fh.write(hdr.binaryblock + b"\0" * 4)

@@ -95,13 +95,13 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageM
         scaled = img.dataobj.dtype if hasattr(img.dataobj, "dtype") else dtype
     except Exception as e:  # noqa: BLE001 - an unknown datatype code
         raise ImageReadError(path, f"the NIfTI header's datatype cannot be read ({e})") from e
-    _check_size(path, hdr, shape, dtype, lazy=lazy and not gz)
+    _check_size(path, getattr(img.dataobj, "offset", hdr.get_data_offset()), shape, dtype, lazy=lazy and not gz)
     axes = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}[keep]
     order = {2: (1, 0), 3: (2, 1, 0), 4: (3, 2, 1, 0), 5: (3, 4, 2, 1, 0)}[keep]
     zooms, extra = _geometry(path, hdr, keep)
     letters = {"X": zooms[0], "Y": zooms[1], "Z": zooms[2]}
     spacing = tuple(letters.get(a, 1.0) for a in axes)
-    xyz_unit, _ = hdr.get_xyzt_units()
+    xyz_unit = extra["nifti"]["xyzt_units"][0]
     unit = _UNITS.get(xyz_unit, xyz_unit or "pixel")
     meta = ImageMeta(axes, spacing, unit, name=file_stem(path, SUFFIXES), path=path, extra=extra)
     out_shape = tuple(shape[i] for i in order)
@@ -166,10 +166,20 @@ def _geometry(path: str, hdr: Any, keep: int) -> tuple[list[float], dict]:
         "nifti": {
             "qform": None if qform is None else qform.tolist(), "qform_code": qcode,
             "sform": None if sform is None else sform.tolist(), "sform_code": scode,
-            "time_step": zooms[3] if keep >= 4 else None, "xyzt_units": list(hdr.get_xyzt_units()),
+            "time_step": zooms[3] if keep >= 4 else None, "xyzt_units": _units(path, hdr),
         },
     }
     return zooms, extra
+
+
+def _units(path: str, hdr: Any) -> list[str]:
+    """The header's space and time units; codes NIfTI does not define read as unknown."""
+    try:
+        return list(hdr.get_xyzt_units())
+    except KeyError:
+        warnings.warn(f"{path}: NIfTI xyzt_units {int(hdr['xyzt_units'])} holds unit codes NIfTI does not "
+                      "define; units unknown", stacklevel=4)
+        return ["unknown", "unknown"]
 
 
 def _writable(matrix: Any, kind: str) -> bool:
@@ -188,9 +198,10 @@ def _writable(matrix: Any, kind: str) -> bool:
     return True
 
 
-def _check_size(path: str, hdr: Any, shape: tuple[int, ...], dtype: np.dtype, lazy: bool) -> None:
-    """Compare the data size the header promises with what the file holds, and the limits."""
-    offset = int(hdr.get_data_offset())
+def _check_size(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, lazy: bool) -> None:
+    """Compare the data size the header promises (from `offset`, where nibabel reads) with
+    what the file holds, and the limits."""
+    offset = int(offset)
     need = offset + nbytes(shape, dtype)
     if path.lower().endswith(".gz"):
         stored = os.path.getsize(path)

@@ -65,7 +65,7 @@ def check_case(case: dict, monkeypatch_env: dict) -> None:
 
 
 LIMITS = {"SKIPSEG_MAX_BYTES": str(LAZY_LIMIT), "SKIPSEG_MAX_EAGER_BYTES": str(EAGER_LIMIT)}
-CI = settings(max_examples=30, deadline=None, derandomize=True, database=None,
+CI = settings(max_examples=20, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                      HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture])
 

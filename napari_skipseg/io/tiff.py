@@ -135,8 +135,14 @@ def _stored(path: str, series: tifffile.TiffPageSeries) -> tuple[int, float]:
         return max(os.path.getsize(path) - int(series.dataoffset), 0), 1.0
     stored = 0
     for page in series.pages:
-        if page is not None:
-            stored += sum(int(n) for n in page.databytecounts)
+        if page is None:
+            continue
+        size = page.parent.filehandle.size
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+            if int(offset) + int(count) > size:  # tifffile would allocate `count` bytes to read it
+                raise ImageReadError(path, f"a strip or tile of {int(count)} bytes at offset {int(offset)} runs "
+                                     f"past the end of the file ({size} bytes): truncated or corrupt")
+            stored += int(count)
     return stored, _ratio(series.keyframe.compression)
 
 

@@ -331,3 +331,26 @@ def test_reader_keeps_a_guarded_zarr_on_disk(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         json.dumps(kwargs["metadata"]["skipseg"]["extra"])
+
+
+# --- found by the fuzzers ------------------------------------------------------------------------
+
+
+def test_tiff_strip_running_past_the_end_is_refused_before_reading_it(tmp_path):
+    """StripByteCounts of 20 MB in an 890-byte file: tifffile allocated the 20 MB to read it."""
+    path = H.write_case({"format": "tiff", "shape": (1, 1), "dtype": "uint8", "kind": "ome", "compression": "zlib",
+                         "xml": [], "imagej": [], "tags": [(279, 20812414)], "corrupt": None}, tmp_path)
+    for lazy in (False, True):
+        refused(path, lazy, match="runs past the end of the file", most=4 << 20)
+
+
+def test_nifti_unit_codes_nifti_does_not_define_read_as_unknown(tmp_path):
+    path = H.nifti_with_header(tmp_path / "u.nii", xyzt_units=208)
+    with pytest.warns(UserWarning, match="units unknown"):
+        data, meta = read_image(path)
+    assert meta.unit == "pixel" and data.shape == (4, 6, 8)
+
+
+def test_error_messages_are_one_line_whatever_the_library_says():
+    err = ImageReadError("a.nii", "Expected 578 bytes, got 261\n - could the file be damaged?")
+    assert str(err) == "a.nii: Expected 578 bytes, got 261 - could the file be damaged?"

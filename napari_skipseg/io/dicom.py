@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -258,7 +259,8 @@ class _CappedFile(io.FileIO):
 
 def _read_header(pydicom: Any, f: str) -> Any:
     try:
-        with _CappedFile(f) as fh:
+        with _CappedFile(f) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom's value warnings: we check what we use ourselves
             return pydicom.dcmread(fh, stop_before_pixels=True)
     except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on damaged files
         raise ImageReadError(f, f"not a readable DICOM file, truncated or corrupt? ({e})") from e
@@ -268,9 +270,10 @@ def _read_pixels(f: str, dtype: np.dtype, shape: tuple[int, int]) -> np.ndarray:
     """The rescaled pixels of one slice file."""
     pydicom = _pydicom()
     try:
-        with _CappedFile(f) as fh:
+        with _CappedFile(f) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             ds = pydicom.dcmread(fh)
-        pixels = ds.pixel_array
+            pixels = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - truncated PixelData, missing codecs, ...
         raise ImageReadError(f, f"cannot read the DICOM pixel data, truncated or compressed with a codec "
                              f"that is not installed? ({e})") from e

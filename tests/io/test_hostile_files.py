@@ -354,3 +354,14 @@ def test_nifti_unit_codes_nifti_does_not_define_read_as_unknown(tmp_path):
 def test_error_messages_are_one_line_whatever_the_library_says():
     err = ImageReadError("a.nii", "Expected 578 bytes, got 261\n - could the file be damaged?")
     assert str(err) == "a.nii: Expected 578 bytes, got 261 - could the file be damaged?"
+
+
+def test_cli_dicom_with_an_invalid_transfer_syntax_is_one_line(tmp_path):
+    """pydicom's own value warnings used to come before the error line (found by bench_fuzz)."""
+    folder = H.write_case({"format": "dicom", "n": 2, "shape": (4, 4), "tags": [("TransferSyntaxUID", "-0")],
+                           "which": "first", "corrupt": None}, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPSEG_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "napari_skipseg.cli", "segment", str(folder), "-o", str(tmp_path / "o.tif")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and str(folder) in lines[0], p.stderr[-2000:]

@@ -113,7 +113,9 @@ def _nbytes(data: Any) -> int:
 
 
 def _is_zarr_array(data: Any) -> bool:
-    return type(data).__module__.startswith("zarr")
+    from napari_skipseg.io.validate import unwrap
+
+    return type(unwrap(data)).__module__.startswith("zarr")
 
 
 def _label_layer(path: str, name: str) -> LayerData:

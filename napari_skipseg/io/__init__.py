@@ -13,6 +13,16 @@ No Qt, napari or torch here. Readers are found by file suffix in :data:`READERS`
 
 The format libraries (zarr, nibabel, pydicom, dask) are imported only when a file of their
 format is read or written.
+
+Hostile files: every reader checks what the metadata claim through
+:mod:`napari_skipseg.io.validate` before allocating (sizes against the bytes present and
+against ``SKIPSEG_MAX_BYTES``, 64 GiB, for a lazy read and ``SKIPSEG_MAX_EAGER_BYTES``, the
+smaller of 16 GiB and half the memory, for a read into memory), and every value it takes
+from metadata (axes, shape, dtype, spacing, unit, OME-Zarr attributes, DICOM tags). Lazy
+arrays raise :class:`ImageReadError` naming the file where a damaged chunk is pulled. A
+problem is one :class:`ImageReadError` naming the file; NIfTI geometry that cannot be
+written back (NaN quaternion, singular sform) is dropped with a warning instead, since the
+voxels are fine.
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ class ImageReadError(ValueError):
     path : str or None
         The file at fault; ``None`` for an in-memory array.
     problem : str
-        What is wrong, in words.
+        What is wrong, in words (line breaks are folded: the message is one line).
     """
 
     def __init__(self, path: object, problem: str) -> None:
+        problem = " ".join(str(problem).split())  # one line, whatever a library's message held
         super().__init__(path, problem)
         self.path = None if path is None else str(path)
         self.problem = problem

@@ -12,9 +12,11 @@ Needs nibabel (``pip install 'napari-skipseg[formats]'``).
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import uuid
+import warnings
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .meta import ImageMeta, ImageReadError, file_stem
+from .validate import DEFLATE_RATIO, check_claim, check_image, check_shape, nbytes
 
 SUFFIXES = (".nii.gz", ".nii")
 _UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter", "unknown": "pixel"}
@@ -78,7 +81,7 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageM
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise ImageReadError(path, f"not a NIfTI image ({type(img).__name__})")
     hdr = img.header
-    shape = tuple(int(s) for s in img.shape)
+    shape = check_shape(path, img.shape, "the NIfTI header")
     keep = len(shape)
     while keep > 3 and shape[keep - 1] == 1:
         keep -= 1
@@ -86,32 +89,30 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageM
         raise ImageReadError(path, f"{keep} dimension(s) {shape}; images need 2 to 5 (x, y[, z, t, components])")
     if keep > 5:
         raise ImageReadError(path, f"{keep} dimensions {shape}; supported are 2 to 5 (x, y, z, t, components)")
-    _check_size(path, hdr, shape)
+    gz = path.lower().endswith(".gz")
+    try:
+        dtype = np.dtype(hdr.get_data_dtype())
+        scaled = img.dataobj.dtype if hasattr(img.dataobj, "dtype") else dtype
+    except Exception as e:  # noqa: BLE001 - an unknown datatype code
+        raise ImageReadError(path, f"the NIfTI header's datatype cannot be read ({e})") from e
+    _check_size(path, getattr(img.dataobj, "offset", hdr.get_data_offset()), shape, dtype, lazy=lazy and not gz)
     axes = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}[keep]
     order = {2: (1, 0), 3: (2, 1, 0), 4: (3, 2, 1, 0), 5: (3, 4, 2, 1, 0)}[keep]
-    zooms = [float(f"{z:.7g}") for z in hdr.get_zooms()] + [1.0] * 5  # float32 in the header
+    zooms, extra = _geometry(path, hdr, keep)
     letters = {"X": zooms[0], "Y": zooms[1], "Z": zooms[2]}
-    spacing = tuple(letters[a] if a in letters and letters[a] > 0 else 1.0 for a in axes)
-    xyz_unit, _ = hdr.get_xyzt_units()
-    qform, qcode = hdr.get_qform(coded=True)
-    sform, scode = hdr.get_sform(coded=True)
-    extra = {
-        "affine": np.asarray(img.affine, dtype=float).tolist(),
-        "nifti": {
-            "qform": None if qform is None else np.asarray(qform).tolist(), "qform_code": int(qcode),
-            "sform": None if sform is None else np.asarray(sform).tolist(), "sform_code": int(scode),
-            "time_step": zooms[3] if keep >= 4 else None, "xyzt_units": list(hdr.get_xyzt_units()),
-        },
-    }
-    meta = ImageMeta(axes, spacing, _UNITS.get(xyz_unit, xyz_unit or "pixel"), name=file_stem(path, SUFFIXES), path=path,
-                     extra=extra)
+    spacing = tuple(letters.get(a, 1.0) for a in axes)
+    xyz_unit = extra["nifti"]["xyzt_units"][0]
+    unit = _UNITS.get(xyz_unit, xyz_unit or "pixel")
+    meta = ImageMeta(axes, spacing, unit, name=file_stem(path, SUFFIXES), path=path, extra=extra)
+    out_shape = tuple(shape[i] for i in order)
+    check_image(meta, out_shape, scaled)
     index = (slice(None),) * keep + (0,) * (len(shape) - keep)
     try:
-        if lazy and not path.lower().endswith(".gz"):
-            data = _lazy(img, shape)[index].transpose(order)
+        if lazy and not gz:
+            data = _lazy(img, shape, path)[index].transpose(order)
         else:
             data = np.asarray(img.dataobj)[index].transpose(order)
-    except MemoryError:
+    except (MemoryError, ImageReadError):
         raise
     except Exception as e:  # noqa: BLE001
         raise ImageReadError(path, f"cannot read the NIfTI data, truncated or corrupt? ({e})") from e
@@ -119,42 +120,133 @@ def read_nifti(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageM
     return data, meta
 
 
-def _check_size(path: str, hdr: Any, shape: tuple[int, ...]) -> None:
-    """Compare the data size the header promises with what the file holds."""
-    need = int(hdr.get_data_offset()) + int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize
+def _geometry(path: str, hdr: Any, keep: int) -> tuple[list[float], dict]:
+    """Voxel sizes (x, y, z, t, ...) and ``extra`` (affine, qform/sform) from the header.
+
+    Repairs rather than refuses, with a warning naming the file, since the voxel data are
+    fine: a voxel size that is not a positive finite number becomes 1.0; a qform or sform
+    that is not finite (NaN quaternion, offsets, pixdim) or cannot be written back (a
+    singular matrix) is dropped (its code set to 0), and the affine falls back to the other
+    form, else to the voxel sizes. What is kept is exactly what :func:`write_nifti` writes
+    back, so a result never fails to save after the segmentation.
+    """
+    with np.errstate(all="ignore"):
+        raw = [float(z) for z in np.asarray(hdr["pixdim"][1:], dtype=float)]
+    zooms = [float(f"{z:.7g}") if math.isfinite(z) and z > 0 else math.nan for z in raw] + [1.0] * 5
+    bad = [a for a, z in zip("xyz"[: min(keep, 3)], zooms, strict=False) if not math.isfinite(z)]
+    if bad:
+        warnings.warn(f"{path}: NIfTI pixdim {raw[:3]} is not positive and finite for {', '.join(bad)}; "
+                      "using voxel size 1.0 there", stacklevel=3)
+    zooms = [z if math.isfinite(z) else 1.0 for z in zooms]
+    forms = {}
+    for kind in ("qform", "sform"):
+        try:
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                matrix, code = getattr(hdr, f"get_{kind}")(coded=True)
+        except Exception:  # noqa: BLE001 - e.g. a quaternion of norm > 1
+            matrix, code = None, int(hdr[f"{kind}_code"])
+        code = int(code)
+        if code and (matrix is None or not _writable(matrix, kind)):
+            warnings.warn(f"{path}: the NIfTI {kind} (code {code}) is not a finite, invertible affine; "
+                          f"it is dropped", stacklevel=3)
+            matrix, code = None, 0
+        forms[kind] = (None if matrix is None or not code else np.asarray(matrix, float), code)
+    (qform, qcode), (sform, scode) = forms["qform"], forms["sform"]
+    if sform is not None:
+        affine = sform
+    elif qform is not None:
+        affine = qform
+    else:
+        with np.errstate(all="ignore"):
+            base = np.asarray(hdr.get_base_affine(), float)
+        affine = base if _writable(base, "qform") else np.diag([*zooms[:3], 1.0])
+    extra = {
+        "affine": affine.tolist(),
+        "nifti": {
+            "qform": None if qform is None else qform.tolist(), "qform_code": qcode,
+            "sform": None if sform is None else sform.tolist(), "sform_code": scode,
+            "time_step": zooms[3] if keep >= 4 else None, "xyzt_units": _units(path, hdr),
+        },
+    }
+    return zooms, extra
+
+
+def _units(path: str, hdr: Any) -> list[str]:
+    """The header's space and time units; codes NIfTI does not define read as unknown."""
+    try:
+        return list(hdr.get_xyzt_units())
+    except KeyError:
+        warnings.warn(f"{path}: NIfTI xyzt_units {int(hdr['xyzt_units'])} holds unit codes NIfTI does not "
+                      "define; units unknown", stacklevel=4)
+        return ["unknown", "unknown"]
+
+
+def _writable(matrix: Any, kind: str) -> bool:
+    """Whether `matrix` is a finite 4 x 4 affine that a NIfTI header can take as `kind`."""
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        return False
+    if kind == "sform":
+        return abs(float(np.linalg.det(matrix[:3, :3]))) > 0
+    try:
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _nib().Nifti1Header().set_qform(matrix, 1)
+    except Exception:  # noqa: BLE001 - "could not decompose affine"
+        return False
+    return True
+
+
+def _check_size(path: str, offset: int, shape: tuple[int, ...], dtype: np.dtype, lazy: bool) -> None:
+    """Compare the data size the header promises (from `offset`, where nibabel reads) with
+    what the file holds, and the limits."""
+    offset = int(offset)
+    need = offset + nbytes(shape, dtype)
     if path.lower().endswith(".gz"):
-        if need >= 2**32:
-            return  # gzip's size field wraps; the read itself will tell
-        with open(path, "rb") as fh:  # gzip's last 4 bytes: uncompressed size mod 2**32
-            fh.seek(-4, os.SEEK_END)
-            (have,) = struct.unpack("<I", fh.read(4))
-        if have < need:
-            raise ImageReadError(path, f"truncated or corrupt NIfTI file: the header describes {need} "
-                                 f"bytes, the compressed stream ends after {have}")
+        stored = os.path.getsize(path)
+        check_claim(path, shape, dtype, lazy=False, stored=stored, ratio=DEFLATE_RATIO,
+                    what="the NIfTI header")
+        if need < 2**32:  # gzip's last 4 bytes: uncompressed size mod 2**32
+            with open(path, "rb") as fh:
+                fh.seek(-4, os.SEEK_END)
+                (have,) = struct.unpack("<I", fh.read(4))
+            if have < need:
+                raise ImageReadError(path, f"truncated or corrupt NIfTI file: the header describes {need} "
+                                     f"bytes, the compressed stream ends after {have}")
         return
     have = os.path.getsize(path)
     if have < need:
         raise ImageReadError(path, f"truncated NIfTI file: {have} bytes, the header describes {need}")
+    check_claim(path, shape, dtype, lazy=lazy, what="the NIfTI header",
+                chunk=(*shape[:2], 1) if lazy else None)
 
 
 class _Scaled:
-    """nibabel's array proxy with the dtype of its scaled values (for dask)."""
+    """nibabel's array proxy with the dtype of its scaled values (for dask); a read that
+    fails raises :class:`ImageReadError` naming the file."""
 
-    def __init__(self, proxy: Any, shape: tuple[int, ...]) -> None:
+    def __init__(self, proxy: Any, shape: tuple[int, ...], path: str) -> None:
         self.proxy = proxy
         self.shape = shape
         self.ndim = len(shape)
-        self.dtype = np.asarray(proxy[tuple(slice(0, 1) for _ in shape)]).dtype
+        self.path = path
+        self.dtype = self[tuple(slice(0, 1) for _ in shape)].dtype
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.proxy[key], dtype=self.dtype)
+        try:
+            return np.asarray(self.proxy[key], dtype=getattr(self, "dtype", None))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the file changed or was truncated since it was opened
+            raise ImageReadError(self.path, f"cannot read the NIfTI data, truncated or corrupt? ({e})") from e
 
 
-def _lazy(img: Any, shape: tuple[int, ...]) -> Any:
+def _lazy(img: Any, shape: tuple[int, ...], path: str) -> Any:
     import dask.array as da
 
     chunks = tuple(s if i < 2 else 1 for i, s in enumerate(shape))
-    return da.from_array(_Scaled(img.dataobj, shape), chunks=chunks, lock=True, asarray=True)
+    return da.from_array(_Scaled(img.dataobj, shape, path), chunks=chunks, lock=True, asarray=True)
 
 
 def write_nifti(path: str | os.PathLike, data: Any, meta: ImageMeta | None = None) -> str:

@@ -16,6 +16,15 @@ import numpy as np
 import tifffile
 
 from .meta import AXES, ImageMeta, ImageReadError, default_axes, file_stem
+from .validate import (
+    ANY_CODEC_RATIO,
+    DEFLATE_RATIO,
+    GuardedArray,
+    check_claim,
+    check_image,
+    nbytes,
+    numbers,
+)
 
 SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 
@@ -76,14 +85,20 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
         raise ImageReadError(path, "the file is empty")
     try:
         with _damage_log() as damage, tifffile.TiffFile(path) as tif:
+            if tif.is_ome:  # tifffile sizes its plane list by the OME-XML: check it first
+                _check_ome_xml(tif, path)
             if not tif.series:
                 raise ImageReadError(path, "the TIFF file holds no images")
             series = tif.series[0]
             axes = _map_axes(series.axes, series.shape, path)
-            spacing, unit = _spacing(tif, series.keyframe, axes)
+            spacing, unit = _spacing(tif, series.keyframe, axes, path)
             meta = ImageMeta(axes, spacing, unit, name=file_stem(path, SUFFIXES), path=path)
             if "S" in series.axes and "S" not in axes and int(series.keyframe.photometric) == 2:
                 meta.extra["rgb_planar"] = True  # RGB stored plane by plane: its C axis is colour
+            check_image(meta, series.shape, series.dtype)
+            stored, ratio = _stored(path, series)
+            check_claim(path, series.shape, series.dtype, lazy=lazy, stored=stored, ratio=ratio,
+                        chunk=series.keyframe.shape)
             data = _lazy(path, series) if lazy else series.asarray()
             if damage:  # pages lost: tifffile would return part of the image
                 raise ImageReadError(path, f"truncated or corrupt TIFF file ({damage[0]})")
@@ -93,12 +108,101 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
         raise ImageReadError(path, "no such file") from e
     except tifffile.TiffFileError as e:
         raise ImageReadError(path, f"not a readable TIFF file ({e})") from e
+    except RecursionError as e:
+        raise ImageReadError(path, "not a readable TIFF file (its structure nests without end)") from e
     except Exception as e:  # tifffile and its codecs raise many kinds on damaged data
         raise ImageReadError(
             path, f"cannot read the TIFF file, truncated or corrupt? ({e!r})"
         ) from e
     meta.validate(data.shape)
     return data, meta
+
+
+# Largest plausible decoded:stored ratio per TIFF Compression tag value.
+_RATIOS = {1: 1.0, 32773: 130.0, 8: DEFLATE_RATIO, 32946: DEFLATE_RATIO, 5: 5000.0}
+# OME pixel types -> numpy (bit is stored as bytes by tifffile).
+_OME_TYPES = {
+    "int8": "i1", "int16": "i2", "int32": "i4", "uint8": "u1", "uint16": "u2", "uint32": "u4",
+    "float": "f4", "double": "f8", "complex": "c8", "double-complex": "c16", "bit": "u1",
+}  # fmt: skip
+
+
+def _ratio(compression: Any) -> float:
+    return _RATIOS.get(int(compression), ANY_CODEC_RATIO)
+
+
+def _stored(path: str, series: tifffile.TiffPageSeries) -> tuple[int, float]:
+    """Bytes of pixel data the file holds for `series`, and the largest plausible ratio."""
+    if series.dataoffset is not None:  # contiguous, uncompressed: the bytes after the offset
+        return max(os.path.getsize(path) - int(series.dataoffset), 0), 1.0
+    stored = 0
+    for page in series.pages:
+        if page is None:
+            continue
+        size = page.parent.filehandle.size
+        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
+            if int(offset) + int(count) > size:  # tifffile would allocate `count` bytes to read it
+                raise ImageReadError(path, f"a strip or tile of {int(count)} bytes at offset {int(offset)} runs "
+                                     f"past the end of the file ({size} bytes): truncated or corrupt")
+            stored += int(count)
+    return stored, _ratio(series.keyframe.compression)
+
+
+def _whole(path: str, element: ET.Element, name: str, default: int, low: int = 0) -> int:
+    value = element.get(name)
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ImageReadError(path, f"OME-XML {name}={value!r} is not a whole number") from None
+    if n < low:
+        raise ImageReadError(path, f"OME-XML {name}={n} must be at least {low}")
+    return n
+
+
+def _check_ome_xml(tif: tifffile.TiffFile, path: str) -> None:
+    """Check the sizes the OME-XML claims against the file before tifffile believes them.
+
+    Every image's SizeX x SizeY x SizeZ x SizeC x SizeT x pixel size must be backed by the
+    bytes of this file (and of the other files of a multi-file dataset that are present),
+    and every plane a TiffData element points at must exist among the file's pages.
+    """
+    xml = tif.pages.first.description
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return  # tifffile ignores OME-XML it cannot parse
+    folder = os.path.dirname(os.path.abspath(path))
+    files = {os.path.abspath(path)}
+    for uuid_el in root.iterfind(".//{*}UUID"):
+        name = uuid_el.get("FileName")
+        if name and os.path.isfile(os.path.join(folder, os.path.basename(name))):
+            files.add(os.path.join(folder, os.path.basename(name)))
+    stored = sum(os.path.getsize(f) for f in files)
+    n_pages = len(tif.pages) if len(files) == 1 else None
+    claimed = 0
+    for pixels in root.iterfind(".//{*}Pixels"):
+        sizes = [_whole(path, pixels, f"Size{a}", 1, low=1) for a in "XYZCT"]
+        kind = pixels.get("Type", "uint8")
+        if kind not in _OME_TYPES:
+            raise ImageReadError(path, f"OME-XML pixel Type={kind!r} is not an OME pixel type")
+        claimed += nbytes(sizes, _OME_TYPES[kind])
+        planes = sizes[2] * sizes[3] * sizes[4]
+        for td in pixels.iterfind("{*}TiffData"):
+            first = _whole(path, td, "IFD", 0)
+            count = _whole(path, td, "PlaneCount", _whole(path, td, "NumPlanes", 1))
+            for a, size in zip("ZCT", sizes[2:], strict=True):
+                if _whole(path, td, f"First{a}", 0) >= size:
+                    raise ImageReadError(path, f"OME-XML TiffData First{a} is beyond Size{a}={size}")
+            if count > planes:
+                raise ImageReadError(path, f"OME-XML TiffData claims {count} planes; the image has {planes}")
+            if n_pages is not None and first + count > n_pages:
+                raise ImageReadError(path, f"OME-XML points at page {first + count - 1}; the file has "
+                                     f"{n_pages} pages: truncated, or the metadata is wrong")
+    check_claim(path, (claimed,), np.uint8, lazy=True, stored=stored,
+                ratio=_ratio(tif.pages.first.compression), what="the OME-XML",
+                claim="images of")
 
 
 def write_tiff(
@@ -214,10 +318,10 @@ def _map_axes(tf_axes: str, shape: tuple[int, ...], path: str) -> str:
     return "".join(axes)
 
 
-def _spacing(tif: tifffile.TiffFile, page: Any, axes: str) -> tuple[tuple[float, ...], str]:
+def _spacing(tif: tifffile.TiffFile, page: Any, axes: str, path: str) -> tuple[tuple[float, ...], str]:
     """Spacing per axis and unit, from OME-XML, else ImageJ metadata and resolution tags."""
     if tif.is_ome:
-        sizes, unit = _ome_sizes(tif.ome_metadata or "")
+        sizes, unit = _ome_sizes(tif.ome_metadata or "", path)
     else:
         xres, yres = page.resolution
         sizes = {"X": 1 / xres if xres > 0 else 1.0, "Y": 1 / yres if yres > 0 else 1.0}
@@ -231,12 +335,12 @@ def _spacing(tif: tifffile.TiffFile, page: Any, axes: str) -> tuple[tuple[float,
         else:
             unit = "pixel"
         if ij.get("spacing"):
-            sizes["Z"] = float(ij["spacing"])
+            (sizes["Z"],) = numbers(path, [ij["spacing"]], "ImageJ spacing", positive=True)
     spacing = tuple(float(sizes.get(a, 1.0)) if a in "ZYX" else 1.0 for a in axes)
     return spacing, unit
 
 
-def _ome_sizes(xml: str) -> tuple[dict[str, float], str]:
+def _ome_sizes(xml: str, path: str) -> tuple[dict[str, float], str]:
     """PhysicalSizeX/Y/Z and their unit from the first image in OME-XML."""
     try:
         pixels = ET.fromstring(xml).find(".//{*}Image/{*}Pixels")
@@ -245,7 +349,9 @@ def _ome_sizes(xml: str) -> tuple[dict[str, float], str]:
     if pixels is None:
         return {}, "pixel"
     sizes = {
-        a: float(pixels.get(f"PhysicalSize{a}")) for a in "XYZ" if pixels.get(f"PhysicalSize{a}")
+        a: numbers(path, [pixels.get(f"PhysicalSize{a}")], f"OME-XML PhysicalSize{a}", positive=True)[0]
+        for a in "XYZ"
+        if pixels.get(f"PhysicalSize{a}")
     }
     units = [pixels.get(f"PhysicalSize{a}Unit") for a in "XYZ" if a in sizes]
     # OME's default unit is the micrometre; units differing per axis are not converted.
@@ -266,7 +372,7 @@ def _lazy(path: str, series: tifffile.TiffPageSeries) -> Any:
         import zarr
     except ImportError:
         return series.asarray()
-    return zarr.open(series.aszarr(level=0), mode="r")
+    return GuardedArray(zarr.open(series.aszarr(level=0), mode="r"), path)
 
 
 def _ome_dtype(data: np.ndarray, path: str) -> np.ndarray:

@@ -18,13 +18,16 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from .meta import ImageMeta, ImageReadError, default_axes, file_stem
+from .validate import ANY_CODEC_RATIO, GuardedArray, check_claim, check_image, numbers
 
 #: NGFF axis names -> our axis letters.
 _NAMES = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
@@ -54,14 +57,17 @@ def _zarr():
     return zarr
 
 
-def _ome_attrs(attrs: dict) -> tuple[dict | None, str | None]:
+def _ome_attrs(attrs: Any) -> tuple[dict | None, str | None]:
     """The OME attributes dict and NGFF version of a group's attributes, if any."""
+    if not isinstance(attrs, dict):
+        return None, None
     if isinstance(attrs.get("ome"), dict):  # NGFF 0.5
         ome = attrs["ome"]
         return ome, str(ome.get("version", "0.5"))
     if "multiscales" in attrs or "labels" in attrs or "image-label" in attrs:  # NGFF <= 0.4
-        ms = attrs.get("multiscales") or [{}]
-        return attrs, str(ms[0].get("version", "0.4"))
+        ms = attrs.get("multiscales")
+        first = ms[0] if isinstance(ms, list) and ms and isinstance(ms[0], dict) else {}
+        return attrs, str(first.get("version", "0.4"))
     return None, None
 
 
@@ -75,11 +81,13 @@ def read_zarr(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
         array (axes from the ``skipseg`` or xarray ``_ARRAY_DIMENSIONS`` attributes,
         else from the number of dimensions).
     lazy : bool
-        Return the :class:`zarr.Array` itself (pixels read on access) instead of numpy.
+        Return the array on disk (pixels read on access; a
+        :class:`~napari_skipseg.io.validate.GuardedArray` around the :class:`zarr.Array`,
+        so a damaged chunk raises :class:`ImageReadError` naming the store) instead of numpy.
 
     Returns
     -------
-    data : zarr.Array or numpy.ndarray
+    data : GuardedArray or numpy.ndarray
     meta : ImageMeta
         For OME-Zarr, ``meta.extra["ome_zarr"]`` holds the NGFF ``version``, the
         ``levels`` (dataset paths, full resolution first), the level-0 ``translation`` and
@@ -88,8 +96,11 @@ def read_zarr(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
     Raises
     ------
     ImageReadError
-        If the store cannot be opened, holds no image, or its axes are not 2 to 5 of
-        ``t, c, z, y, x`` with y and x last.
+        If the store cannot be opened, holds no image, its metadata are malformed (every
+        attribute read is checked: multiscales, datasets, axes, coordinateTransformations,
+        labels, ``skipseg``), its axes are not 2 to 5 of ``t, c, z, y, x`` with y and x
+        last, a chunk shape is not positive, an axis has length 0, or it claims more bytes
+        than the read limits (:mod:`napari_skipseg.io.validate`).
     """
     path = os.fspath(path).rstrip("/\\")
     if not os.path.exists(path):
@@ -97,30 +108,73 @@ def read_zarr(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
     zarr = _zarr()
     try:
         node = zarr.open(path, mode="r")
+        attrs = dict(node.attrs)
     except Exception as e:  # noqa: BLE001 - zarr raises many kinds on damaged stores
         raise ImageReadError(path, f"not a readable zarr store ({e!r})") from e
     name = file_stem(path, (".ome.zarr", ".zarr"))
     if isinstance(node, zarr.Array):
-        data, meta = node, _plain_meta(node, path, name)
+        _check_array(node, path, "")
+        data, meta = node, _plain_meta(node, attrs, path, name)
+        folder = path
     else:
-        ome, version = _ome_attrs(dict(node.attrs))
+        ome, version = _ome_attrs(attrs)
         if ome is None or not ome.get("multiscales"):
-            arrays = sorted(k for k, _ in node.arrays())
+            try:
+                arrays = sorted(k for k, _ in node.arrays())
+            except Exception:  # noqa: BLE001 - a damaged member
+                arrays = []
             hint = f"; it holds arrays {arrays}: open one of them" if arrays else ""
             raise ImageReadError(path, f"zarr group without OME-NGFF multiscales metadata{hint}")
         data, meta = _ome_image(node, ome, version, path, name)
-    meta.validate(data.shape)
-    return (data if lazy else _load(data, path)), meta
+        folder = os.path.join(path, meta.extra["ome_zarr"]["levels"][0])
+    check_image(meta, data.shape, data.dtype)
+    stored = None if lazy else _stored_bytes(folder)
+    check_claim(path, data.shape, data.dtype, lazy=lazy, chunk=data.chunks,
+                stored=None if stored is None else max(stored, _FILL_FLOOR // ANY_CODEC_RATIO),
+                ratio=ANY_CODEC_RATIO, what="the zarr metadata")
+    return (GuardedArray(data, path) if lazy else _load(data, path)), meta
+
+
+#: An eager read may allocate this much fill value without any chunk stored.
+_FILL_FLOOR = 256 << 20
+_ZARR_META = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+
+
+def _stored_bytes(folder: str, most: int = 200_000) -> int | None:
+    """Bytes of the chunk files under an array's folder (``None`` past `most` files)."""
+    total, seen = 0, 0
+    for root, _, names in os.walk(folder):
+        for n in names:
+            if n in _ZARR_META:
+                continue
+            seen += 1
+            if seen > most:
+                return None
+            with suppress(OSError):
+                total += os.path.getsize(os.path.join(root, n))
+    return total
+
+
+def _check_array(array: Any, path: str, where: str) -> None:
+    """A zarr array's shape and chunk shape are usable (positive chunks, same length)."""
+    where = f"zarr array {where!r}" if where else "zarr array"
+    try:
+        shape, chunks = tuple(array.shape), tuple(array.chunks)
+    except Exception as e:  # noqa: BLE001 - an unsupported chunk grid, ...
+        raise ImageReadError(path, f"{where}: unreadable chunk layout ({e!r})") from e
+    if len(chunks) != len(shape) or not all(isinstance(c, int) and c >= 1 for c in chunks):
+        raise ImageReadError(path, f"{where}: chunk shape {chunks} for shape {shape}; chunks "
+                             "must be positive whole numbers, one per axis")
 
 
 def read_levels(path: str | os.PathLike) -> list[Any]:
-    """Every resolution level of an OME-Zarr image as lazy zarr arrays, largest first."""
+    """Every resolution level of an OME-Zarr image as lazy arrays, largest first."""
     data, meta = read_zarr(path, lazy=True)
     info = meta.extra.get("ome_zarr")
     if not info:
         return [data]
     group = _zarr().open_group(os.fspath(path), mode="r")
-    return [group[p] for p in info["levels"]]
+    return [GuardedArray(group[p], os.fspath(path)) for p in info["levels"]]
 
 
 def _load(data: Any, path: str) -> np.ndarray:
@@ -132,67 +186,147 @@ def _load(data: Any, path: str) -> np.ndarray:
         raise ImageReadError(path, f"cannot read the zarr data, truncated or corrupt? ({e!r})") from e
 
 
-def _plain_meta(array: Any, path: str, name: str) -> ImageMeta:
-    attrs = dict(array.attrs)
+def _plain_meta(array: Any, attrs: dict, path: str, name: str) -> ImageMeta:
     ndim = array.ndim
     stored = attrs.get("skipseg") or {}
+    if not isinstance(stored, dict):
+        raise ImageReadError(path, f"zarr attribute 'skipseg' is {stored!r}, not a dict of axes, spacing, unit")
     axes = stored.get("axes")
+    if axes is not None and not isinstance(axes, str):
+        raise ImageReadError(path, f"zarr attribute skipseg.axes is {axes!r}, not a string like 'ZYX'")
     if not axes:
         dims = attrs.get("_ARRAY_DIMENSIONS") or getattr(array.metadata, "dimension_names", None)
-        if dims and all(d and str(d).lower() in _NAMES for d in dims):
-            axes = "".join(_NAMES[str(d).lower()] for d in dims)
+        if isinstance(dims, list | tuple) and all(isinstance(d, str) and d.lower() in _NAMES for d in dims):
+            axes = "".join(_NAMES[d.lower()] for d in dims)
     if not axes:
         if not 2 <= ndim <= 5:
             raise ImageReadError(path, f"zarr array of {ndim} dimension(s) {array.shape}; "
                                  "expected 2 to 5 (YX, ZYX, TZYX, TCZYX)")
         axes = default_axes(ndim)
     spacing = stored.get("spacing") or ()
-    return ImageMeta(axes, spacing, stored.get("unit", "pixel"), name=name, path=path)
+    if spacing:
+        spacing = numbers(path, spacing, "zarr attribute skipseg.spacing", positive=True)
+    unit = stored.get("unit", "pixel")
+    if not isinstance(unit, str):
+        raise ImageReadError(path, f"zarr attribute skipseg.unit is {unit!r}, not a unit name")
+    return ImageMeta(axes, spacing, unit, name=name, path=path)
+
+
+def _dict(path: str, value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ImageReadError(path, f"OME-Zarr {what} is {_short(value)}, not an object")
+    return value
+
+
+def _list(path: str, value: Any, what: str, empty: bool = False) -> list:
+    if not isinstance(value, list) or (not value and not empty):
+        raise ImageReadError(path, f"OME-Zarr {what} is {_short(value)}, not a{'' if empty else ' non-empty'} list")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _dataset_path(path: str, value: Any, i: int) -> str:
+    if not isinstance(value, str) or not value or value.startswith(("/", "\\")) or any(
+        part in ("", ".", "..") for part in value.replace("\\", "/").split("/")
+    ):
+        raise ImageReadError(path, f"OME-Zarr datasets[{i}].path is {_short(value)}, not a relative path in "
+                             "the store")
+    return value
 
 
 def _ome_image(group: Any, ome: dict, version: str, path: str, name: str) -> tuple[Any, ImageMeta]:
-    ms = ome["multiscales"][0]
+    zarr = _zarr()
+    ms = _dict(path, _list(path, ome["multiscales"], "multiscales")[0], "multiscales[0]")
+    datasets = _list(path, ms.get("datasets"), "multiscales[0].datasets")
+    datasets = [_dict(path, d, f"datasets[{i}]") for i, d in enumerate(datasets)]
+    paths = [_dataset_path(path, d.get("path"), i) for i, d in enumerate(datasets)]
+    levels = []
+    for p in paths:
+        try:
+            level = group[p]
+        except KeyError as e:
+            raise ImageReadError(path, f"OME-Zarr dataset {p!r} is missing from the store") from e
+        except Exception as e:  # noqa: BLE001 - damaged metadata of the level
+            raise ImageReadError(path, f"OME-Zarr dataset {p!r} cannot be opened ({e!r})") from e
+        if not isinstance(level, zarr.Array):
+            raise ImageReadError(path, f"OME-Zarr dataset {p!r} is a group, not an array")
+        _check_array(level, path, p)
+        levels.append(level)
     raw_axes = ms.get("axes")
     if not raw_axes:  # NGFF <= 0.3: no axes; assume the default order
-        first = group[ms["datasets"][0]["path"]]
+        first = levels[0]
         raw_axes = list(default_axes(first.ndim).lower()) if 2 <= first.ndim <= 5 else ["?"]
+    raw_axes = _list(path, raw_axes, "multiscales[0].axes")
     axes, unit = "", "pixel"
     for a in raw_axes:
-        a_name = (a.get("name") if isinstance(a, dict) else str(a)).lower()
-        letter = _NAMES.get(a_name)
+        a_name = a.get("name") if isinstance(a, dict) else a
+        if not isinstance(a_name, str):
+            raise ImageReadError(path, f"OME-Zarr axis {_short(a)} has no name")
+        letter = _NAMES.get(a_name.lower())
         if letter is None and isinstance(a, dict):
-            letter = {"time": "T", "channel": "C"}.get(a.get("type", ""))
+            letter = {"time": "T", "channel": "C"}.get(str(a.get("type", "")))
         if letter is None:
             raise ImageReadError(path, f"OME-Zarr axis {a_name!r} is not one of t, c, z, y, x")
         axes += letter
-        if isinstance(a, dict) and a.get("unit") and letter in "ZYX" and unit == "pixel":
-            unit = _UNITS.get(str(a["unit"]), str(a["unit"]))
-    datasets = ms.get("datasets") or []
-    if not datasets:
-        raise ImageReadError(path, "OME-Zarr multiscales lists no datasets")
-    try:
-        levels = [group[d["path"]] for d in datasets]
-    except KeyError as e:
-        raise ImageReadError(path, f"OME-Zarr dataset {e} is missing from the store") from e
-    scale = _transform(datasets[0], "scale", len(axes))
-    outer = _transform(ms, "scale", len(axes))
+        a_unit = a.get("unit") if isinstance(a, dict) else None
+        if a_unit and letter in "ZYX" and unit == "pixel":
+            if not isinstance(a_unit, str):
+                raise ImageReadError(path, f"OME-Zarr axis {a_name!r} has unit {_short(a_unit)}, not a name")
+            unit = _UNITS.get(a_unit, a_unit)
+    for p, level in zip(paths, levels, strict=True):
+        if level.ndim != len(axes):
+            raise ImageReadError(path, f"OME-Zarr dataset {p!r} has {level.ndim} dimensions; the axes "
+                                 f"{axes!r} name {len(axes)}")
+    scale = _transform(path, datasets[0], "scale", len(axes))
+    outer = _transform(path, ms, "scale", len(axes))
     spacing = tuple(float(s) * float(o) for s, o in zip(scale, outer, strict=True))
     spacing = tuple(s if a in "ZYX" else 1.0 for a, s in zip(axes, spacing, strict=True))
-    translation = _transform(datasets[0], "translation", len(axes), default=0.0)
-    labels = []
-    if "labels" in group:
-        lab_ome, _ = _ome_attrs(dict(group["labels"].attrs))
-        labels = list((lab_ome or {}).get("labels", []))
-    extra = {"ome_zarr": {"version": version, "levels": [d["path"] for d in datasets],
+    translation = _transform(path, datasets[0], "translation", len(axes), default=0.0)
+    labels = _label_names(group, path)
+    ms_name = ms.get("name", "")
+    extra = {"ome_zarr": {"version": version, "levels": paths,
                           "translation": [float(t) for t in translation], "labels": labels,
-                          "name": ms.get("name", "")}}
+                          "name": ms_name if isinstance(ms_name, str) else ""}}
     return levels[0], ImageMeta(axes, spacing, unit, name=name, path=path, extra=extra)
 
 
-def _transform(node: dict, kind: str, n: int, default: float = 1.0) -> list[float]:
-    for t in node.get("coordinateTransformations") or []:
+def _label_names(group: Any, path: str) -> list[str]:
+    """Names in the ``labels`` group's list that are label images present in the store.
+
+    Entries that are not plain names, or name nothing there, are left out with a warning
+    (the image itself is fine)."""
+    try:
+        if "labels" not in group:
+            return []
+        lab_ome, _ = _ome_attrs(dict(group["labels"].attrs))
+    except Exception:  # noqa: BLE001 - a damaged labels group does not spoil the image
+        warnings.warn(f"{path}: the labels group cannot be read; labels left out", stacklevel=3)
+        return []
+    names = (lab_ome or {}).get("labels", [])
+    if not isinstance(names, list):
+        warnings.warn(f"{path}: OME-Zarr labels is {_short(names)}, not a list; labels left out", stacklevel=3)
+        return []
+    good = []
+    for n in names:
+        ok = isinstance(n, str) and n and "/" not in n and "\\" not in n and not n.startswith(".")
+        if ok and os.path.isdir(os.path.join(path, "labels", n)):
+            good.append(n)
+        else:
+            warnings.warn(f"{path}: OME-Zarr label {_short(n)} is not a label image in the store; left out",
+                          stacklevel=3)
+    return good
+
+
+def _transform(path: str, node: dict, kind: str, n: int, default: float = 1.0) -> list[float]:
+    transforms = node.get("coordinateTransformations") or []
+    for i, t in enumerate(_list(path, transforms, "coordinateTransformations", empty=True)):
+        t = _dict(path, t, f"coordinateTransformations[{i}]")
         if t.get("type") == kind and kind in t:
-            values = list(t[kind])
+            values = numbers(path, t[kind], f"OME-Zarr {kind}", positive=kind == "scale")
             if len(values) == n:
                 return values
     return [default] * n

@@ -9,6 +9,7 @@ import zarr
 
 from napari_skipseg._reader import get_reader, read_layers
 from napari_skipseg.io import ImageMeta, ImageReadError, read_image, write_image
+from napari_skipseg.io.validate import unwrap
 from napari_skipseg.io.zarr_io import create_ome_zarr, read_levels, write_labels_next_to
 
 ome_zarr = pytest.importorskip("ome_zarr")
@@ -39,7 +40,7 @@ def test_reads_ome_zarr_pyramid_lazily(tmp_path, version):
     except TypeError as err:  # pragma: no cover - older ome-zarr signature
         pytest.skip(f"ome-zarr writer: {err}")
     out, meta = read_image(path, lazy=True)
-    assert isinstance(out, zarr.Array)
+    assert isinstance(unwrap(out), zarr.Array)  # a GuardedArray: reads name the store
     assert meta.axes == "ZYX" and meta.spacing == pytest.approx((2.0, 0.5, 0.5)) and meta.unit == "micrometer"
     assert meta.extra["ome_zarr"]["version"] == version
     np.testing.assert_array_equal(out[:], data)
@@ -111,7 +112,7 @@ def test_plain_zarr_array_and_xarray_dims(tmp_path):
     arr = zarr.open_array(tmp_path / "plain.zarr", mode="w", shape=(5, 6, 7), dtype="u2", chunks=(1, 6, 7))
     arr[:] = _data((5, 6, 7))
     out, meta = read_image(tmp_path / "plain.zarr", lazy=True)
-    assert isinstance(out, zarr.Array) and meta.axes == "ZYX"
+    assert isinstance(unwrap(out), zarr.Array) and meta.axes == "ZYX"
     arr2 = zarr.open_array(tmp_path / "tyx.zarr", mode="w", shape=(2, 6, 7), dtype="f4", zarr_format=2)
     arr2.attrs["_ARRAY_DIMENSIONS"] = ["t", "y", "x"]
     assert read_image(tmp_path / "tyx.zarr")[1].axes == "TYX"

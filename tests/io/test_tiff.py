@@ -265,7 +265,9 @@ def test_lazy_compressed_is_zarr(tmp_path):
     data = _random((4, 16, 20))
     path = write_image(tmp_path / "z.ome.tif", data, ImageMeta("ZYX", (2.0, 1.0, 1.0)))
     out, meta = read_image(path, lazy=True)
-    assert isinstance(out, zarr.Array)
+    from napari_skipseg.io.validate import GuardedArray
+
+    assert isinstance(out, GuardedArray) and isinstance(out.wrapped, zarr.Array)  # reads name the file
     assert out.shape == data.shape and meta.spacing == (2.0, 1.0, 1.0)
     np.testing.assert_array_equal(out[1:3], data[1:3])
 

@@ -198,7 +198,7 @@ def cmd_segment(args) -> int:
     many = len(inputs) > 1 or any(Path(i).is_dir() and not _single_image_folder(Path(i)) for i in args.inputs)
     fmt = None if args.format is None else "." + args.format.lstrip(".")
     outputs = _output_paths(inputs, Path(args.output), many, fmt)
-    model_name = args.model
+    model_name, why = args.model, None
     if model_name is None:
         from .model.choose import choose_model
 
@@ -206,8 +206,9 @@ def cmd_segment(args) -> int:
         model_name, why = choose_model(meta0, shape=image0.shape)
     cfg = load_config(model_name)
     size = _check_segment_inputs(args, cfg, inputs)
-    if args.model is None and not args.quiet:  # after the checks: an error stays one line
-        print(why, file=sys.stderr)
+    # which model was chosen and why: said once the first result is written, so that an error
+    # (found in the checks or while reading the pixels) stays the only line
+    why = None if args.quiet else why
     jobs = []
     read = [*inputs, *map(Path, args.inputs)]  # also the folders named: nothing is written inside them
     for src, dst in zip(inputs, outputs, strict=True):
@@ -233,12 +234,18 @@ def cmd_segment(args) -> int:
     if args.scheduler or (args.workers or 0) > 1:
         if args.link:
             raise CLIError("--link runs on one machine; leave out --scheduler/--workers")
-        return _segment_on_cluster(args, jobs, model_name, options)
+        code = _segment_on_cluster(args, jobs, model_name, options)
+        if why and code == 0:
+            print(why, file=sys.stderr)
+        return code
     model = load_model(model_name)
     for job in jobs:
         t0 = time.perf_counter()
         summary = segment_file(job, model, options, overwrite=args.overwrite,
                                drive=lambda gen, name=job.src.name: _progress_driver(gen, name, args.quiet))
+        if why:
+            print(why, file=sys.stderr)
+            why = None
         if not args.quiet:
             n = summary["objects"]
             extra = f", {n} objects" if n is not None else ""

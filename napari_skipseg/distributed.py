@@ -26,7 +26,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .batch import BatchError, FileJob, create_target, open_source, output_suffix, result_meta
+from .batch import (
+    BatchError,
+    FileJob,
+    arrange_source,
+    create_target,
+    open_source,
+    output_suffix,
+    result_meta,
+)
 
 #: per worker process: (model folder, mtime) -> loaded model
 _MODELS: dict[tuple[str, float], Any] = {}
@@ -204,12 +212,25 @@ def _start_chunked(job: FileJob, cfg, model_ref: str, options: dict, client, ove
 
     opts = dict(options)
     channel = opts.pop("channel", None)
-    for key in ("link", "diameter", "spacing"):  # not for runs split into units
-        opts.pop(key, None)
-    image, meta, channel_axis = open_source(job.src, channel, cfg, opts.get("mode", "auto"))
+    opts.pop("link", None)  # refused before: linking frames runs on one machine
+    size = {k: opts.pop(k) for k in ("diameter", "spacing", "unit") if k in opts}
+    arranged = arrange_source(job.src, channel, cfg, opts.get("mode", "auto"))
+    image, meta, channel_axis = arranged.image, arranged.meta, arranged.channel_axis
+    if size.get("spacing") is None:  # as segment_file: the file's own pixel size
+        size["spacing"], size["unit"] = arranged.spatial_spacing, meta.unit
+    if any(size.get(k) is not None for k in ("diameter", "spacing")):
+        # resolved once here (a diameter 'auto' estimated once), then the same zoom for every task
+        from .inference.engine import resolve_run_scale
+        from .model.store import load_model
+
+        choice = resolve_run_scale(load_model(model_ref), image, channel_axis=channel_axis,
+                                   mode=opts.get("mode", "auto"), **size)
+        if not choice.identity:
+            opts["scale"] = choice.scale
     output = opts.get("output", "instances")
     geo = plan(cfg, tuple(image.shape), channel_axis=channel_axis, mode=opts.get("mode", "auto"),
-               tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125))
+               tile=opts.get("tile"), block=opts.get("block"), overlap=opts.get("overlap", 0.125),
+               scale=opts.get("scale"))
     if output == "probabilities":
         shape, dtype, chunks = (cfg.num_classes, *geo["shape"]), np.float32, (1, *geo["chunks"])
     else:

@@ -32,7 +32,11 @@ def instance_model(model_home):
     cfg = ModelConfig(name="blobby", spatial_dims=2, num_classes=3, base_channels=4, depth=2, output="instances",
                       class_names=["background", "interior", "boundary"], tile=[64, 64],
                       postprocess={"seed": 0.465, "mask": 0.5, "min_size": 2, "min_seed_size": 1})
-    save_model(SkipUNet(cfg).eval(), model_home / "models" / "blobby")
+    net = SkipUNet(cfg).eval()
+    save_model(net, model_home / "models" / "blobby")
+    # the same network, recording the object size it was "trained" at (so it can be resampled)
+    cfg.name, cfg.training_scale = "blobby_sized", {"object_diameter": [8.0, 8.0]}
+    save_model(net, model_home / "models" / "blobby_sized")
     return "blobby"
 
 
@@ -54,6 +58,15 @@ def test_cluster_equals_single_process(instance_model, tmp_path, cluster):
     assert one.max() > 10
     # ids are unique across the tasks' slices: the offsets pass ran
     assert len(np.unique(many)) - 1 == many.max()
+    # resampled to the model's object size: resolved once on the client, the same zoom in every task
+    sized = [*common, "--model", "blobby_sized", "--diameter", "13", "--block", "24"]
+    assert main(["segment", str(src), "-o", str(tmp_path / "one_d.zarr"), *sized]) == 0
+    assert main(["segment", str(src), "-o", str(tmp_path / "many_d.zarr"), *sized,
+                 "--scheduler", cluster.scheduler_address]) == 0
+    one_d, _ = read_image(tmp_path / "one_d.zarr")
+    many_d, _ = read_image(tmp_path / "many_d.zarr")
+    assert one_d.shape == stack.shape and not np.array_equal(one_d, one)  # resampled: another result
+    np.testing.assert_array_equal(many_d, one_d)
 
     # by file: a folder of TIFF and NIfTI inputs, each written by a worker
     folder = tmp_path / "inputs"

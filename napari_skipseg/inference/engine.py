@@ -229,11 +229,10 @@ def predict(
         raise SegmentationError(
             f"model {cfg.name!r} predicts semantic classes; choose output 'semantic' or 'probabilities'"
         )
-    source, layout = image, _layout(cfg, image, channel_axis, mode)
+    layout = _layout(cfg, image, channel_axis, mode)
+    choice = resolve_run_scale(model, image, channel_axis=channel_axis, mode=mode, device=dev, scale=scale,
+                               diameter=diameter, spacing=spacing, unit=unit)
     image = layout.image
-    estimate = _estimator(model, source, channel_axis=channel_axis, device=dev, mode=mode)
-    choice = choose_scale(cfg, layout.spatial, scale=scale, diameter=diameter, spacing=spacing, unit=unit,
-                          estimate=estimate)
     geo = _geometry(cfg, layout.shape, layout.ndim, tile=tile, block=block, overlap=overlap,
                     scale=choice.scale)
     todo = list(range(len(geo.units))) if units is None else [int(i) for i in units]
@@ -436,6 +435,7 @@ def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None
         shape = image_shape
     ndim = _spatial_dims(model_config, mode_, shape, f"shape {image_shape}"
                          + (" (with a channel axis)" if channel_axis is not None else ""))
+    scale = getattr(scale, "scale", scale)  # a ScaleChoice, or the zooms
     nd_scale = (1.0,) * ndim if scale is None else _parse_scale(scale, ndim)
     geo = _geometry(model_config, shape, ndim, tile=tile, block=block, overlap=overlap, scale=nd_scale)
     return {"shape": geo.shape, "lead_shape": geo.lead_shape, "spatial": geo.spatial, "tile": geo.tile,
@@ -449,6 +449,19 @@ def unit_list(lead_shape: tuple[int, ...], spatial: tuple[int, ...], block: tupl
     leads = list(np.ndindex(*lead_shape)) if lead_shape else [()]
     blocks = block_grid(spatial, block)
     return [(idx, blk) for idx in leads for blk in blocks]
+
+
+def resolve_run_scale(model, image, *, channel_axis: int | None = None, mode: str = "auto", device: str = "cpu",
+                      scale=None, diameter=None, spacing=None, unit: str | None = None):
+    """The resampling :func:`predict` would use for ``image`` with ``model`` (a loaded
+    network): resolved once, e.g. on a dask client, whose ``ScaleChoice`` is then passed to
+    :func:`plan` and to every :func:`predict` of the run as ``scale=`` (so ``diameter="auto"``
+    is estimated once and every part of a split run agrees). Raises :class:`SegmentationError`."""
+    cfg = model.config
+    layout = _layout(cfg, _as_array(image), channel_axis, mode)
+    estimate = _estimator(model, image, channel_axis=channel_axis, device=device, mode=mode)
+    return choose_scale(cfg, layout.spatial, scale=scale, diameter=diameter, spacing=spacing, unit=unit,
+                        estimate=estimate)
 
 
 def choose_scale(config, spatial: Sequence[int], *, scale=None, diameter=None, spacing=None,
@@ -466,6 +479,11 @@ def choose_scale(config, spatial: Sequence[int], *, scale=None, diameter=None, s
     from .scale import ScaleChoice, ScaleError, resolve_scale
 
     ndim = len(spatial)
+    if isinstance(scale, ScaleChoice):  # resolved before (resolve_run_scale): kept with its message
+        if len(scale.scale) != ndim:
+            raise SegmentationError(f"the resampling was resolved for {len(scale.scale)} spatial axes; "
+                                    f"this run has {ndim}")
+        return scale
     if scale is not None:
         s = _parse_scale(scale, ndim)
         if all(v == 1.0 for v in s):

@@ -31,12 +31,20 @@ the pixel size (MRI headers know it) is the better guide; see
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 #: Largest crop side read per spatial axis for the estimate (2D, 3D), in working pixels.
 SAMPLE = {2: 512, 3: 128}
 #: Zoom limits (as in :mod:`napari_skipseg.inference.scale`).
 ZOOM_RANGE = (1 / 8, 8.0)
+#: Passes of the network per sample: at scale 1, then at the zoom its foreground suggests
+#: (more passes chase the first guess's bias: it measures inner radii, which run smaller
+#: than equivalent diameters for packed or elongated objects; the last pass measures objects).
+MAX_PASSES = 2
+#: A pass whose suggested zoom is within this factor of its own is the last.
+CONVERGED = 1.25
 #: Stop looking at more slices once this many objects were measured.
 ENOUGH_OBJECTS = 12
 
@@ -155,7 +163,7 @@ def _measure(cfg, labels: np.ndarray) -> np.ndarray:
 
     min_size = max(4, int((cfg.postprocess or {}).get("min_size", 4)))
     inner = object_diameters(labels, min_size=min_size, exclude_border=True)
-    return inner if len(inner) else object_diameters(labels, min_size=min_size)
+    return inner if len(inner) >= 3 else object_diameters(labels, min_size=min_size)
 
 
 def first_guess(foreground: np.ndarray, anisotropy: tuple[float, ...] | None = None,
@@ -222,37 +230,52 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode):
-    """``(objects measured at the second pass or None, first guess)`` for one sample, in
+    """``(objects measured at the last pass or None, first guess)`` for one sample, in
     input pixels; None when the sample has no foreground."""
     cfg = model.config
     nd = cfg.spatial_dims
     output = "instances" if cfg.output == "instances" else "semantic"
-    seg = _segment(model, sample, n_channels, lo_hi, device, mode, output)
-    fg = 1.0 - np.asarray(seg.probabilities[0]) > 0.5
-    guess = first_guess(fg, trained, max(4, int((cfg.postprocess or {}).get('min_size', 4))))
-    if guess is None:
-        return None
-    if trained is None:  # nothing to zoom to: measure at scale 1
-        objects = _measure(cfg, _objects(cfg, seg))
-        return (objects if len(objects) else None), guess
-    zoom = tuple(min(max(t / g, ZOOM_RANGE[0]), ZOOM_RANGE[1]) for t, g in zip(trained, guess, strict=True))
-    if all(abs(z - 1.0) < 0.1 for z in zoom):
-        objects = _measure(cfg, _objects(cfg, seg))
-        return (objects if len(objects) else None), guess
+    min_size = max(4, int((cfg.postprocess or {}).get("min_size", 4)))
+    zoom = (1.0,) * nd
+    first = None
+    for _ in range(MAX_PASSES):
+        seg, real = _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output)
+        fg = 1.0 - np.asarray(seg.probabilities[0]) > 0.5
+        g = first_guess(fg, trained, min_size)
+        if g is None:
+            if first is None:
+                return None
+            break
+        guess = tuple(v / z for v, z in zip(g, real, strict=True))  # input pixels
+        first = first or guess
+        if trained is None:
+            break
+        target = tuple(min(max(t / v, ZOOM_RANGE[0]), ZOOM_RANGE[1]) for t, v in zip(trained, guess, strict=True))
+        if all(abs(math.log(t / z)) < math.log(CONVERGED) for t, z in zip(target, real, strict=True)):
+            break  # the network saw its objects at about the training size
+        zoom = target
+    objects = _measure(cfg, _objects(cfg, seg))
+    if not len(objects):
+        return None, first
+    return objects / np.asarray(real)[None, :], first
+
+
+def _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output):
+    """Segment ``sample`` resized by ``zoom`` (a centred crop of it, so that the resized
+    sample stays within :data:`SAMPLE` a side); returns the segmentation and the zoom
+    actually applied (sizes are whole pixels)."""
+    nd = len(zoom)
+    if all(abs(z - 1.0) < 1e-6 for z in zoom):
+        return _segment(model, sample, n_channels, lo_hi, device, mode, output), zoom
     spatial = sample.shape[:nd]
     side = SAMPLE[nd]
-    # crop so that the resized sample stays within SAMPLE per axis
     sizes = [min(s, max(8, int(side / z))) for s, z in zip(spatial, zoom, strict=True)]
     crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(spatial, sizes, strict=True))
     part = sample[crop]
-    out_shape = tuple(max(8, int(round(s * z))) for s, z in zip(part.shape[:nd], zoom, strict=True))
-    real_zoom = tuple(o / s for o, s in zip(out_shape, part.shape[:nd], strict=True))
+    out_shape = tuple(max(8, int(round(n * z))) for n, z in zip(sizes, zoom, strict=True))
+    real = tuple(o / n for o, n in zip(out_shape, sizes, strict=True))
     resized = _resize(part, out_shape, n_channels)
-    seg2 = _segment(model, resized, n_channels, lo_hi, device, mode, output)
-    objects = _measure(cfg, _objects(cfg, seg2))
-    if not len(objects):
-        return None, guess
-    return objects / np.asarray(real_zoom)[None, :], guess
+    return _segment(model, resized, n_channels, lo_hi, device, mode, output), real
 
 
 def _resize(part: np.ndarray, out_shape: tuple[int, ...], n_channels: int) -> np.ndarray:

@@ -175,8 +175,9 @@ def first_guess(foreground: np.ndarray, anisotropy: tuple[float, ...] | None = N
     centre, a value ``r`` (the object's inner radius) that no point within about ``r``
     exceeds; touching objects keep their own centres. Twice the median of these centre
     values (one per plateau), weighted by ``r ** ndim`` (the object's area or volume, so
-    that specks do not outvote objects), is the guess. Holes are filled first; connected parts smaller
-    than ``min_size`` pixels and centres under 1.5 px are ignored.
+    that specks do not outvote objects), is the guess. Connected parts smaller than
+    ``min_size`` pixels and centres under 1.5 px are ignored. (Holes are not filled: the
+    gaps between packed objects are holes too.)
     """
     from scipy import ndimage
 
@@ -187,7 +188,7 @@ def first_guess(foreground: np.ndarray, anisotropy: tuple[float, ...] | None = N
         return None
     small = np.bincount(lab.ravel()) < max(1, min_size)
     small[0] = True
-    fg = ndimage.binary_fill_holes(~small[lab])  # texture inside large objects makes holes
+    fg = ~small[lab]
     if not fg.any():
         return None
     aniso = np.ones(nd) if anisotropy is None else np.asarray(anisotropy, dtype=float)

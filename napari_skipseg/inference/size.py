@@ -69,7 +69,8 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
     Returns
     -------
     tuple of float or None
-        One diameter per spatial axis (pixels of ``image``); None when no object is found.
+        One diameter per spatial axis (pixels of ``image``; Y and X share one value, the
+        median of the objects' in-plane diameters); None when no object is found.
     """
     from .engine import _channels_last, image_intensity_range
 
@@ -97,10 +98,22 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
         if sum(len(r) for r in rows) >= ENOUGH_OBJECTS:
             break
     if rows and sum(len(r) for r in rows):
-        return tuple(float(v) for v in np.median(np.concatenate(rows), axis=0))
+        return _in_plane_isotropic(np.median(_in_plane_isotropic(np.concatenate(rows)), axis=0))
     if guesses:
-        return tuple(float(v) for v in np.median(np.array(guesses), axis=0))
+        return _in_plane_isotropic(np.median(np.array(guesses), axis=0))
     return None
+
+
+def _in_plane_isotropic(values: np.ndarray):
+    """The last two (in-plane, YX) axes share their geometric mean: objects lie at every
+    angle in a plane and pixels are square there, so a difference between Y and X in a
+    sample is noise (a few elongated objects), not a reason to stretch the image. Z keeps
+    its own value. Rows of objects in, rows out; one row in, a tuple out."""
+    v = np.asarray(values, dtype=float)
+    yx = np.sqrt(v[..., -2] * v[..., -1])
+    out = v.copy()
+    out[..., -2] = out[..., -1] = yx
+    return tuple(float(x) for x in out) if out.ndim == 1 else out
 
 
 def _lead_indices(lead: tuple[int, ...]) -> list[tuple[int, ...]]:

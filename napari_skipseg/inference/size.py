@@ -14,7 +14,9 @@ How (Cellpose 1's two passes, with a model-free first guess):
    Its distance transform peaks at the objects' centres at about their radius, also where
    objects touch and the network merges them, and also where it over-splits large objects
    (the foreground still covers them). Twice the median peak radius, scaled by the training
-   anisotropy (3D), is the first guess.
+   anisotropy (3D), is the first guess. (Semantic models: the median size of the
+   foreground's connected components, at whichever of x1/2, x1, x2 makes them measure
+   closest to the training size.)
 3. **Second pass, at the guessed training scale.** The sample is resized so its objects
    should have the training size, segmented again (instance models: instances; semantic
    models: connected components of the foreground), and the objects not cut by the crop's
@@ -69,8 +71,8 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
     Returns
     -------
     tuple of float or None
-        One diameter per spatial axis (pixels of ``image``; Y and X share one value, the
-        median of the objects' in-plane diameters); None when no object is found.
+        One diameter per spatial axis (pixels of ``image``; Y and X in the training objects'
+        ratio, so that they get the same zoom); None when no object is found.
     """
     from .engine import _channels_last, image_intensity_range
 
@@ -98,21 +100,24 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
         if sum(len(r) for r in rows) >= ENOUGH_OBJECTS:
             break
     if rows and sum(len(r) for r in rows):
-        return _in_plane_isotropic(np.median(_in_plane_isotropic(np.concatenate(rows)), axis=0))
+        return _in_plane_zoom_shared(np.median(_in_plane_zoom_shared(np.concatenate(rows), trained), axis=0), trained)
     if guesses:
-        return _in_plane_isotropic(np.median(np.array(guesses), axis=0))
+        return _in_plane_zoom_shared(np.median(np.array(guesses), axis=0), trained)
     return None
 
 
-def _in_plane_isotropic(values: np.ndarray):
-    """The last two (in-plane, YX) axes share their geometric mean: objects lie at every
-    angle in a plane and pixels are square there, so a difference between Y and X in a
-    sample is noise (a few elongated objects), not a reason to stretch the image. Z keeps
-    its own value. Rows of objects in, rows out; one row in, a tuple out."""
+def _in_plane_zoom_shared(values: np.ndarray, trained: tuple[float, ...] | None):
+    """Y and X (the last two axes) keep their geometric mean but take the training
+    objects' Y/X ratio, so that the zoom (training / estimate) is the same along Y and X.
+    Objects lie at every angle in a plane and pixels are square there: a Y/X difference in
+    a sample is noise (a few elongated objects), not a reason to stretch the image; and an
+    anatomy that is longer along X (hippocampus3d) keeps that shape. Z keeps its own
+    value. Rows of objects in, rows out; one row in, a tuple out."""
     v = np.asarray(values, dtype=float)
+    ratio = 1.0 if trained is None else math.sqrt(trained[-2] / trained[-1])
     yx = np.sqrt(v[..., -2] * v[..., -1])
     out = v.copy()
-    out[..., -2] = out[..., -1] = yx
+    out[..., -2], out[..., -1] = yx * ratio, yx / ratio
     return tuple(float(x) for x in out) if out.ndim == 1 else out
 
 
@@ -252,10 +257,19 @@ def _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode):
     min_size = max(4, int((cfg.postprocess or {}).get("min_size", 4)))
     zoom = (1.0,) * nd
     first = None
+    if output == "semantic" and trained is not None:
+        zoom = _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode)
     for _ in range(MAX_PASSES):
         seg, real = _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output)
-        fg = 1.0 - np.asarray(seg.probabilities[0]) > 0.5
-        g = first_guess(fg, trained, min_size)
+        if output == "semantic":
+            # regions between membranes, or one anatomical structure: their connected
+            # components are measured directly (no boundary class to over-split them, and
+            # a structure's inner radius says little about its length)
+            comps = _measure(cfg, _objects(cfg, seg))
+            g = tuple(np.median(comps, axis=0)) if len(comps) else None
+        else:
+            fg = 1.0 - np.asarray(seg.probabilities[0]) > 0.5
+            g = first_guess(fg, trained, min_size)
         if g is None:
             if first is None:
                 return None
@@ -272,6 +286,27 @@ def _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode):
     if not len(objects):
         return None, first
     return objects / np.asarray(real)[None, :], first
+
+
+def _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode) -> tuple[float, ...]:
+    """The zoom, of x1/2, x1 and x2, at which a semantic model's regions measure closest to
+    the training size (in working pixels). Regions enlarged past what the network knows
+    fall apart into pieces (texture read as membranes), which measure small at any zoom
+    above the right one; at the right one they measure the training size."""
+    cfg = model.config
+    nd = cfg.spatial_dims
+    geo_t = math.exp(sum(math.log(t) for t in trained) / nd)
+    best, best_err = (1.0,) * nd, math.inf
+    for z in (0.5, 1.0, 2.0):
+        seg, real = _segment_zoomed(model, sample, (z,) * nd, n_channels, lo_hi, device, mode, "semantic")
+        comps = _measure(cfg, _objects(cfg, seg))
+        if not len(comps):
+            continue
+        geo = math.exp(float(np.mean(np.log(np.median(comps, axis=0)))))
+        err = abs(math.log(geo / geo_t))
+        if err < best_err:
+            best, best_err = tuple(real), err
+    return best
 
 
 def _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output):

@@ -1029,7 +1029,7 @@ def render_card(cfg: ModelConfig) -> str:
         if card.get("flips_effect"):
             text += f"; {card['flips_effect']}"
         lines.append(f"| inference | {text} |")
-    for key in ("axes", "data", "split", "training", "hardware", "parameters", "speed", "licence"):
+    for key in ("axes", "data", "split", "training", "training_scale", "hardware", "parameters", "speed", "licence"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
     metrics = card.get("metrics")

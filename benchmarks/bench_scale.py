@@ -1,0 +1,148 @@
+"""Does ``diameter="auto"`` keep a model's accuracy when objects are another size?
+
+Each image of a model's validation split (or of a held-out folder) is resized by each zoom
+(images: linear with anti-aliasing; masks: nearest), segmented at scale 1 ("plain") and with
+the object diameter estimated (:func:`napari_skipseg.inference.size.estimate_diameter`)
+("auto"), and scored like ``skipseg evaluate``: F1 at IoU 0.5 over all objects pooled
+(:func:`napari_skipseg.evaluate.score_image`, :func:`napari_skipseg.evaluate.overall`).
+
+    PYTHONPATH=$PWD python benchmarks/bench_scale.py [--model nuclei2d] [--data DIR]
+        [--split validation|all] [--zooms 0.5 0.75 1 1.5 2] [--limit 20] [--flips] [--json OUT]
+
+The "auto" path is :func:`segment_auto`. Until the engine takes ``diameter=`` itself it
+resizes the whole image by training diameter / estimate with scikit-image, segments, and
+resizes the labels back (nearest); once it does, the marked line switches to
+``predict(..., diameter="auto")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def zoom_pair(image: np.ndarray, mask: np.ndarray, zoom: float, channel_axis: int | None):
+    """``image`` and ``mask`` resized by ``zoom`` on every spatial axis."""
+    from skimage.transform import resize
+
+    if zoom == 1:
+        return image, mask
+    spatial = mask.shape
+    out = tuple(max(8, int(round(s * zoom))) for s in spatial)
+    img = np.moveaxis(image, channel_axis, -1) if channel_axis is not None else image
+    shape = out + ((img.shape[-1],) if channel_axis is not None else ())
+    resized = resize(img.astype(np.float32), shape, order=1, preserve_range=True, anti_aliasing=zoom < 1)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        resized = np.clip(np.rint(resized), info.min, info.max)
+    resized = resized.astype(image.dtype)
+    if channel_axis is not None:
+        resized = np.moveaxis(resized, -1, channel_axis)
+    labels = resize(mask, out, order=0, preserve_range=True, anti_aliasing=False).astype(mask.dtype)
+    return resized, labels
+
+
+def segment_plain(model, image, channel_axis, flips: bool) -> np.ndarray:
+    from napari_skipseg.inference.engine import predict, run
+
+    return np.asarray(run(predict(model, image, channel_axis=channel_axis, output="instances",
+                                  device="cpu", flips=flips)).labels)
+
+
+def segment_auto(model, image, channel_axis, flips: bool) -> tuple[np.ndarray, str]:
+    """Labels with ``diameter="auto"`` and the one-line scale message."""
+    # once the engine takes diameter=: return run(predict(model, image, channel_axis=channel_axis,
+    #     output="instances", device="cpu", flips=flips, diameter="auto")).labels, ""
+    return _auto_by_resizing(model, image, channel_axis, flips)
+
+
+def _auto_by_resizing(model, image, channel_axis, flips: bool) -> tuple[np.ndarray, str]:
+    from skimage.transform import resize
+
+    from napari_skipseg.inference.scale import resolve_scale
+    from napari_skipseg.inference.size import estimate_diameter
+
+    cfg = model.config
+    nd = cfg.spatial_dims
+    spatial = tuple(s for i, s in enumerate(image.shape)
+                    if channel_axis is None or i != channel_axis % image.ndim)[-nd:]
+    choice = resolve_scale(cfg, spatial, diameter="auto",
+                           estimate=lambda: estimate_diameter(model, image, channel_axis=channel_axis))
+    if choice.identity:
+        return segment_plain(model, image, channel_axis, flips), choice.message
+    img = np.moveaxis(image, channel_axis, -1) if channel_axis is not None else image
+    out = tuple(max(8, int(round(s * z))) for s, z in zip(spatial, choice.scale, strict=True))
+    shape = out + ((img.shape[-1],) if channel_axis is not None else ())
+    down = any(z < 1 for z in choice.scale)
+    work = resize(img.astype(np.float32), shape, order=1, preserve_range=True, anti_aliasing=down)
+    labels = segment_plain(model, work, -1 if channel_axis is not None else None, flips)
+    back = resize(labels, spatial, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    return back, choice.message
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="nuclei2d")
+    p.add_argument("--data", type=Path, default=None, help="folder with images/ and masks/ (default: shared data/<model>)")
+    p.add_argument("--split", default="validation", choices=("validation", "all"))
+    p.add_argument("--zooms", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.5, 2.0])
+    p.add_argument("--limit", type=int, default=20, help="images to use (the first of the split, sorted)")
+    p.add_argument("--flips", action="store_true", help="test-time flips (off by default: CPU time)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    from napari_skipseg.batch import open_source
+    from napari_skipseg.evaluate import ImageScore, overall, score_image
+    from napari_skipseg.io import read_image
+    from napari_skipseg.model.store import load_model, resolve_model
+
+    model = load_model(args.model)
+    folder = args.data or Path("/work/shared/data") / args.model
+    if args.split == "validation":
+        names = sorted(json.loads((resolve_model(args.model) / "validation_split.json").read_text())["validation"])
+    else:
+        names = sorted(f.name for f in (folder / "images").iterdir())
+    names = [n for n in names if (folder / "images" / n).exists()][: args.limit]
+    results: dict = {"model": args.model, "data": str(folder), "images": names, "zooms": {}}
+    print(f"{args.model}: {len(names)} images from {folder}, flips {'on' if args.flips else 'off'}")
+    print(f"{'zoom':>5} {'F1 plain':>9} {'F1 auto':>8} {'objects':>8} {'s plain':>8} {'s auto':>7}")
+    for zoom in args.zooms:
+        plain, auto, msgs = [], [], []
+        t_plain = t_auto = 0.0
+        for name in names:
+            image, _, ca = open_source(folder / "images" / name, None)
+            mask = np.asarray(read_image(folder / "masks" / name)[0])
+            image, mask = zoom_pair(np.asarray(image), mask, zoom, ca)
+            t0 = time.perf_counter()
+            pred = segment_plain(model, image, ca, args.flips)
+            t1 = time.perf_counter()
+            pred_auto, msg = segment_auto(model, image, ca, args.flips)
+            t2 = time.perf_counter()
+            t_plain += t1 - t0
+            t_auto += t2 - t1
+            for store, pr in ((plain, pred), (auto, pred_auto)):
+                metrics, counts = score_image(mask, pr, "instances", model.config.num_classes)
+                store.append(ImageScore(name, metrics, counts, 0.0))
+            msgs.append(msg)
+        fp, fa = overall(plain, "instances"), overall(auto, "instances")
+        n_obj = fp["true_positives"] + fp["false_negatives"]
+        print(f"{zoom:5.2f} {fp['f1@0.5']:9.4f} {fa['f1@0.5']:8.4f} {n_obj:8d} {t_plain:8.1f} {t_auto:7.1f}", flush=True)
+        results["zooms"][str(zoom)] = {"f1_plain": fp["f1@0.5"], "f1_auto": fa["f1@0.5"], "objects": n_obj,
+                                       "seconds_plain": t_plain, "seconds_auto": t_auto,
+                                       "per_image_auto": {s.name: s.metrics["f1@0.5"] for s in auto},
+                                       "per_image_plain": {s.name: s.metrics["f1@0.5"] for s in plain},
+                                       "messages": msgs}
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""resolve_scale's rules and its refusals (inference/scale.py), with the bundled configs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from napari_skipseg.inference.scale import (
+    SCALE_RANGE,
+    ScaleError,
+    parse_diameter,
+    parse_spacing,
+    resolve_scale,
+    spacing_ratio,
+    unit_factor,
+)
+from napari_skipseg.model.config import ModelConfig
+from napari_skipseg.model.store import load_config
+
+
+@pytest.fixture(scope="module")
+def n2d():
+    return load_config("nuclei2d")
+
+
+@pytest.fixture(scope="module")
+def n3d():
+    return load_config("nuclei3d")
+
+
+def one_line(choice):
+    assert "\n" not in choice.message
+    return choice.message
+
+
+def test_bundled_configs_record_their_training_scale():
+    for name, nd in (("nuclei2d", 2), ("em2d", 2), ("nuclei3d", 3), ("hippocampus3d", 3)):
+        ts = load_config(name).training_scale
+        assert len(ts["object_diameter"]) == nd and all(v > 3 for v in ts["object_diameter"])
+    assert load_config("nuclei3d").training_scale["pixel_size"] == [0.28, 0.127, 0.127]
+    assert load_config("hippocampus3d").training_scale["unit"] == "mm"
+    assert "pixel_size" not in load_config("nuclei2d").training_scale
+
+
+def test_given_diameter_wins(n2d):
+    t = n2d.training_scale["object_diameter"]
+    c = resolve_scale(n2d, (512, 512), diameter=40, estimate=lambda: pytest.fail("estimate called"))
+    assert c.scale == pytest.approx((t[0] / 40, t[1] / 40), rel=0.01)
+    assert c.source == "given"
+    assert one_line(c) == "diameter 40 px (given); image resampled x0.50"
+    c = resolve_scale(n2d, (512, 512), diameter="10,20")
+    assert c.scale == pytest.approx((t[0] / 10, t[1] / 20))
+    assert "10 x 20 px (given)" in c.message
+
+
+def test_given_diameter_beats_pixel_size(n3d):
+    c = resolve_scale(n3d, (51, 128, 128), diameter=[10, 19, 17], spacing=(1.75, 0.8, 0.8), unit="um")
+    t = n3d.training_scale["object_diameter"]
+    assert c.scale == pytest.approx([a / b for a, b in zip(t, (10, 19, 17), strict=True)])
+
+
+def test_one_number_in_3d_follows_the_pixel_size_anisotropy(n3d):
+    t = n3d.training_scale["object_diameter"]
+    ratio = spacing_ratio(n3d, (1.75, 0.8, 0.8), "um")
+    c = resolve_scale(n3d, (51, 128, 128), diameter=17, spacing=(1.75, 0.8, 0.8), unit="um")
+    assert c.scale[2] == pytest.approx(t[2] / 17)
+    assert c.scale[0] / c.scale[2] == pytest.approx(ratio[0] / ratio[2])
+    # without pixel sizes: the same zoom on every axis (the training anisotropy kept)
+    c = resolve_scale(n3d, (51, 128, 128), diameter=17)
+    assert c.scale == pytest.approx((t[2] / 17,) * 3)
+    # one number is checked against the largest axis only (objects deeper than a thin stack)
+    assert resolve_scale(n3d, (10, 128, 128), diameter=30).source == "given"
+
+
+def test_auto_uses_the_estimate(n2d, n3d):
+    t = n2d.training_scale["object_diameter"]
+    c = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda: (23.0, 23.0))
+    assert c.scale == pytest.approx((t[0] / 23, t[1] / 23))
+    assert c.source == "estimated" and c.diameter == (23.0, 23.0)
+    assert one_line(c) == "diameter ~23 px (estimated); image resampled x0.88"
+    # 3D: the estimate sets every axis, also when pixel sizes are known
+    t3 = n3d.training_scale["object_diameter"]
+    c = resolve_scale(n3d, (51, 128, 128), diameter="AUTO", spacing=(1.75, 0.8, 0.8), unit="um",
+                      estimate=lambda: (13, 17, 16))
+    assert c.scale == pytest.approx([a / b for a, b in zip(t3, (13, 17, 16), strict=True)])
+
+
+def test_auto_without_objects(n2d, n3d):
+    c = resolve_scale(n2d, (64, 64), diameter="auto", estimate=lambda: None)
+    assert c.identity and c.source == "none"
+    assert one_line(c) == "no objects found to estimate their size; not resampled"
+    # ... falls back to the pixel sizes where both are known
+    c = resolve_scale(n3d, (20, 64, 64), diameter="auto", estimate=lambda: None,
+                      spacing=(0.56, 0.254, 0.254), unit="µm")
+    assert c.scale == pytest.approx((2, 2, 2)) and c.source == "pixel size"
+    assert one_line(c).startswith("no objects found to estimate their size; pixel size 0.56 x 0.254 x 0.254 µm")
+
+
+def test_auto_for_a_model_without_training_size():
+    cfg = ModelConfig(name="bare")
+    c = resolve_scale(cfg, (64, 64), diameter="auto", estimate=lambda: (10, 10))
+    assert c.identity and "cannot estimate" in one_line(c)
+    with pytest.raises(ScaleError, match="does not record the object size"):
+        resolve_scale(cfg, (64, 64), diameter=12)
+
+
+def test_pixel_size_ratio_with_unit_conversion(n3d):
+    c = resolve_scale(n3d, (20, 64, 64), spacing=(560, 254, 254), unit="nm")
+    assert c.scale == pytest.approx((2, 2, 2)) and c.source == "pixel size"
+    assert one_line(c) == "pixel size 560 x 254 x 254 nm vs the model's 0.28 x 0.127 x 0.127 um; image resampled x2.00"
+    hip = load_config("hippocampus3d")
+    assert resolve_scale(hip, (40, 50, 40), spacing=(1000, 1000, 1000), unit="micron").identity
+    assert resolve_scale(hip, (40, 50, 40), spacing=(2, 1, 1), unit="mm").scale == pytest.approx((2, 1, 1))
+    # spacing without a length unit, or a model without a pixel size: not used
+    assert resolve_scale(n3d, (20, 64, 64), spacing=(1, 1, 1), unit="pixel").message == ""
+    assert resolve_scale(n3d, (20, 64, 64), spacing=(1, 1, 1), unit=None).identity
+    assert resolve_scale(load_config("nuclei2d"), (64, 64), spacing=(0.5, 0.5), unit="um").identity
+    assert unit_factor("µm") == unit_factor("um") == 1e-6 and unit_factor("furlong") is None
+
+
+def test_nothing_asked(n2d):
+    c = resolve_scale(n2d, (64, 64))
+    assert c.identity and c.message == "" and c.source == "none"
+
+
+def test_absurd_scales_are_clamped(n2d, n3d):
+    c = resolve_scale(n2d, (512, 512), diameter=1)
+    assert c.scale == (SCALE_RANGE[1],) * 2
+    assert "clamped to 1/8..8" in one_line(c)
+    c = resolve_scale(n2d, (4000, 4000), diameter=400)
+    assert c.scale == pytest.approx((1 / 8, 1 / 8))
+    c = resolve_scale(n3d, (20, 64, 64), spacing=(28, 12.7, 12.7), unit="um")
+    assert c.scale == (8.0, 8.0, 8.0) and "x100.00 clamped" in one_line(c)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (0, "positive"), (-3, "positive"), (math.nan, "positive"), (math.inf, "positive"),
+    ("abc", "'auto' or a number"), ([1, 2, 3], "1 or 2 values"), (10_000, "larger than the image"),
+    ("5,9999", "larger than the image"), (object(), "'auto' or a number"), ("", "1 or 2 values"),
+])
+def test_bad_diameters(n2d, bad, match):
+    with pytest.raises(ScaleError, match=match) as info:
+        resolve_scale(n2d, (512, 512), diameter=bad)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ((1, 1), "3 pixel sizes"), ((0, 1, 1), "positive"), ((1, math.nan, 1), "positive"), ("abc", "pixel sizes"),
+    (5, "pixel sizes"),
+])
+def test_bad_spacing(n3d, bad, match):
+    with pytest.raises(ScaleError, match=match):
+        resolve_scale(n3d, (20, 64, 64), spacing=bad, unit="um")
+    with pytest.raises(ScaleError):
+        parse_spacing(bad, 3)
+
+
+def test_bad_estimates_are_refused(n2d):
+    with pytest.raises(ScaleError, match="positive"):
+        resolve_scale(n2d, (64, 64), diameter="auto", estimate=lambda: (0.0, 5.0))
+
+
+def test_parse_diameter_forms():
+    assert parse_diameter(None, 2) is None
+    assert parse_diameter(" Auto ", 3) == "auto"
+    assert parse_diameter("4x23x23", 3) == (4.0, 23.0, 23.0)
+    assert parse_diameter(12, 2) == (12.0, 12.0)
+    assert parse_diameter([7.5], 3) == (7.5, 7.5, 7.5)
+    with pytest.raises(ScaleError):
+        parse_diameter(True, 2)

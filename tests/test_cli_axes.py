@@ -4,22 +4,13 @@ the model; bad combinations are one line and exit code 2."""
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import tifffile
 
 from napari_skipseg import segment
 from napari_skipseg.cli import main
-from napari_skipseg.inference.engine import predict
 from napari_skipseg.io import ImageMeta, read_image, write_image
-
-#: The object-size tests need the engine's resampling (``predict(..., diameter=)``).
-needs_resampling = pytest.mark.skipif(
-    "diameter" not in inspect.signature(predict).parameters,
-    reason="predict() has no diameter= parameter yet (lands with the engine branch)",
-)
 
 
 def _model(name, spatial_dims, output="instances", **extra):
@@ -216,12 +207,11 @@ def test_diameter_needs_a_model_that_knows_its_object_size(models, tmp_path, cap
     assert "--spacing takes 1 or 3 positive numbers" in _error_line(capsys)
 
 
-@needs_resampling
 def test_diameter_resamples_and_the_result_keeps_the_image_shape(models, tmp_path, capsys):
     src, dst = tmp_path / "zyx.tif", tmp_path / "out.tif"
     tifffile.imwrite(src, _noise((8, 32, 32)), imagej=True, metadata={"axes": "ZYX"})
     assert main(["segment", str(src), "-o", str(dst), "--model", "t3d", "--no-flips", "--diameter", "4,16,16"]) == 0
-    assert "diameter ~" in capsys.readouterr().err
+    assert "diameter 4 x 16 x 16 px (given); image resampled x1.00 x 0.50 x 0.50" in capsys.readouterr().err
     assert read_image(dst)[0].shape == (8, 32, 32)
 
 

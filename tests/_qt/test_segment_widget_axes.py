@@ -4,21 +4,13 @@ object diameter on the canvas. Real napari viewer, real files, tiny real models.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import pytest
 import tifffile
 
 from napari_skipseg import segment
 from napari_skipseg._qt.segment_widget import SegmentWidget
-from napari_skipseg.inference.engine import predict
 from napari_skipseg.io import ImageMeta, write_image
-
-needs_resampling = pytest.mark.skipif(
-    "diameter" not in inspect.signature(predict).parameters,
-    reason="predict() has no diameter= parameter yet (lands with the engine branch)",
-)
 
 
 @pytest.fixture
@@ -154,7 +146,6 @@ def test_diameter_circle_is_drawn_at_the_view_centre(widget, qtbot):
     assert shapes.name == "diameter ~10 px"
 
 
-@needs_resampling
 def test_the_run_shows_the_diameter_it_used(widget, qtbot, model_home):
     from conftest import make_tiny_model
 
@@ -170,7 +161,7 @@ def test_the_run_shows_the_diameter_it_used(widget, qtbot, model_home):
     w.diameter_edit.setText("16")
     w.run()
     _wait_done(qtbot, w)
-    assert "diameter ~16 px" in w.diameter_label.text()
+    assert "diameter 16 px (given)" in w.diameter_label.text()
     assert w.diameter_button.isEnabled()
     w.diameter_button.click()
-    assert any(layer.name.startswith("diameter ~16") for layer in viewer.layers)
+    assert any(layer.name.startswith("diameter") for layer in viewer.layers)

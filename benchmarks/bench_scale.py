@@ -9,10 +9,8 @@ the object diameter estimated (:func:`napari_skipseg.inference.size.estimate_dia
     PYTHONPATH=$PWD python benchmarks/bench_scale.py [--model nuclei2d] [--data DIR]
         [--split validation|all] [--zooms 0.5 0.75 1 1.5 2] [--limit 20] [--flips] [--json OUT]
 
-The "auto" path is :func:`segment_auto`. Until the engine takes ``diameter=`` itself it
-resizes the whole image by training diameter / estimate with scikit-image, segments, and
-resizes the labels back (nearest); once it does, the marked line switches to
-``predict(..., diameter="auto")``.
+The "auto" path is :func:`segment_auto`: ``predict(..., diameter="auto")``, the engine's own
+estimate, per-block resampling and mapping back, as the CLI and the widget run it.
 """
 
 from __future__ import annotations
@@ -57,34 +55,13 @@ def segment_plain(model, image, channel_axis, flips: bool) -> np.ndarray:
 
 
 def segment_auto(model, image, channel_axis, flips: bool) -> tuple[np.ndarray, str]:
-    """Labels with ``diameter="auto"`` and the one-line scale message."""
-    # once the engine takes diameter=: return run(predict(model, image, channel_axis=channel_axis,
-    #     output="instances", device="cpu", flips=flips, diameter="auto")).labels, ""
-    return _auto_by_resizing(model, image, channel_axis, flips)
+    """Labels with ``diameter="auto"`` (the engine estimates the size, resamples per block and
+    maps the result back) and the one-line scale message."""
+    from napari_skipseg.inference.engine import predict, run
 
-
-def _auto_by_resizing(model, image, channel_axis, flips: bool) -> tuple[np.ndarray, str]:
-    from skimage.transform import resize
-
-    from napari_skipseg.inference.scale import resolve_scale
-    from napari_skipseg.inference.size import estimate_diameter
-
-    cfg = model.config
-    nd = cfg.spatial_dims
-    spatial = tuple(s for i, s in enumerate(image.shape)
-                    if channel_axis is None or i != channel_axis % image.ndim)[-nd:]
-    choice = resolve_scale(cfg, spatial, diameter="auto",
-                           estimate=lambda: estimate_diameter(model, image, channel_axis=channel_axis))
-    if choice.identity:
-        return segment_plain(model, image, channel_axis, flips), choice.message
-    img = np.moveaxis(image, channel_axis, -1) if channel_axis is not None else image
-    out = tuple(max(8, int(round(s * z))) for s, z in zip(spatial, choice.scale, strict=True))
-    shape = out + ((img.shape[-1],) if channel_axis is not None else ())
-    down = any(z < 1 for z in choice.scale)
-    work = resize(img.astype(np.float32), shape, order=1, preserve_range=True, anti_aliasing=down)
-    labels = segment_plain(model, work, -1 if channel_axis is not None else None, flips)
-    back = resize(labels, spatial, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
-    return back, choice.message
+    result = run(predict(model, image, channel_axis=channel_axis, output="instances", device="cpu",
+                         flips=flips, diameter="auto"))
+    return result.labels, result.info.get("scale_message", "")
 
 
 def main(argv=None) -> int:

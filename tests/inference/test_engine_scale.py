@@ -271,7 +271,7 @@ def test_diameter_resamples_like_the_scale_it_makes():
     np.testing.assert_array_equal(by_d.probabilities, by_s.probabilities)
     info = events[0].info
     assert info["scale"] == (2.0, 2.0) and info["diameter"] == (10.0, 10.0)
-    assert "diameter ~10 px (given)" in info["scale_message"]
+    assert info["scale_message"] == "diameter 10 px (given); image resampled x2.00"
     assert by_d.info["scale_message"] == info["scale_message"] and by_d.info["scale_source"] == "given"
     # scale overrides the diameter
     over = run(predict(model, image, output="probabilities", diameter=10, scale=1, device="cpu"))

@@ -838,11 +838,15 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
     import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    # zarr's reads left pending when one chunk fails are reported by asyncio as the process
+    # ends ("Task was destroyed but it is pending"), after our one-line error: not for users
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     from .inference.engine import SegmentationError
     from .model.config import ModelConfigError
     from .model.store import ModelLoadError

@@ -159,21 +159,25 @@ def load_pairs(folder: str | Path, cfg, names: list[str] | None = None, *, spaci
         if not mask_path.exists():
             raise FileNotFoundError(f"{mask_path}: no mask for image {name}")
         raw, meta = read_image(img_dir / name)
-        mask = check_mask(read_image(mask_path)[0], str(mask_path))
+        own = None
         if target_spacing is not None:
             own = spacing or file_spacing(meta, dims)
             if own is None:
                 raise ValueError(f"{img_dir / name}: the file records no voxel size; give the folder "
                                  f"{folder.name!r} a spacing in the recipe's 'folders'")
-            if np.shape(raw)[:dims] != mask.shape:
-                raise ValueError(f"{name}: image {np.shape(raw)[:dims]} and mask {mask.shape} differ in shape "
-                                 "(the mask must label every pixel of the image)")
-            raw = resample_to_spacing(np.asarray(raw), own, target_spacing, order=1)
-            mask = resample_to_spacing(mask, own, target_spacing, order=0)
+            raw = np.asarray(raw)
+            raw_shape = raw.shape[:dims]
+            raw = resample_to_spacing(raw, own, target_spacing, order=1)
         try:
             image = prepare_image(raw, cfg.in_channels, cfg.spatial_dims, cfg.normalization)
         except ValueError as err:
             raise ValueError(f"{img_dir / name}: {err}") from err
+        mask = check_mask(read_image(mask_path)[0], str(mask_path))
+        if own is not None:
+            if mask.shape != raw_shape:
+                raise ValueError(f"{name}: image {raw_shape} and mask {mask.shape} differ in shape "
+                                 "(the mask must label every pixel of the image)")
+            mask = resample_to_spacing(mask, own, target_spacing, order=0)
         if mask.shape != image.shape[1:]:
             raise ValueError(
                 f"{name}: image {image.shape[1:]} and mask {mask.shape} differ in shape "

@@ -258,3 +258,30 @@ def test_folder_options_are_checked(tmp_path):
         split_folders([tmp_path / "a"], {"folders": {"a": {"use": "test"}}})
     with pytest.raises(ValueError, match="unknown option"):
         split_folders([tmp_path / "a"], {"folders": {"a": {"spacin": [1, 1, 1]}}})
+
+
+def test_cli_train_takes_several_folders(tmp_path, capsys):
+    from napari_skipseg.cli import main
+
+    rng = np.random.default_rng(1)
+    for folder, names in (("a", ["a1.tif", "a2.tif"]), ("b", ["b1.tif"])):
+        for n in names:
+            lab = _ball((8, 24, 24), (4, 12, 12), 3.5).astype(np.uint16)
+            _write_pair(tmp_path / folder, n, (lab * 150 + rng.integers(0, 30, lab.shape)).astype(np.uint16), lab,
+                        spacing=(2.0, 1.0, 1.0))
+    recipe = {"model": {k: v for k, v in _config().to_dict().items() if k != "card"},
+              "training": {"patch": [8, 16, 16], "batch_size": 1, "val_every": 1, "warmup": 1, "val_seeds": []},
+              "val_fraction": 0.5, "target_spacing": [2.0, 1.0, 1.0], "folders": {"b": {"use": "train"}}}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    args = ["train", str(tmp_path / "a"), str(tmp_path / "b"), "--recipe", str(tmp_path / "r.json"), "--steps", "1",
+            "-q", "--device", "cpu"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    split = json.loads((tmp_path / "out" / "validation_split.json").read_text())
+    assert "b1.tif" in split["train"] and len(split["validation"]) == 1
+    recipe["folders"] = {"c": {"use": "train"}}
+    (tmp_path / "r.json").write_text(json.dumps(recipe))
+    capsys.readouterr()
+    assert main([*args, "-o", str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "recipe 'folders' names c, not among the data folders" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out2").exists()

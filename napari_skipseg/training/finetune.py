@@ -68,6 +68,7 @@ class FinetuneOptions:
     dice_weight: float = 1.0
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches elastically deformed (with augment)
+    zoom: list[float] | None = None  # [low, high] random zoom of patches (with augment), as TrainConfig.zoom
     class_balance: float | None = None  # cross-entropy class weights frequency ** -class_balance (AUTO_TRAIN)
     ema: float = 0.98  # decay of the moving average of the weights that is validated and kept (0: off)
     num_classes: int | None = None  # a different class count: new head, the rest kept
@@ -499,7 +500,7 @@ def finetune(
             lr=opts.lr, weight_decay=opts.weight_decay, warmup=opts.warmup, val_every=opts.val_every,
             max_val_images=40, dice_weight=opts.dice_weight, augment=opts.augment,
             foreground_bias=opts.foreground_bias, elastic=opts.elastic, class_balance=opts.class_balance,
-            ema=opts.ema, seed=opts.seed,
+            ema=opts.ema, seed=opts.seed, zoom=opts.zoom,
         )
         stopped = {"v": False}
 
@@ -661,6 +662,7 @@ def save_version(
                      f"{result.options['train']}, AdamW lr {result.options['lr']} warm-up + cosine, "
                      + training_extras(TrainConfig(class_balance=result.options.get("class_balance") or 0.0,
                                                    elastic=result.options.get("elastic", 0.0),
+                                                   zoom=result.options.get("zoom"),
                                                    augment=result.options["augment"],
                                                    ema=result.options.get("ema", 0.0))) +
                      f"batch {result.options['batch_size']}, augment {result.options['augment']}, "

@@ -285,3 +285,25 @@ def test_cli_train_takes_several_folders(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "recipe 'folders' names c, not among the data folders" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out2").exists()
+
+
+def test_finetune_takes_the_zoom_option(model_home):
+    from napari_skipseg.training.finetune import (
+        Annotated,
+        FinetuneOptions,
+        run_finetune,
+        save_version,
+    )
+
+    rng = np.random.default_rng(2)
+    labels = np.zeros((3, 48, 48), np.uint16)
+    for z in range(3):
+        for k, (y, x) in enumerate(rng.integers(8, 40, (4, 2))):
+            labels[z][_ball((48, 48), (y, x), 5) & (labels[z] == 0)] = k + 1
+    image = ((labels > 0) * 180 + rng.integers(0, 40, labels.shape)).astype(np.uint8)
+    data = [Annotated(image, labels, [0, 1, 2], name="cells")]
+    opts = FinetuneOptions(steps=2, val_every=2, patch=[32, 32], batch_size=1, zoom=[0.5, 2.0], tune=False)
+    result = run_finetune("tiny", data, opts, device="cpu")
+    assert result.options["zoom"] == [0.5, 2.0]
+    card = json.loads((save_version(result, data) / "config.json").read_text())["card"]
+    assert "random zoom 0.5-2x" in card["training"]

@@ -481,7 +481,7 @@ def cmd_train(args) -> int:
     from .training.recipe import train_from_folder
 
     gen = train_from_folder(
-        args.data, args.recipe, args.output, steps=args.steps, time_budget=args.time, device=args.device,
+        args.data if len(args.data) > 1 else args.data[0], args.recipe, args.output, steps=args.steps, time_budget=args.time, device=args.device,
         init=args.init, lr=args.lr,
     )
     out = _progress_driver(gen, "train", args.quiet)
@@ -790,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bound = _training_bounds()
     p = sub.add_parser("train", help="train a model from a folder with images/ and masks/")
-    p.add_argument("data", help="folder with images/ and masks/ (same file names)")
+    p.add_argument("data", nargs="+", help="folder(s) with images/ and masks/ (same file names); several "
+                   "are trained on together (see the recipe's target_spacing, folders and split_group)")
     p.add_argument("--recipe", required=True, help="recipe JSON (model + training options)")
     p.add_argument("-o", "--output", required=True, help="folder to write the model to")
     p.add_argument("--steps", type=bound["steps"])

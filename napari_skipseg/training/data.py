@@ -81,12 +81,65 @@ def prepare_image(image: np.ndarray, in_channels: int, spatial_dims: int, norm: 
     return normalize(image, lo, hi)[None]
 
 
-def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[Sample]:
+#: Micrometres per unit of the readers' unit names (spacing is compared in micrometres).
+UM_PER_UNIT = {"micrometer": 1.0, "um": 1.0, "nanometer": 1e-3, "nm": 1e-3, "millimeter": 1e3, "mm": 1e3,
+               "centimeter": 1e4, "cm": 1e4, "meter": 1e6, "m": 1e6}
+
+
+def check_spacing(spacing, dims: int, what: str = "spacing") -> tuple[float, ...]:
+    """``spacing`` as ``dims`` positive finite numbers; ``ValueError`` naming ``what`` otherwise."""
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must list {dims} numbers (um per voxel, one per spatial axis), got {spacing!r}") from None
+    if len(values) != dims or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"{what} must list {dims} positive numbers (um per voxel, one per spatial axis), got {spacing!r}")
+    return values
+
+
+def file_spacing(meta, dims: int) -> tuple[float, ...] | None:
+    """The voxel size (micrometres) of a file's last ``dims`` spatial axes from its metadata,
+    or None when the file does not know it (unit ``pixel`` or an unknown unit)."""
+    factor = UM_PER_UNIT.get(str(getattr(meta, "unit", "pixel")).lower())
+    axes = str(getattr(meta, "axes", ""))
+    spacing = list(getattr(meta, "spacing", ()) or ())
+    if factor is None or len(spacing) != len(axes):
+        return None
+    spatial = [sp for ax, sp in zip(axes, spacing, strict=True) if ax in "ZYX"]
+    if len(spatial) < dims:
+        return None
+    return tuple(float(v) * factor for v in spatial[-dims:])
+
+
+def resample_to_spacing(array: np.ndarray, spacing, target, order: int) -> np.ndarray:
+    """Resample the leading ``len(spacing)`` axes of ``array`` from voxel size ``spacing`` to
+    ``target`` (``scipy.ndimage.zoom`` with aligned pixel areas; order 1 linear for images,
+    0 nearest for labels). Trailing axes (colour) are kept. Returned unchanged when the
+    spacings agree."""
+    from scipy import ndimage as ndi
+
+    factors = [s / t for s, t in zip(spacing, target, strict=True)]
+    if all(abs(f - 1.0) < 1e-6 for f in factors):
+        return array
+    factors += [1.0] * (array.ndim - len(factors))
+    if order:
+        array = np.asarray(array, dtype=np.float32)
+    return ndi.zoom(np.asarray(array), factors, order=order, mode="nearest", grid_mode=True)
+
+
+def load_pairs(folder: str | Path, cfg, names: list[str] | None = None, *, spacing=None,
+               target_spacing=None) -> list[Sample]:
     """Read ``folder/images/*`` and ``folder/masks/*`` (same file names).
 
+    With ``target_spacing`` (micrometres per voxel, one per spatial axis), each image and
+    mask is resampled from its own voxel size to it before anything else (image linearly,
+    mask by nearest neighbour): ``spacing`` when given (for files that do not record one),
+    else the image file's metadata.
+
     Raises ``FileNotFoundError``/``ValueError`` naming the file at fault: a missing mask, an
-    unreadable (empty, truncated, corrupt) file, an image and mask of different shapes, or
-    a mask that does not hold whole-number labels.
+    unreadable (empty, truncated, corrupt) file, an image and mask of different shapes, a
+    mask that does not hold whole-number labels, or (with ``target_spacing``) an image
+    whose voxel size is unknown.
     """
     from ..io import read_image
 
@@ -94,18 +147,37 @@ def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[
     img_dir, mask_dir = folder / "images", folder / "masks"
     if not img_dir.is_dir() or not mask_dir.is_dir():
         raise FileNotFoundError(f"{folder}: needs 'images' and 'masks' subfolders")
+    dims = cfg.spatial_dims
+    if target_spacing is not None:
+        target_spacing = check_spacing(target_spacing, dims, "target_spacing")
+    if spacing is not None:
+        spacing = check_spacing(spacing, dims, f"{folder.name}: spacing")
     names = names if names is not None else sorted(p.name for p in img_dir.iterdir() if p.is_file())
     samples = []
     for name in names:
         mask_path = mask_dir / name
         if not mask_path.exists():
             raise FileNotFoundError(f"{mask_path}: no mask for image {name}")
-        raw, _ = read_image(img_dir / name)
+        raw, meta = read_image(img_dir / name)
+        own = None
+        if target_spacing is not None:
+            own = spacing or file_spacing(meta, dims)
+            if own is None:
+                raise ValueError(f"{img_dir / name}: the file records no voxel size; give the folder "
+                                 f"{folder.name!r} a spacing in the recipe's 'folders'")
+            raw = np.asarray(raw)
+            raw_shape = raw.shape[:dims]
+            raw = resample_to_spacing(raw, own, target_spacing, order=1)
         try:
             image = prepare_image(raw, cfg.in_channels, cfg.spatial_dims, cfg.normalization)
         except ValueError as err:
             raise ValueError(f"{img_dir / name}: {err}") from err
         mask = check_mask(read_image(mask_path)[0], str(mask_path))
+        if own is not None:
+            if mask.shape != raw_shape:
+                raise ValueError(f"{name}: image {raw_shape} and mask {mask.shape} differ in shape "
+                                 "(the mask must label every pixel of the image)")
+            mask = resample_to_spacing(mask, own, target_spacing, order=0)
         if mask.shape != image.shape[1:]:
             raise ValueError(
                 f"{name}: image {image.shape[1:]} and mask {mask.shape} differ in shape "
@@ -115,6 +187,33 @@ def load_pairs(folder: str | Path, cfg, names: list[str] | None = None) -> list[
         instances = mask if cfg.output == "instances" else None
         samples.append(Sample(name, image, target, instances))
     return samples
+
+
+def split_groups(names: list[str], val_fraction: float = 0.15, pattern: str | None = None,
+                 seed: str = "skipseg") -> tuple[list[str], list[str], dict[str, str]]:
+    """Split by group: files whose names share a group (the first capture group of the
+    regular expression ``pattern``, searched in the name, or its whole match) land on the
+    same side; the groups are split by :func:`split_names`. A name the pattern does not
+    match is a group of its own. ``pattern`` None: every file its own group (the plain
+    :func:`split_names`). Returns ``(train, validation, group of each name)``."""
+    import re
+
+    if pattern is None:
+        groups = {n: n for n in names}
+    else:
+        try:
+            rx = re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f"split_group {pattern!r} is not a regular expression ({err})") from None
+        groups = {}
+        for n in names:
+            m = rx.search(n)
+            groups[n] = n if m is None else (m.group(1) if rx.groups and m.group(1) is not None else m.group(0))
+    train_g, val_g = split_names(sorted(set(groups.values())), val_fraction, seed)
+    val_set = set(val_g)
+    val = sorted(n for n in names if groups[n] in val_set)
+    train = sorted(n for n in names if groups[n] not in val_set)
+    return train, val, groups
 
 
 def split_names(names: list[str], val_fraction: float = 0.15, seed: str = "skipseg") -> tuple[list[str], list[str]]:
@@ -159,6 +258,12 @@ class PatchSampler:
 
     Patches smaller than the patch size are padded (image with 0, target with IGNORE).
     ``foreground_bias`` of the patches are centred on a labelled foreground pixel.
+
+    ``zoom`` (with ``augment``): ``(low, high)`` range of a random scale change drawn
+    log-uniformly for each patch, independently per axis (one factor for all axes with
+    ``zoom_isotropic``). A crop of ``patch / zoom`` pixels is resampled to the patch (image
+    linearly, target by nearest neighbour, IGNORE kept), so a zoom of 2 shows objects twice
+    as large. ``None``: no scale change, and the random draws are those without it.
     """
 
     def __init__(
@@ -170,6 +275,8 @@ class PatchSampler:
         foreground_bias: float = 0.5,
         anisotropic: bool = False,
         elastic: float = 0.0,
+        zoom: tuple[float, float] | None = None,
+        zoom_isotropic: bool = False,
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
@@ -191,6 +298,8 @@ class PatchSampler:
         if not 0.0 <= elastic <= 1.0:
             raise ValueError(f"elastic is the share of patches deformed (0 to 1), got {elastic}")
         self.elastic = elastic
+        self.zoom = check_zoom(zoom)
+        self.zoom_isotropic = bool(zoom_isotropic)
         weights = np.array([max(s.target.size, 1) for s in samples], dtype=float) ** 0.5
         self.weights = weights / weights.sum()
         self._fg = [np.flatnonzero(s.target.ravel() > 0) for s in samples]
@@ -200,22 +309,34 @@ class PatchSampler:
         i = rng.choice(len(self.samples), p=self.weights)
         s = self.samples[i]
         spatial = s.target.shape
+        crop = self.patch
+        if self.augment and self.zoom is not None:
+            crop = zoom_crop(self.patch, self._draw_zoom())
         if self._fg[i].size and rng.random() < self.fg_bias:
             centre = np.unravel_index(self._fg[i][rng.integers(self._fg[i].size)], spatial)
-            start = [int(c) - p // 2 for c, p in zip(centre, self.patch, strict=True)]
+            start = [int(c) - p // 2 for c, p in zip(centre, crop, strict=True)]
         else:
-            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(spatial, self.patch, strict=True)]
-        start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, spatial, self.patch, strict=True)]
-        sl = tuple(slice(st, st + p) for st, p in zip(start, self.patch, strict=True))
+            start = [int(rng.integers(0, max(n - p, 0) + 1)) for n, p in zip(spatial, crop, strict=True)]
+        start = [min(max(st, 0), max(n - p, 0)) for st, n, p in zip(start, spatial, crop, strict=True)]
+        sl = tuple(slice(st, st + p) for st, p in zip(start, crop, strict=True))
         img = s.image[(slice(None), *sl)]
         tgt = s.target[sl]
-        if img.shape[1:] != self.patch:
-            pad = [(0, p - n) for n, p in zip(tgt.shape, self.patch, strict=True)]
+        if img.shape[1:] != crop:
+            pad = [(0, p - n) for n, p in zip(tgt.shape, crop, strict=True)]
             img = np.pad(img, [(0, 0), *pad])
             tgt = np.pad(tgt, pad, constant_values=IGNORE)
+        if crop != self.patch:
+            img, tgt = resample_patch(img, tgt, self.patch)
         if self.augment:
             img, tgt = self._augment(img, tgt)
         return np.ascontiguousarray(img, dtype=np.float32), np.ascontiguousarray(tgt)
+
+    def _draw_zoom(self) -> tuple[float, ...]:
+        """Zoom factors per spatial axis, log-uniform in ``self.zoom``."""
+        lo, hi = np.log(self.zoom[0]), np.log(self.zoom[1])
+        if self.zoom_isotropic:
+            return (float(np.exp(self.rng.uniform(lo, hi))),) * len(self.patch)
+        return tuple(float(np.exp(v)) for v in self.rng.uniform(lo, hi, len(self.patch)))
 
     def batch(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         pairs = [self.draw() for _ in range(n)]
@@ -263,6 +384,39 @@ class PatchSampler:
         img = np.stack([ndi.map_coordinates(ch, coords, order=1, mode="mirror") for ch in img]).astype(np.float32)
         tgt = ndi.map_coordinates(tgt, coords, order=0, mode="mirror")
         return img, tgt
+
+
+def check_zoom(zoom) -> tuple[float, float] | None:
+    """``zoom`` as ``(low, high)`` with ``0 < low <= high`` (or None); ``ValueError`` otherwise."""
+    if zoom is None:
+        return None
+    try:
+        lo, hi = (float(z) for z in zoom)
+    except (TypeError, ValueError):
+        raise ValueError(f"zoom must be null or [low, high] (for example [0.5, 2.0]), got {zoom!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
+        raise ValueError(f"zoom must be [low, high] with 0 < low <= high, got {zoom!r}")
+    return lo, hi
+
+
+def zoom_crop(patch: tuple[int, ...], zoom: tuple[float, ...]) -> tuple[int, ...]:
+    """The crop size that, resampled to ``patch``, scales its content by about ``zoom``."""
+    return tuple(max(1, int(round(p / z))) for p, z in zip(patch, zoom, strict=True))
+
+
+def resample_patch(img: np.ndarray, tgt: np.ndarray, patch: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a ``(C, *crop)`` image linearly and its ``crop`` target by nearest neighbour
+    to ``patch`` (pixel areas aligned: ``scipy.ndimage.zoom`` with ``grid_mode``). Target
+    values come only from the input's (IGNORE included)."""
+    from scipy import ndimage as ndi
+
+    factors = [p / n for p, n in zip(patch, tgt.shape, strict=True)]
+    img = np.stack([ndi.zoom(np.asarray(ch, dtype=np.float32), factors, order=1, mode="nearest", grid_mode=True)
+                    for ch in img])
+    tgt = ndi.zoom(np.asarray(tgt), factors, order=0, mode="nearest", grid_mode=True)
+    if img.shape[1:] != tuple(patch) or tgt.shape != tuple(patch):  # rounding in ndi.zoom's output shape
+        raise AssertionError(f"resampled patch {tgt.shape} is not {tuple(patch)}")
+    return img, tgt
 
 
 @functools.lru_cache(maxsize=32)

@@ -58,7 +58,7 @@ LABELS_FILE = "labels.npz"
 OPTION_FIELDS = {
     **{k: TRAIN_FIELDS[k] for k in ("batch_size", "steps", "time_budget", "weight_decay", "warmup",
                                     "val_every", "dice_weight", "augment", "foreground_bias", "elastic",
-                                    "ema", "seed")},
+                                    "ema", "seed", "zoom")},
     "lr": Nullable(Num(0, TRAIN_FIELDS["lr"].hi, lo_open=True)),
     "train": Str(choices=TRAINABLE),
     "patch": Nullable(TRAIN_FIELDS["patch"]),
@@ -91,6 +91,7 @@ class FinetuneOptions:
     dice_weight: float = 1.0
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches elastically deformed (with augment)
+    zoom: list[float] | None = None  # [low, high] random zoom of patches (with augment), as TrainConfig.zoom
     class_balance: float | None = None  # cross-entropy class weights frequency ** -class_balance (AUTO_TRAIN)
     ema: float = 0.98  # decay of the moving average of the weights that is validated and kept (0: off)
     num_classes: int | None = None  # a different class count: new head, the rest kept
@@ -516,7 +517,7 @@ def finetune(
             lr=opts.lr, weight_decay=opts.weight_decay, warmup=opts.warmup, val_every=opts.val_every,
             max_val_images=40, dice_weight=opts.dice_weight, augment=opts.augment,
             foreground_bias=opts.foreground_bias, elastic=opts.elastic, class_balance=opts.class_balance,
-            ema=opts.ema, seed=opts.seed,
+            ema=opts.ema, seed=opts.seed, zoom=opts.zoom,
         )
         stopped = {"v": False}
 
@@ -684,6 +685,7 @@ def save_version(
                      f"{result.options['train']}, AdamW lr {result.options['lr']} warm-up + cosine, "
                      + training_extras(TrainConfig(class_balance=result.options.get("class_balance") or 0.0,
                                                    elastic=result.options.get("elastic", 0.0),
+                                                   zoom=result.options.get("zoom"),
                                                    augment=result.options["augment"],
                                                    ema=result.options.get("ema", 0.0))) +
                      f"batch {result.options['batch_size']}, augment {result.options['augment']}, "

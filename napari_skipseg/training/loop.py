@@ -54,6 +54,8 @@ TRAIN_FIELDS = {
     "ema": Num(0, 0.99999),
     "val_seeds": List(Num(0, 1), 0, 64),
     "seed": Int(0, 2**32 - 1),
+    "zoom": Nullable(List(Num(0.05, 20, lo_open=True), 2, 2)),  # ordered and sane: data.check_zoom
+    "zoom_isotropic": Bool(),
 }
 
 
@@ -86,6 +88,10 @@ class TrainConfig:
     augment: bool = True
     foreground_bias: float = 0.5
     elastic: float = 0.0  # share of patches given a smooth elastic deformation
+    # scale augmentation: [low, high] range of a random zoom per patch (log-uniform, per axis;
+    # one factor for all axes with zoom_isotropic); null: off
+    zoom: list[float] | None = None
+    zoom_isotropic: bool = False
     class_balance: float = 0.0  # cross-entropy class weights: frequency ** -class_balance (0: none)
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and kept (0: none)
     # instance models: seed thresholds tried at each validation (the best one scores the check), so
@@ -133,6 +139,9 @@ def training_extras(tcfg: TrainConfig) -> str:
         words.append(f"class weights frequency^-{tcfg.class_balance:g}")
     if tcfg.augment and tcfg.elastic:
         words.append(f"elastic deformation of {tcfg.elastic:.0%} of patches")
+    if tcfg.augment and tcfg.zoom:
+        kind = "isotropic" if tcfg.zoom_isotropic else "per axis"
+        words.append(f"random zoom {tcfg.zoom[0]:g}-{tcfg.zoom[1]:g}x ({kind}, log-uniform)")
     if tcfg.ema:
         words.append(f"weight average (decay {tcfg.ema:g}) validated and kept")
     return "".join(w + ", " for w in words)
@@ -288,7 +297,8 @@ def train(
     rng = np.random.default_rng(tcfg.seed)
     cfg = model.config
     sampler = PatchSampler(train_samples, tuple(tcfg.patch), rng, tcfg.augment, tcfg.foreground_bias,
-                           elastic=tcfg.elastic if tcfg.augment else 0.0)
+                           elastic=tcfg.elastic if tcfg.augment else 0.0,
+                           zoom=tcfg.zoom if tcfg.augment else None, zoom_isotropic=tcfg.zoom_isotropic)
     val = val_samples[: tcfg.max_val_images]
     ema = WeightAverage(model, tcfg.ema) if tcfg.ema else None
 

@@ -845,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    # pydicom warns about values of tags it parses; our reader checks the tags it uses itself
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     # zarr's reads left pending when one chunk fails are reported by asyncio as the process
     # ends ("Task was destroyed but it is pending"), after our one-line error: not for users
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)

@@ -97,6 +97,9 @@ def read_tiff(path: str | os.PathLike, lazy: bool = False) -> tuple[Any, ImageMe
                 meta.extra["rgb_planar"] = True  # RGB stored plane by plane: its C axis is colour
             check_image(meta, series.shape, series.dtype)
             stored, ratio = _stored(path, series)
+            bits = int(getattr(series.keyframe, "bitspersample", 8) or 8)
+            if 0 < bits < 8:  # packed pixels (e.g. bool as 1 bit): a byte holds 8 / bits of them
+                ratio *= 8 / bits
             check_claim(path, series.shape, series.dtype, lazy=lazy, stored=stored, ratio=ratio,
                         chunk=series.keyframe.shape)
             data = _lazy(path, series) if lazy else series.asarray()

@@ -26,7 +26,7 @@ def n2d():
 
 @pytest.fixture(scope="module")
 def n3d():
-    return load_config("nuclei3d")
+    return load_config("nuclei3d_plant")  # trained at 0.28 x 0.127 x 0.127 um
 
 
 def one_line(choice):
@@ -35,10 +35,11 @@ def one_line(choice):
 
 
 def test_bundled_configs_record_their_training_scale():
-    for name, nd in (("nuclei2d", 2), ("em2d", 2), ("nuclei3d", 3), ("hippocampus3d", 3)):
+    for name, nd in (("nuclei2d", 2), ("em2d", 2), ("nuclei3d", 3), ("nuclei3d_plant", 3), ("hippocampus3d", 3)):
         ts = load_config(name).training_scale
         assert len(ts["object_diameter"]) == nd and all(v > 3 for v in ts["object_diameter"])
-    assert load_config("nuclei3d").training_scale["pixel_size"] == [0.28, 0.127, 0.127]
+    assert load_config("nuclei3d").training_scale["pixel_size"] == [1.75, 0.8, 0.8]  # mouse embryos
+    assert load_config("nuclei3d_plant").training_scale["pixel_size"] == [0.28, 0.127, 0.127]
     assert load_config("hippocampus3d").training_scale["unit"] == "mm"
     assert "pixel_size" not in load_config("nuclei2d").training_scale
 

@@ -103,6 +103,12 @@ def test_bundled_models_and_default_model_for():
     assert default_model_for(3) == "nuclei3d"
     assert default_model_for(2) == "nuclei2d"
     assert default_model_for(ImageMeta("TYX")) == "nuclei2d"
+    # two 3D nuclei models: the one trained at the image's voxel size
+    embryo = ImageMeta("ZYX", (1.75, 0.8, 0.8), "micrometer", path="/x/Emb12_t301.tif")
+    plant = ImageMeta("ZYX", (0.28, 0.127, 0.127), "micrometer", path="/x/root.tif")
+    assert choose_model(embryo, shape=(51, 128, 128)) == (
+        "nuclei3d", "model nuclei3d: microscopy 3D stack with 1.75 x 0.8 x 0.8 um voxels, like its training data")
+    assert choose_model(plant, shape=(100, 100, 100))[0] == "nuclei3d_plant"
 
 
 def test_no_models_is_a_lookup_error():

@@ -263,7 +263,7 @@ def _check_segment_inputs(args, cfg, inputs: list[Path]) -> dict:
     object-size options for :func:`~napari_skipseg.batch.segment_file` (``diameter``,
     ``spacing``). Raises :class:`CLIError` (one line) for what cannot work."""
     from .inference.axes import AxesError, ChannelChoiceNeeded, arrange
-    from .inference.scale import ScaleError, parse_diameter
+    from .inference.scale import ScaleError, default_diameter, parse_diameter
     from .io import read_image
 
     if args.output_kind is None:  # what the model predicts
@@ -275,9 +275,7 @@ def _check_segment_inputs(args, cfg, inputs: list[Path]) -> dict:
         raise CLIError(f"model {cfg.name} is a {cfg.spatial_dims}D model; it cannot run in --mode {args.mode}")
     dims = cfg.spatial_dims
     trained = (cfg.training_scale or {}).get("object_diameter")
-    diameter = args.diameter
-    if diameter is None and cfg.output == "instances" and trained:
-        diameter = "auto"
+    diameter = args.diameter if args.diameter is not None else default_diameter(cfg)
     spacing = None
     if args.spacing is not None:
         try:

@@ -55,12 +55,17 @@ def _segment_job(model_name: str, source, options: dict):
     folder = options.pop("results_folder", None)
     axes, channel = options.pop("axes", None), options.pop("channel", None)
     link, diameter = options.pop("link", False), options.pop("diameter", None)
+    explicit = diameter not in (None, "auto")
+    if diameter is None:  # the model's default, as on the command line
+        from ..inference.scale import default_diameter
+
+        diameter = default_diameter(model.config)
     # T before Z, the chosen channel taken out: the order the engine takes (and back after)
     engine_source, arranged = arrange_source(source, model.config, axes=axes, channel=channel,
                                              mode=options.get("mode", "auto"))
     if arranged is not None:
         options.update(size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
-                                    unit=arranged.meta.unit, explicit=diameter not in (None, "auto")))
+                                    unit=arranged.meta.unit, explicit=explicit))
     data, channel_axis = engine_source.data, engine_source.channel_axis
     if not is_lazy(data):
         result = yield from predict(model, data, channel_axis=channel_axis, **options)
@@ -457,6 +462,10 @@ class SegmentWidget(QWidget):
         self.model_info.setText(text)
         self.model_info.setToolTip(cfg.card.get("task", ""))
         self.flips_check.setChecked(bool(cfg.inference.get("flips", False)))
+        from ..inference.scale import default_diameter
+
+        self.diameter_edit.setPlaceholderText("auto (estimated)" if default_diameter(cfg) == "auto"
+                                              else "none (pixel size only)")
         passes = 2**cfg.spatial_dims
         self.flips_check.setText(f"test-time flips ({passes} passes, {passes}x slower)")
         current = self.output_combo.currentText()

@@ -41,6 +41,15 @@ class ScaleChoice:
         return all(abs(s - 1.0) < 1e-6 for s in self.scale)
 
 
+def default_diameter(config) -> str | None:
+    """The diameter of a run when the user gives none: ``"auto"`` (estimated from the image,
+    as Cellpose does) for an instance model that records the object size it was trained at,
+    else None (the image is resampled only by pixel size, where both are known). The CLI and
+    the Segment widget both use this."""
+    trained = (getattr(config, "training_scale", None) or {}).get("object_diameter")
+    return "auto" if config.output == "instances" and trained else None
+
+
 def parse_diameter(value, ndim: int, spatial_shape: Sequence[int] | None = None):
     """``None``, ``"auto"`` or a tuple of ``ndim`` positive finite diameters (pixels).
 

@@ -158,6 +158,11 @@ def test_the_run_shows_the_diameter_it_used(widget, qtbot, model_home):
     w.refresh_models()
     viewer.add_image(np.random.default_rng(3).random((64, 64), dtype=np.float32), name="cells")
     _choose(w, "sized")
+    # nothing typed: the model's default, as on the command line (estimated for instance models)
+    assert w.diameter_edit.placeholderText() == "auto (estimated)"
+    w.run()
+    _wait_done(qtbot, w)
+    assert "(estimated)" in w.diameter_label.text() or "no objects found" in w.diameter_label.text()
     w.diameter_edit.setText("16")
     w.run()
     _wait_done(qtbot, w)

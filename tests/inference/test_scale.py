@@ -170,3 +170,15 @@ def test_parse_diameter_forms():
     assert parse_diameter([7.5], 3) == (7.5, 7.5, 7.5)
     with pytest.raises(ScaleError):
         parse_diameter(True, 2)
+
+
+def test_default_diameter_is_auto_for_instance_models_that_know_their_size():
+    from napari_skipseg.inference.scale import default_diameter
+
+    assert default_diameter(load_config("nuclei2d")) == "auto"
+    assert default_diameter(load_config("nuclei3d")) == "auto"
+    assert default_diameter(load_config("em2d")) is None  # semantic: pixel size only
+    assert default_diameter(load_config("hippocampus3d")) is None
+    unsized = load_config("nuclei2d")
+    unsized.training_scale = {}
+    assert default_diameter(unsized) is None

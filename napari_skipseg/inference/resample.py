@@ -38,15 +38,9 @@ def parse_scale(scale, ndim: int) -> tuple[float, ...]:
         One line naming the problem: not numbers, the wrong count, not finite, or outside
         :data:`SCALE_LIMITS`.
     """
-    values = [scale] if isinstance(scale, int | float | np.number) and not isinstance(scale, bool) else scale
-    try:
-        values = [float(v) for v in values]
-    except (TypeError, ValueError):
-        raise ValueError(f"scale must be a number or one number per spatial axis, got {scale!r}") from None
-    if len(values) == 1:
-        values = values * ndim
-    if len(values) != ndim:
-        raise ValueError(f"scale takes 1 or {ndim} values (one per spatial axis), got {len(values)}")
+    from .scale import per_axis
+
+    values = per_axis(float(scale) if isinstance(scale, np.number) else scale, ndim, "scale")
     lo, hi = SCALE_LIMITS
     for v in values:
         if not math.isfinite(v) or not lo <= v <= hi:

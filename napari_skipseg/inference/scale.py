@@ -41,6 +41,23 @@ class ScaleChoice:
         return all(abs(s - 1.0) < 1e-6 for s in self.scale)
 
 
+def per_axis(value, ndim: int, what: str, error: type[Exception] = ValueError,
+             kind: str = "a number") -> list[float]:
+    """``value`` (a number, or a sequence of 1 or ``ndim`` numbers) as ``ndim`` floats;
+    ``error`` naming ``what`` when it is not (not numbers, the wrong count)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = [value]
+    try:
+        values = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise error(f"{what} must be {kind} or one per spatial axis, got {value!r}") from None
+    if len(values) == 1:
+        values = values * ndim
+    if len(values) != ndim:
+        raise error(f"{what} takes 1 or {ndim} values (one per spatial axis), got {len(values)}")
+    return values
+
+
 def default_diameter(config) -> str | None:
     """The diameter of a run when the user gives none: ``"auto"`` (estimated from the image,
     as Cellpose does) for an instance model that records the object size it was trained at,
@@ -69,16 +86,7 @@ def parse_diameter(value, ndim: int, spatial_shape: Sequence[int] | None = None)
         except ValueError:
             raise ScaleError(f"diameter must be 'auto' or a number of pixels (or one per axis), "
                              f"got {value!r}") from None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        value = [value]
-    try:
-        values = [float(v) for v in value]
-    except (TypeError, ValueError):
-        raise ScaleError(f"diameter must be 'auto' or a number of pixels, got {value!r}") from None
-    if len(values) == 1:
-        values = values * ndim
-    if len(values) != ndim:
-        raise ScaleError(f"diameter takes 1 or {ndim} values (one per spatial axis), got {len(values)}")
+    values = per_axis(value, ndim, "diameter", ScaleError, "'auto' or a number of pixels")
     for v in values:
         if not math.isfinite(v) or v <= 0:
             raise ScaleError(f"diameter must be a positive number of pixels, got {v:g}")

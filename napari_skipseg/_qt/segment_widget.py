@@ -697,6 +697,8 @@ class SegmentWidget(QWidget):
         self.status.setText(f"done in {result.seconds:.1f} s{extra}")
         labels = [layer for layer in state["added"] if layer.__class__.__name__ == "Labels"]
         self._result_layer = labels[0] if labels else (state["added"][0] if state["added"] else None)
+        if self._result_layer is not None:  # the labels to correct, not the hidden probabilities
+            self.viewer.layers.selection.active = self._result_layer
         message = result.info.get("scale_message") or ""
         diameter = result.info.get("diameter")
         if not message and diameter is not None:

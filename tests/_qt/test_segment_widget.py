@@ -60,6 +60,7 @@ def test_segment_adds_layers_on_top_of_the_image(widget, qtbot):
     # one layer per event-loop turn, labels first, yet the labels end on top
     assert [layer.name for layer in viewer.layers] == [
         "cells", "cells [tiny] p(foreground)", "cells [tiny] instances"]
+    assert viewer.layers.selection.active is labels  # the layer to correct, not the hidden one
 
 
 def test_cancel_while_the_result_layers_are_added_takes_them_back(widget, qtbot):

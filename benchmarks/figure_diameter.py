@@ -43,7 +43,7 @@ def main(argv=None) -> int:
         image = image[..., :3].mean(axis=-1)
     big = rescale(image.astype(np.float32), args.zoom, order=1, preserve_range=True)
     truth = rescale(mask, args.zoom, order=0, preserve_range=True, anti_aliasing=False).astype(mask.dtype)
-    panels = [("image, nuclei x%g" % args.zoom, None, "")]
+    panels = [(f"image, nuclei x{args.zoom:g}", None, "")]
     for title, kw in (("no resampling", {}), ('diameter="auto"', {"diameter": "auto"})):
         res = run(predict(model, big, output="instances", device="cpu", flips=False, **kw))
         m, _ = score_image(truth, np.asarray(res.labels), "instances", 3)

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny real model saved in a temporary user model store."""
+"""Shared fixtures: a tiny real model saved in a temporary user model store, and the Segment widget in a real viewer."""
 
 from __future__ import annotations
 
@@ -61,3 +61,14 @@ def _skipseg_cache(tmp_path_factory):
         os.environ.pop("SKIPSEG_CACHE", None)
     else:
         os.environ["SKIPSEG_CACHE"] = before
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_home, qtbot):
+    """A real napari viewer with the Segment widget (models from the test's model home)."""
+    from napari_skipseg._qt.segment_widget import SegmentWidget
+
+    viewer = make_napari_viewer()
+    w = SegmentWidget(viewer)
+    qtbot.addWidget(w)
+    return viewer, w

@@ -5,18 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 
 from napari_skipseg._qt.segment_widget import SegmentWidget
 from napari_skipseg._sample_data import synthetic_nuclei
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model_home, qtbot):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, w
 
 
 def _wait_done(qtbot, w, timeout=60_000):

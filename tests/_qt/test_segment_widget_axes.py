@@ -5,20 +5,10 @@ object diameter on the canvas. Real napari viewer, real files, tiny real models.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tifffile
 
 from napari_skipseg import segment
-from napari_skipseg._qt.segment_widget import SegmentWidget
 from napari_skipseg.io import ImageMeta, write_image
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model_home, qtbot):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, w
 
 
 def _wait_done(qtbot, w, timeout=60_000):

@@ -8,7 +8,6 @@ import pytest
 from hostile import evil_checkpoint
 
 import napari_skipseg.inference.engine as engine
-from napari_skipseg._qt.segment_widget import SegmentWidget
 from napari_skipseg.model.store import WEIGHTS_FILE, save_model
 
 
@@ -20,14 +19,6 @@ def errors(monkeypatch):
     shown: list[str] = []
     monkeypatch.setattr(notifications, "show_error", lambda message: shown.append(str(message)))
     return shown
-
-
-@pytest.fixture
-def widget(make_napari_viewer, model_home, qtbot):
-    viewer = make_napari_viewer()
-    w = SegmentWidget(viewer)
-    qtbot.addWidget(w)
-    return viewer, w
 
 
 def _wait_done(qtbot, w, timeout=60_000):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from engine_toys import BlobModel, discs
 
 import napari_skipseg
 from napari_skipseg.inference.device import available_devices, select_device
@@ -21,34 +22,6 @@ def tiny(dims=2, in_channels=1, output="semantic", num_classes=None, seed=0):
         tile=[16, 16] if dims == 2 else [8, 16, 16],
     )
     return SkipUNet(cfg).eval()
-
-
-class BlobModel(torch.nn.Module):
-    """A per-pixel instance model: bright pixels are interior, dim ones background.
-
-    Logits are (background, interior, boundary) = (0, k * (x - 0.5), -10), so discs in the
-    image come back as one object each.
-    """
-
-    def __init__(self, spatial_dims=2):
-        super().__init__()
-        self.config = ModelConfig(
-            name="blobs", spatial_dims=spatial_dims, num_classes=3, base_channels=4, depth=2,
-            output="instances", normalization={"kind": "none"},
-            postprocess={"min_size": 2, "min_seed_size": 1},
-        )
-        self.k = torch.nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x):
-        return torch.cat([torch.zeros_like(x), self.k * (x - 0.5), torch.full_like(x, -10.0)], dim=1)
-
-
-def discs(shape, centres, radius):
-    yy, xx = np.indices(shape)
-    out = np.zeros(shape, np.float32)
-    for cy, cx in centres:
-        out[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = 1.0
-    return out
 
 
 rng = np.random.default_rng(0)

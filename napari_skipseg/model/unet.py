@@ -60,13 +60,21 @@ class Decoder(nn.Module):
 class SkipUNet(nn.Module):
     """Configurable UNet (see :class:`ModelConfig`), any input size, 2D or 3D.
 
+    Built from a :class:`ModelConfig`, or from its fields as keyword arguments
+    (``SkipUNet(spatial_dims=2, num_classes=3, ...)``, as a bioimage.io package's
+    ``pytorch_state_dict`` architecture calls it).
+
     Inputs of any spatial size are padded at their far end to a multiple of
     ``config.size_multiple()`` and the outputs cropped back, so pixel ``i`` of every map
     stays aligned with the input's origin.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig | None = None, **kwargs) -> None:
         super().__init__()
+        if config is None:  # the config's fields as keyword arguments (bioimage.io's architecture)
+            config = ModelConfig.from_dict(kwargs)
+        elif kwargs:
+            raise TypeError("give either a ModelConfig or its fields as keyword arguments, not both")
         config.validate()
         self.config = config
         self.encoder = Encoder(config)

@@ -429,7 +429,14 @@ def _check_features_output(out: Path, src: Path) -> None:
 
 
 def cmd_models(args) -> int:
-    from .model.store import list_models, load_config, render_card, resolve_model
+    from .model.store import (
+        data_licence,
+        list_models,
+        load_config,
+        render_card,
+        resolve_model,
+        weights_licence,
+    )
 
     if args.card:  # the whole model card, as the widgets show it
         print(render_card(load_config(resolve_model(args.card))))
@@ -447,6 +454,7 @@ def cmd_models(args) -> int:
             print(f"{'':<20} {e.path}")
             if m:
                 print(f"{'':<20} validation: {m}")
+            print(f"{'':<20} licence: weights {weights_licence(c)}; training data {data_licence(c)}")
     return 0
 
 
@@ -463,15 +471,55 @@ def _training_bounds():
 
 
 def cmd_import_model(args) -> int:
-    """Convert a PyTorch checkpoint (read with weights_only=True) into a model folder."""
+    """Convert a PyTorch checkpoint (read with weights_only=True) or a bioimage.io package
+    into a model folder."""
+    from .model.bioimageio import is_package
     from .model.store import import_checkpoint, load_model
 
+    if is_package(args.checkpoint):
+        return cmd_import_package(args)
+    if not args.config:
+        raise CLIError(f"{args.checkpoint}: a PyTorch checkpoint needs --config CONFIG.json describing its network "
+                       "(a bioimage.io package is a .zip holding rdf.yaml)")
     folder = import_checkpoint(args.checkpoint, args.config, args.output, overwrite=args.overwrite,
                                half=args.half)
     model = load_model(folder)  # proves the stored folder loads
     if not args.quiet:
         print(f"{args.checkpoint} -> {folder} ({model.config.name}, {model.num_parameters()} parameters); "
               f"use it with --model {args.output}")
+    return 0
+
+
+def cmd_import_package(args) -> int:
+    """Store a bioimage.io model package (zip, folder or rdf.yaml) as a model."""
+    from .model.bioimageio import import_package
+    from .model.store import load_model
+
+    folder = import_package(args.checkpoint, args.output, overwrite=args.overwrite)
+    model = load_model(folder)  # proves the stored folder loads
+    kind = getattr(model, "format", "pytorch_state_dict (SkipUNet)")
+    if not args.quiet:
+        print(f"{args.checkpoint} -> {folder} ({model.config.name}, {kind} weights); "
+              f"use it with --model {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Write a model as a bioimage.io model package (zip)."""
+    from .model.bioimageio import export_package
+
+    sample = None
+    if args.sample:
+        from .io import read_image
+
+        image, meta = read_image(args.sample)
+        sample = np.asarray(image)
+        if meta.axes and "C" in meta.axes:
+            raise CLIError(f"{args.sample}: the sample must be a grey image (it has channels: axes {meta.axes})")
+    out = _progress_driver(export_package(args.model, args.output, sample=sample, authors=args.author,
+                                          overwrite=args.overwrite), "export", quiet=args.quiet)
+    if not args.quiet:
+        print(f"{args.model} -> {out} (bioimage.io model package; check it with `bioimageio test {out}`)")
     return 0
 
 
@@ -746,16 +794,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", metavar="MODEL", help="print this model's card (name or folder)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("import-model", help="convert a PyTorch .pt/.pth state dict into a stored model "
-                       "(tensors only: nothing in the file is executed)")
-    p.add_argument("checkpoint", help=".pt/.pth/.ckpt file holding a state dict (or .safetensors)")
-    p.add_argument("--config", required=True, help="config.json describing the network")
+    p = sub.add_parser("import-model", help="convert a PyTorch .pt/.pth state dict or a bioimage.io model "
+                       "package into a stored model (tensors only: nothing in the file is executed)")
+    p.add_argument("checkpoint", help=".pt/.pth/.ckpt file holding a state dict (or .safetensors), or a "
+                   "bioimage.io package (.zip, or its folder or rdf.yaml)")
+    p.add_argument("--config", help="config.json describing the network (PyTorch checkpoints)")
     p.add_argument("-o", "--output", required=True,
                    help="model name (stored in the user model folder) or a folder path")
     p.add_argument("--half", action="store_true", help="store float weights as float16")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_import_model)
+
+    p = sub.add_parser("export", help="write a model as a bioimage.io model package (.zip) for the "
+                       "BioImage Model Zoo, deepImageJ, ilastik, QuPath")
+    p.add_argument("model", help="model name or folder")
+    p.add_argument("-o", "--output", required=True, help="the package to write (.zip)")
+    p.add_argument("--sample", help="a grey image like the training data, for the test tensors and the "
+                   "cover (default: synthetic nuclei)")
+    p.add_argument("--author", action="append", help="an author to name (repeat for several)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score a model on images with known masks (F1, IoU, Dice, pixel error)")
     p.add_argument("images", help="an image file, or a folder of images")

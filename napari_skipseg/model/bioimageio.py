@@ -22,7 +22,6 @@ dict, whose code would have to be imported and run; Keras, TensorFlow) is refuse
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -42,10 +41,14 @@ from .schema import Bool, Int, List, Nullable, Num, Obj, Str, check, read_json
 from .store import (
     CARD_FILE,
     CONFIG_FILE,
+    NETWORK_FILE,
     ModelLoadError,
     _import_destination,
+    card_citations,
     is_model_dir,
+    licence_text,
     render_card,
+    weights_licence,
 )
 
 #: The attachment holding the full :class:`ModelConfig` (card included).
@@ -53,7 +56,6 @@ PACKAGE_CONFIG = "skipseg_config.json"
 ARCH_MODULE = "napari_skipseg.model.unet"
 ARCH_CALLABLE = "SkipUNet"
 #: Files of a packaged network in a model folder (instead of ``model.safetensors``).
-NETWORK_FILE = "network.json"
 NETWORK_WEIGHTS = {"torchscript": "model.torchscript", "onnx": "model.onnx"}
 ONNX_OPSET = 17
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
@@ -132,8 +134,8 @@ def export_package(model, output: str | os.PathLike, *, sample: np.ndarray | Non
         np.save(tmp / "test_output.npy", probs)
         import tifffile  # sample tensors for people (imageio reads TIFF, not .npy)
 
-        tifffile.imwrite(tmp / "sample_input.tif", x[0, 0])
-        tifffile.imwrite(tmp / "sample_output.tif", probs[0])
+        tifffile.imwrite(tmp / "sample_input.tif", x[0, 0], photometric="minisblack")
+        tifffile.imwrite(tmp / "sample_output.tif", probs[0], photometric="minisblack")
         yield Progress(1, total, f"{cfg.name}: cover (segmenting the sample)")
         _write_cover(net, raw, tmp / "cover.png")
         yield Progress(2, total, f"{cfg.name}: weights (state dict, TorchScript)")
@@ -307,11 +309,6 @@ def _label_colours(n: int) -> np.ndarray:
 # -- licences and citations ----------------------------------------------------------------------
 
 
-def weights_licence(cfg: ModelConfig) -> str:
-    """The licence of a model's weights (an SPDX id, or ``LicenseRef-...`` for other terms)."""
-    return str(cfg.card.get("weights_licence", "") or "LicenseRef-unknown")
-
-
 def _is_spdx(licence: str) -> bool:
     try:
         from bioimageio.spec._internal.license_id import LicenseId
@@ -324,24 +321,9 @@ def _is_spdx(licence: str) -> bool:
     return True
 
 
-def licence_text(cfg: ModelConfig) -> str:
-    """The licence section of a model's package and folder, in Markdown."""
-    lines = [f"# Licence of the {cfg.name} model", "",
-             f"- weights: {weights_licence(cfg)}",
-             f"- training data: {cfg.card.get('licence', 'not recorded')}"]
-    if cfg.card.get("licence_notes"):
-        lines += ["", str(cfg.card["licence_notes"])]
-    lines += ["", "The code of napari-skipseg (the network's definition) is under the BSD-3-Clause licence."]
-    return "\n".join(lines) + "\n"
-
-
 def citations(cfg: ModelConfig) -> list[dict[str, str]]:
     """What to cite for a model: the U-Net, then the card's ``cite`` entries (data sets)."""
-    out = [dict(UNET_CITE)]
-    for entry in cfg.card.get("cite", []) or []:
-        if isinstance(entry, dict) and entry.get("text") and (entry.get("doi") or entry.get("url")):
-            out.append({k: str(entry[k]) for k in ("text", "doi", "url") if entry.get(k)})
-    return out
+    return [dict(UNET_CITE), *card_citations(cfg)]
 
 
 def package_documentation(cfg: ModelConfig) -> str:
@@ -579,6 +561,18 @@ def _source(entry: Any) -> str:
     return entry
 
 
+def _read_entry(pkg: _Package, entry: Any, limit: int) -> bytes:
+    """The bytes of a file entry (``{source, sha256}`` or a name), checked against its sha256."""
+    import hashlib
+
+    name = _source(entry)
+    data = pkg.read(name, limit)
+    digest = entry.get("sha256") if isinstance(entry, dict) else None
+    if isinstance(digest, str) and hashlib.sha256(data).hexdigest() != digest.lower():
+        raise PackageError(f"{pkg.path}: {name} does not match the sha256 in the description (damaged or altered)")
+    return data
+
+
 def _ours(entry: dict) -> dict | None:
     """Architecture keyword arguments when a ``pytorch_state_dict`` entry is our SkipUNet."""
     arch = entry.get("architecture")
@@ -636,16 +630,14 @@ def _import_ours(pkg: _Package, rdf: dict, kwargs: dict, entry: dict, dest, over
     from .store import import_checkpoint
 
     cfg = _config_from_kwargs(pkg, rdf, kwargs)
-    data = pkg.read(_source(entry), MAX_WEIGHTS_BYTES)
+    data = _read_entry(pkg, entry, MAX_WEIGHTS_BYTES)
     with tempfile.TemporaryDirectory(prefix="skipseg-import-") as tmp:
         weights = Path(tmp) / "weights.pt"
         weights.write_bytes(data)
         del data
         cfg.card["source"] = f"imported from the bioimage.io package {pkg.path.name}"
         # torch.load(weights_only=True): tensors only; stored as float32, so bit for bit
-        folder = import_checkpoint(weights, cfg, dest, overwrite=overwrite, half=False)
-    _write_licence(folder, cfg)
-    return folder
+        return import_checkpoint(weights, cfg, dest, overwrite=overwrite, half=False)
 
 
 def _config_from_kwargs(pkg: _Package, rdf: dict, kwargs: dict) -> ModelConfig:
@@ -676,11 +668,6 @@ def _config_from_kwargs(pkg: _Package, rdf: dict, kwargs: dict) -> ModelConfig:
     return replace(arch, card=card)
 
 
-def _write_licence(folder: Path, cfg: ModelConfig) -> None:
-    with contextlib.suppress(OSError):
-        (folder / "LICENSE.md").write_text(licence_text(cfg))
-
-
 # -- packaged networks (torchscript / onnx weights) -----------------------------------------------
 
 _AXIS = Obj({"id": Str(16), "type": Str(choices=("batch", "channel", "space")), "size": Int(1, 1 << 20),
@@ -691,7 +678,7 @@ NETWORK_SCHEMA = Obj({
     "input_axes": List(_AXIS, 1, 6),
     "output_axes": List(_AXIS, 1, 6),
     "input_name": Nullable(Str(256)),
-    "output": Str(choices=("logits", "probabilities", "sigmoid")),
+    "output": Str(choices=("softmax", "sigmoid", "final")),
     "zero_mean_unit_variance": Bool(),
     "min_std": Num(0, 1),
 }, required=("format", "weights", "input_axes", "output_axes", "output"))
@@ -763,12 +750,14 @@ def _import_network(pkg: _Package, rdf: dict, fmt: str, dest, overwrite: bool) -
     pre = _proc_ids(ipt.get("preprocessing"))
     post = _proc_ids(opt.get("postprocessing"))
     post_ids = [p for p, _ in post]
-    output = ("probabilities" if "softmax" in post_ids else "sigmoid" if "sigmoid" in post_ids or out_ch == 1
-              else "logits")
+    notes: list[str] = []
+    # what the network's raw output is: softmax logits, sigmoid logits, or final values
+    output = "softmax" if "softmax" in post_ids else "sigmoid" if "sigmoid" in post_ids else "final"
+    notes += [f"postprocessing {p!r} is not reproduced" for p in post_ids
+              if p not in ("softmax", "sigmoid", "ensure_dtype")]
     num_classes = 2 if out_ch == 1 else out_ch
     normalization: dict[str, Any] = {"kind": "none"}
     zmuv = False
-    notes = []
     for pid, kw in pre:
         if pid == "scale_range":
             low, high = float(kw.get("min_percentile", 0.0)), float(kw.get("max_percentile", 100.0))
@@ -813,7 +802,7 @@ def _import_network(pkg: _Package, rdf: dict, fmt: str, dest, overwrite: bool) -
         "zero_mean_unit_variance": zmuv, "min_std": 1e-6,
     }
     check(NETWORK_SCHEMA, network, "network", PackageError)
-    data = pkg.read(_source(rdf["weights"][fmt]), MAX_WEIGHTS_BYTES)
+    data = _read_entry(pkg, rdf["weights"][fmt], MAX_WEIGHTS_BYTES)
     if folder.exists() and any(folder.iterdir()) if folder.is_dir() else folder.exists():
         if not overwrite:
             raise PackageError(f"{folder}: exists already; pass --overwrite to replace it")
@@ -985,15 +974,27 @@ class PackagedNetwork(_packaged_base()):  # type: ignore[misc]
                 out_ids.insert(0 if missing == "batch" else (1 if "batch" in out_ids else 0), missing)
         out = out.permute([out_ids.index(a) for a in ours]).float()
         out = out[(slice(None), slice(None)) + tuple(slice(0, s) for s in size)]
-        kind = spec["output"]
-        if kind == "logits" and out.shape[1] > 1:
+        return _as_logits(out, spec["output"])
+
+
+def _as_logits(out, kind: str):
+    """Class logits from a package network's raw output ``(N, C, *spatial)``: softmax
+    logits as they are; sigmoid logits and final values as the log of probabilities (one
+    channel ``p`` becomes the two classes ``1 - p`` and ``p``)."""
+    import torch
+
+    if kind == "softmax" and out.shape[1] > 1:
+        return out
+    if kind == "sigmoid" or (kind == "softmax" and out.shape[1] == 1):
+        p = torch.sigmoid(out)
+    else:  # final values: probabilities when they look like them, else logits
+        in_unit = bool(((out >= 0) & (out <= 1)).all())
+        if out.shape[1] > 1 and not (in_unit and torch.allclose(out.sum(1), torch.ones_like(out[:, 0]), atol=1e-3)):
             return out
-        if kind == "sigmoid" or out.shape[1] == 1:
-            if not bool(((out >= 0) & (out <= 1)).all()):
-                out = torch.sigmoid(out)
-            if out.shape[1] == 1:
-                out = torch.cat([1 - out, out], dim=1)
-        return torch.log(out.clamp_min(1e-12))
+        p = out if in_unit else torch.sigmoid(out)
+    if p.shape[1] == 1:
+        p = torch.cat([1 - p, p], dim=1)
+    return torch.log(p.clamp_min(1e-12))
 
 
 def describe_package(path: str | os.PathLike) -> str:

@@ -59,6 +59,8 @@ from .schema import Obj, Str, check, parse_json, read_json
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.md"
+#: The licence of a model's weights and training data (written from the card when it has one).
+LICENCE_FILE = "LICENSE.md"
 #: Suffixes of pickled PyTorch/pickle files: never loaded as models, only imported.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -114,8 +116,13 @@ def user_model_dir() -> Path:
     return Path(base) / "napari-skipseg" / "models"
 
 
+#: A model imported from a bioimage.io package's torchscript/onnx weights holds this file
+#: (and that weights file) instead of model.safetensors (see :mod:`.bioimageio`).
+NETWORK_FILE = "network.json"
+
+
 def is_model_dir(path: Path) -> bool:
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    return (path / CONFIG_FILE).is_file() and ((path / WEIGHTS_FILE).is_file() or (path / NETWORK_FILE).is_file())
 
 
 def list_models() -> list[ModelEntry]:
@@ -221,6 +228,10 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     from .unet import SkipUNet
 
     path = resolve_model(name_or_path)
+    if not (path / WEIGHTS_FILE).is_file() and (path / NETWORK_FILE).is_file():
+        from .bioimageio import load_packaged  # torchscript/onnx weights of a bioimage.io package
+
+        return load_packaged(path, device=device)
     parsed: dict[str, ModelConfig] = {}
 
     def weights_limit(config_raw: bytes) -> int:
@@ -668,8 +679,10 @@ def save_model(
         WEIGHTS_FILE: lambda p: _save_safetensors(state, p, cfg.name),
         CARD_FILE: render_card(cfg),
     }
+    if "licence" in cfg.card or "weights_licence" in cfg.card:  # the licence travels with the weights
+        files[LICENCE_FILE] = licence_text(cfg)
     for name, content in (extra_files or {}).items():
-        if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE) or name.startswith("."):
+        if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LICENCE_FILE) or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is not allowed")
         files[name] = content
     files[CONFIG_FILE] = config_text  # last: a folder without its config is not a model
@@ -1029,7 +1042,8 @@ def render_card(cfg: ModelConfig) -> str:
         if card.get("flips_effect"):
             text += f"; {card['flips_effect']}"
         lines.append(f"| inference | {text} |")
-    for key in ("axes", "data", "split", "training", "training_scale", "hardware", "parameters", "speed", "licence"):
+    for key in ("axes", "data", "split", "training", "training_scale", "hardware", "parameters", "speed", "licence",
+                "weights_licence", "licence_notes"):
         if key in card:
             lines.append(f"| {key} | {card[key]} |")
     metrics = card.get("metrics")
@@ -1038,6 +1052,44 @@ def render_card(cfg: ModelConfig) -> str:
         lines += [f"- {k}: {v}" for k, v in metrics.items()]
     if card.get("notes"):
         lines += ["", card["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def weights_licence(cfg: ModelConfig) -> str:
+    """The licence of a model's weights (``card.weights_licence``: an SPDX id, or
+    ``LicenseRef-...`` for other terms)."""
+    return str(cfg.card.get("weights_licence", "") or "LicenseRef-unknown")
+
+
+def data_licence(cfg: ModelConfig) -> str:
+    """The licence of a model's training data (``card.licence``, without a leading
+    "training data:")."""
+    return re.sub(r"^training data:?\s*", "", str(cfg.card.get("licence", "") or "not recorded"))
+
+
+def card_citations(cfg: ModelConfig) -> list[dict[str, str]]:
+    """The card's ``cite`` entries (``{text, doi | url}``; the data sets a model learnt from)."""
+    out = []
+    for entry in cfg.card.get("cite", []) or []:
+        if isinstance(entry, dict) and entry.get("text") and (entry.get("doi") or entry.get("url")):
+            out.append({k: str(entry[k]) for k in ("text", "doi", "url") if entry.get(k)})
+    return out
+
+
+def licence_text(cfg: ModelConfig) -> str:
+    """The licence of a model's weights and training data, in Markdown (``LICENSE.md`` of a
+    model folder and of its bioimage.io package)."""
+    lines = [f"# Licence of the {cfg.name} model", "",
+             f"- weights: {weights_licence(cfg)}",
+             f"- training data: {data_licence(cfg)}"]
+    if cfg.card.get("licence_notes"):
+        lines += ["", str(cfg.card["licence_notes"])]
+    cites = card_citations(cfg)
+    if cites:
+        lines += ["", "Cite the data's authors:", ""]
+        lines += [f"- {c['text']}" + (f" doi:{c['doi']}" if c.get("doi") else f" {c.get('url', '')}")
+                  for c in cites]
+    lines += ["", "The code of napari-skipseg (the network's definition) is under the BSD-3-Clause licence."]
     return "\n".join(lines) + "\n"
 
 

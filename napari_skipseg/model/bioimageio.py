@@ -269,7 +269,8 @@ def _write_cover(net, raw: np.ndarray, path: Path) -> None:
 
     from ..inference.engine import predict, run
 
-    seg = run(predict(net, raw, device="cpu", mode=f"{net.config.spatial_dims}d"))
+    kind = "instances" if net.config.output == "instances" else "semantic"
+    seg = run(predict(net, raw, device="cpu", mode=f"{net.config.spatial_dims}d", output=kind))
     labels = seg.labels
     image = raw
     if raw.ndim == 3:  # the middle slice of a volume
@@ -279,7 +280,9 @@ def _write_cover(net, raw: np.ndarray, path: Path) -> None:
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     colours = _label_colours(int(labels.max()) + 1)
     overlay = rgb.copy()
-    on = labels > 0 if net.config.output == "instances" else np.ones(labels.shape, bool)
+    names = net.config.class_names
+    background = net.config.output == "instances" or (names[:1] or [""])[0].lower() == "background"
+    on = labels > 0 if background else np.ones(labels.shape, bool)  # em2d's class 0 is membrane
     overlay[on] = 0.45 * rgb[on] + 0.55 * colours[labels[on]]
     if net.config.output == "instances":  # outlines, so touching objects stay apart
         from skimage.segmentation import find_boundaries
@@ -372,9 +375,7 @@ def _describe(cfg: ModelConfig, folder: Path, authors: list[str], licence_file: 
 
     dims = cfg.spatial_dims
     axis_ids = SPACE_AXES[3 - dims:]
-    ts = cfg.training_scale
-    unit = SPACE_UNITS.get(str(ts.get("unit", "")).lower()) if ts.get("pixel_size") else None
-    sizes = ts.get("pixel_size") if unit else None
+    unit, sizes = _axis_scales(cfg, np.load(folder / "test_input.npy").shape[2:])
     multiple = cfg.size_multiple()
     in_axes: list = [s.BatchAxis(), s.ChannelAxis(channel_names=[s.Identifier(f"channel{i}")
                                                                  for i in range(cfg.in_channels)])]
@@ -438,6 +439,28 @@ def _describe(cfg: ModelConfig, folder: Path, authors: list[str], licence_file: 
         weights=weights,
         attachments=[s.FileDescr(source=folder / PACKAGE_CONFIG)],
     )
+
+
+def _axis_scales(cfg: ModelConfig, shape: tuple[int, ...]) -> tuple[str | None, list[float] | None]:
+    """``(unit, pixel size per spatial axis)`` of the training data for the axes, or
+    ``(None, None)`` where unknown.
+
+    The spec computes an output axis's size as ``size * input scale / output scale``; with
+    scales like 0.8 (micrometres) that is not exactly the size in floating point (96 * 0.8 /
+    0.8 = 96.00000000000001) and validation fails, so micrometres that are not whole are
+    given in nanometres (800), where it is exact. Where even that is not exact, the pixel
+    size is left to the documentation.
+    """
+    ts = cfg.training_scale
+    unit = SPACE_UNITS.get(str(ts.get("unit", "")).lower()) if ts.get("pixel_size") else None
+    if unit is None:
+        return None, None
+    sizes = [float(v) for v in ts["pixel_size"]]
+    if unit == "micrometer" and any(v != int(v) for v in sizes):
+        unit, sizes = "nanometer", [round(v * 1000, 6) for v in sizes]
+    if all(n * v / v == n for n, v in zip(shape, sizes, strict=True)):
+        return unit, sizes
+    return None, None
 
 
 def _package_name(name: str) -> str:

@@ -40,6 +40,15 @@ def test_wheel_installs_into_fresh_venv_and_plugin_is_found(tmp_path):
         check=True, capture_output=True,
     )
     wheel = next(dist.glob("napari_skipseg-*.whl"))
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:  # the code's licence and each bundled model's
+        names = set(z.namelist())
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), "no LICENSE in the wheel"
+        bundled = {n.split("/")[2] for n in names if n.startswith("napari_skipseg/bundled_models/") and n.count("/") == 3}
+        for model in bundled:
+            text = z.read(f"napari_skipseg/bundled_models/{model}/LICENSE.md").decode()
+            assert "- weights: " in text and "- training data: " in text, model
     env_dir = tmp_path / "fresh"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import zipfile
@@ -41,9 +42,11 @@ from .schema import Bool, Int, List, Nullable, Num, Obj, Str, check, read_json
 from .store import (
     CARD_FILE,
     CONFIG_FILE,
+    LICENCE_FILE,
     NETWORK_FILE,
     ModelLoadError,
     _import_destination,
+    _swap_into_place,
     card_citations,
     is_model_dir,
     licence_text,
@@ -826,31 +829,39 @@ def _import_network(pkg: _Package, rdf: dict, fmt: str, dest, overwrite: bool) -
     }
     check(NETWORK_SCHEMA, network, "network", PackageError)
     data = _read_entry(pkg, rdf["weights"][fmt], MAX_WEIGHTS_BYTES)
-    if folder.exists() and any(folder.iterdir()) if folder.is_dir() else folder.exists():
+    if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise PackageError(f"{folder}: exists already; pass --overwrite to replace it")
         if not is_model_dir(folder):
             raise PackageError(f"{folder}: exists and is not a model folder; choose another destination")
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-import"
-    shutil.rmtree(tmp, ignore_errors=True)
+    elif folder.exists() and not folder.is_dir():
+        raise PackageError(f"{folder}: exists and is a file")
+    # written into a hidden folder the store cleans up after a crash, then swapped in at once
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
     try:
         (tmp / NETWORK_WEIGHTS[fmt]).write_bytes(data)
         (tmp / NETWORK_FILE).write_text(json.dumps(network, indent=2) + "\n")
-        (tmp / CARD_FILE).write_text(render_card(cfg))
-        (tmp / "LICENSE.md").write_text(licence_text(cfg))
         (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        load_packaged(tmp)(_probe(cfg, in_axes))  # it must run before it is stored
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
+        # it must run before it is stored; its output says how many classes it has
+        classes = int(load_packaged(tmp)(_probe(cfg, in_axes)).shape[1])
+        if classes != cfg.num_classes:
+            cfg = replace(cfg, num_classes=classes, class_names=names if names and len(names) == classes else [])
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(render_card(cfg))
+        (tmp / LICENCE_FILE).write_text(licence_text(cfg))
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        _swap_into_place(tmp, folder)
     except PackageError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
+    except ModelConfigError as err:
+        raise PackageError(f"{pkg.path}: cannot describe it as a model: {err}") from err
     except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PackageError(f"{pkg.path}: its {fmt} weights do not run here ({first[:300]})") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old version after a swap, or the failed new one
     return folder
 
 
@@ -919,6 +930,9 @@ class PackagedNetwork(_packaged_base()):  # type: ignore[misc]
         else:
             self._onnx_bytes = weights.read_bytes()
         self._skipseg_fused = True  # nothing to fold: the engine runs it as it is
+
+    def __deepcopy__(self, memo):
+        return self  # no state that changes: a copy for another device is this network moved
 
     def train(self, mode: bool = True):
         if mode:

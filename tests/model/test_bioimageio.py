@@ -161,6 +161,13 @@ def test_package_with_only_torchscript_or_onnx_weights_segments(exported, model_
     assert np.array_equal(got.probabilities.argmax(0), ref.probabilities.argmax(0))
     with pytest.raises(ModelLoadError, match="cannot be fine-tuned"):
         net.train()
+    from napari_skipseg.model.store import list_models
+
+    assert f"tiny_{fmt}" in {e.name for e in list_models()}
+    with pytest.raises(PackageError, match="exists already"):
+        import_package(only, f"tiny_{fmt}")
+    assert import_package(only, f"tiny_{fmt}", overwrite=True) == folder
+    assert sorted(p.name for p in folder.parent.iterdir() if p.name.startswith(".")) == []  # no leftovers
 
 
 def test_foreign_torchscript_package_with_sigmoid_output_segments(model_home, tmp_path):
@@ -198,6 +205,36 @@ def test_foreign_torchscript_package_with_sigmoid_output_segments(model_home, tm
     labels = run(predict(net, image, output="semantic")).labels
     assert labels.shape == image.shape
     assert labels[12:18, 8:28].all() and not labels[30:, :].any()
+
+
+def test_spec_0_4_package_without_declared_class_count(model_home, tmp_path):
+    """0.4 axes strings and a reference-sized output: the class count comes from running it."""
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([0.5 - x, x - 0.5, torch.zeros_like(x) - 5.0], dim=1)
+
+    rdf = {
+        "format_version": "0.4.10", "type": "model", "name": "old style", "description": "three classes",
+        "inputs": [{"name": "input0", "axes": "bcyx", "data_type": "float32",
+                    "shape": {"min": [1, 1, 16, 16], "step": [0, 0, 8, 8]},
+                    "preprocessing": [{"name": "scale_range", "kwargs": {"mode": "per_sample", "axes": "xy",
+                                                                         "min_percentile": 1, "max_percentile": 99}}]}],
+        "outputs": [{"name": "output0", "axes": "bcyx", "data_type": "float32",
+                     "shape": {"reference_tensor": "input0", "scale": [1, 1, 1, 1], "offset": [0, 1, 0, 0]}}],
+        "weights": {"torchscript": {"source": "net.pt"}},
+    }
+    pkg = tmp_path / "old"
+    pkg.mkdir()
+    torch.jit.save(torch.jit.script(Net()), str(pkg / "net.pt"))
+    (pkg / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    net = load_model(import_package(pkg / "rdf.yaml", "old"))
+    assert net.config.num_classes == 3
+    assert net.config.normalization == {"kind": "percentile", "low": 1.0, "high": 99.0}
+    image = np.full((40, 44), 10.0, np.float32)
+    image[5:20, 5:20] = 200.0
+    labels = run(predict(net, image, output="semantic")).labels
+    assert labels[8:17, 8:17].all() and not labels[25:, 25:].any()
 
 
 def test_pickled_weights_are_refused_in_one_line(exported, model_home, tmp_path):

@@ -493,6 +493,11 @@ class SegmentWidget(QWidget):
             browser.setOpenExternalLinks(True)
             QVBoxLayout(self.card_dialog).addWidget(browser)
             self.card_dialog.browser = browser
+            from .export_button import ExportPackageButton
+
+            self.card_dialog.export_button = ExportPackageButton(self.card_dialog)
+            self.card_dialog.layout().addWidget(self.card_dialog.export_button)
+        self.card_dialog.export_button.model = str(entry.path)
         self.card_dialog.setWindowTitle(f"model card: {entry.name}")
         self.card_dialog.browser.setMarkdown(render_card(entry.config))
         self.card_dialog.show()

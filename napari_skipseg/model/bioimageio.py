@@ -662,8 +662,24 @@ def _import_ours(pkg: _Package, rdf: dict, kwargs: dict, entry: dict, dest, over
         weights.write_bytes(data)
         del data
         cfg.card["source"] = f"imported from the bioimage.io package {pkg.path.name}"
-        # torch.load(weights_only=True): tensors only; stored as float32, so bit for bit
-        return import_checkpoint(weights, cfg, dest, overwrite=overwrite, half=False)
+        # torch.load(weights_only=True): tensors only. Stored as float16 (as we store models)
+        # when that is exact, as for a model of ours exported from float16, else as float32:
+        # bit for bit either way
+        return import_checkpoint(weights, cfg, dest, overwrite=overwrite, half=_half_is_exact(weights))
+
+
+def _half_is_exact(weights: Path) -> bool:
+    """Whether storing these weights as :func:`~.store.save_model` does with ``half`` (float16,
+    batch-norm variances kept) loses nothing."""
+    import torch
+
+    from .store import read_checkpoint
+
+    for key, t in read_checkpoint(weights).items():
+        if t.is_floating_point() and "running_var" not in key:
+            if t.dtype != torch.float32 or not torch.equal(t.to(torch.float16).to(torch.float32), t):
+                return False
+    return True
 
 
 def _config_from_kwargs(pkg: _Package, rdf: dict, kwargs: dict) -> ModelConfig:

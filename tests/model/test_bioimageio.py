@@ -128,6 +128,10 @@ def test_export_import_round_trip_is_bit_for_bit(exported, model_home):
         assert a[key].dtype == b[key].dtype, key
         assert torch.equal(a[key], b[key]), key
         assert a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:  # stored as compactly as before
+        assert f.get_slice("head.weight").get_dtype() == "F16"
     assert back.config.card["weights_licence"] == "CC0-1.0"  # the card came back whole
     assert (folder / "LICENSE.md").read_text().count("CC0-1.0") >= 1
     image = _image((96, 96), seed=5)

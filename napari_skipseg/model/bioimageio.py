@@ -16,7 +16,10 @@ YAML, without bioimageio.spec, and never unpickles: ``pytorch_state_dict`` weigh
 architecture are read with ``torch.load(weights_only=True)`` and stored as an ordinary model
 (safetensors, same tensors bit for bit); a package with ``torchscript`` or ``onnx`` weights is
 stored with them as a *packaged network* (``network.json`` + the weights file) that the
-engine runs through :class:`PackagedNetwork`; anything else (a foreign architecture's state
+engine runs through :class:`PackagedNetwork` (``torch.jit.load`` rebuilds TorchScript code
+and tensors only, never arbitrary Python objects; ONNX is a graph, run by ONNX Runtime);
+every file is read from inside the package (no URL, no path out of it), bounded in size and
+checked against its sha256; anything else (a foreign architecture's state
 dict, whose code would have to be imported and run; Keras, TensorFlow) is refused in one line.
 """
 
@@ -32,7 +35,7 @@ import tempfile
 import zipfile
 from collections.abc import Generator
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -520,7 +523,8 @@ class _Package:
             if not names:
                 raise PackageError(f"{path}: a zip without rdf.yaml or bioimageio.yaml: not a bioimage.io package")
             self.rdf_name = min(names, key=len)
-            self.root = str(Path(self.rdf_name).parent).replace(".", "", 1) if "/" in self.rdf_name else ""
+            parent = str(PurePosixPath(self.rdf_name).parent)
+            self.root = "" if parent in (".", "") else parent  # a package zipped inside a folder
         else:
             folder = path if path.is_dir() else path.parent
             self.folder = folder

@@ -1,5 +1,7 @@
 """Finding, loading, importing and saving models: a folder with config.json + model.safetensors
-+ card.md.
++ card.md (+ LICENSE.md, the licence of the weights and of their training data, when the card
+names it). A model imported from a bioimage.io package's TorchScript or ONNX weights holds
+``network.json`` and that weights file instead of model.safetensors (:mod:`.bioimageio`).
 
 Loading never unpickles anything: weights are safetensors, the config is JSON. A PyTorch
 checkpoint (``.pt``/``.pth``) is only read by :func:`import_checkpoint`, with

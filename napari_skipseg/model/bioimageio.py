@@ -345,6 +345,9 @@ def package_documentation(cfg: ModelConfig) -> str:
              "percentiles (`scale_range`) and returns one probability per class (`softmax`): "
              f"{', '.join(cfg.class_names) or cfg.num_classes}. Any size works (it pads to a "
              f"multiple of {' x '.join(map(str, cfg.size_multiple()))} internally).\n")
+    text += ("\nWeights: `torchscript` and `onnx` run anywhere; `pytorch_state_dict` builds "
+             f"`{ARCH_MODULE}.{ARCH_CALLABLE}` from its keyword arguments and so needs napari-skipseg "
+             "installed (`pip install .` in a clone of its repository).\n")
     if cfg.output == "instances":
         pp = cfg.postprocess
         text += ("\nObjects come from a seeded watershed that the bioimage.io spec cannot express: "

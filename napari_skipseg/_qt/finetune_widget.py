@@ -725,7 +725,7 @@ class FinetuneWidget(QWidget):
                 self._autosave_timer.stop()
                 self.autosave_now(old)
         self._watched = layer
-        self._edit_stamp = self._stamp(layer)
+        self._edit_stamp = self._stamp()
         if layer is not None:
             # paint: a stroke, fill or data_setitem ends; labels_update: while painting;
             # data: the array is replaced; set_data: undo/redo (and re-slicing; an unchanged
@@ -735,24 +735,20 @@ class FinetuneWidget(QWidget):
             entry = self._newest_autosave(layer.name, self._image_source_id())
             self.autosave_label.setText(f"last autosave {entry.clock}" if entry is not None else "")
 
-    @staticmethod
-    def _stamp(layer):
-        """The lengths of the layer's undo and redo histories (None where napari has none):
-        they change on undo/redo, which napari announces only as a redraw (``set_data``)."""
-        undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
-        try:
-            return (len(undo), len(redo))
-        except TypeError:
-            return None
+    def _stamp(self):
+        """What the viewer shows: its dims position, the number of dimensions displayed and
+        their order. napari re-slices a layer (``set_data``) when these change, and announces
+        an undo or redo only as a ``set_data`` too: a ``set_data`` under the same stamp is an
+        edit (an unchanged array is not written again)."""
+        dims = self.viewer.dims
+        return (tuple(dims.current_step), dims.ndisplay, tuple(dims.order))
 
     def _labels_changed(self, event=None) -> None:
-        if getattr(event, "type", None) == "set_data":  # also every re-slice: only undo/redo count
-            stamp = self._stamp(self._watched)
-            if stamp is not None and stamp == self._edit_stamp:
-                return
-            self._edit_stamp = stamp
-        else:
-            self._edit_stamp = self._stamp(self._watched)
+        stamp = self._stamp()
+        if getattr(event, "type", None) == "set_data" and stamp != self._edit_stamp:
+            self._edit_stamp = stamp  # a re-slice: the viewer moved, the labels did not change
+            return
+        self._edit_stamp = stamp
         self._autosave_timer.start()  # restarts: saved once the user pauses
 
     @staticmethod

@@ -188,8 +188,15 @@ class FinetuneWidget(QWidget):
         self._autosave_again = False  # the labels changed while a write was running
         self.last_autosave = None
 
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
+        from napari.layers import Image, Labels
+
+        from .forms import LayerPicker, remember
+
+        # pickers that follow the viewer (renames, adds, removes, moves) by themselves
+        self.image_picker = LayerPicker(self.viewer, Image)
+        self.labels_picker = LayerPicker(self.viewer, Labels)
+        self.image_combo = self.image_picker.native
+        self.labels_combo = self.labels_picker.native
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("the model to start from (the active model, shared with Segment)")
         self.reviewed_label = WrapLabel("reviewed: none")
@@ -317,6 +324,8 @@ class FinetuneWidget(QWidget):
         if app is not None:  # napari quitting closes no dock widget: save pending changes then
             app.aboutToQuit.connect(self.flush_autosave)
         self._bind_key()
+        remember("finetune", {"steps": self.steps_spin, "time": self.time_spin, "augment": self.augment_check,
+                              "device": self.device_combo})
         self._refresh_layers()
         self.refresh_models()
         from ._jobs import warm_up
@@ -339,28 +348,17 @@ class FinetuneWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
     def _refresh_layers(self, event=None) -> None:
-        from napari.layers import Image, Labels
-
-        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            names = [layer.name for layer in self._layers(kind)]
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        self.image_picker.refresh()  # (they follow the viewer themselves; up to date first here)
+        self.labels_picker.refresh()
         self._show_reviewed()
         self._watch_labels()
         self._update_buttons()
 
     def _labels_layer(self):
-        name = self.labels_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return self.labels_picker.value
 
     def _image_layer(self):
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return self.image_picker.value
 
     def _spatial_dims(self) -> int:
         from ..model.store import load_config

@@ -224,7 +224,13 @@ class SkipWidget(QWidget):
         self._syncing = False
 
         # input
-        self.layer_combo = QComboBox()
+        from napari.layers import Image
+
+        from .forms import LayerPicker, remember
+
+        # follows renames, adds, removes and moves by itself; our feature layers are not offered
+        self.image_picker = LayerPicker(self.viewer, Image, accept=lambda ly: META_KEY not in ly.metadata)
+        self.layer_combo = self.image_picker.native
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.browse_button = QPushButton("…")
@@ -365,6 +371,7 @@ class SkipWidget(QWidget):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
             ev.connect(self._refresh_layers)
+        remember("skip", {"device": self.device_combo, "view": self.view_combo, "k": self.k_spin})
         self._refresh_layers()
         self.refresh_models()
         from ._jobs import warm_up
@@ -379,14 +386,7 @@ class SkipWidget(QWidget):
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and META_KEY not in ly.metadata]
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
-        names = [ly.name for ly in self._image_layers()]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.layer_combo.blockSignals(False)
+        self.image_picker.refresh()  # (it follows the viewer itself; up to date first here)
         from napari.layers import Labels, Shapes
 
         region = self.region_combo.currentText()

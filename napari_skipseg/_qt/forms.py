@@ -64,6 +64,8 @@ class LayerPicker:
 
     @value.setter
     def value(self, layer) -> None:
+        # napari hands commands its layers behind a public-only proxy (wrapt: ``__wrapped__``)
+        layer = getattr(layer, "__wrapped__", layer)
         for i in range(self.native.count()):
             if self.native.itemData(i) is layer:
                 self.native.setCurrentIndex(i)

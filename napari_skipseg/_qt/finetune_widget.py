@@ -107,7 +107,10 @@ class LossPlot(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.figure = Figure(figsize=(3.2, 2.2), facecolor="#262930", layout="constrained")
+        from .theme import DEFAULT
+
+        self.palette_ = DEFAULT  # napari's theme, once the widget follows a viewer (set_palette)
+        self.figure = Figure(figsize=(3.2, 2.2), facecolor=self.palette_.background, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -125,6 +128,13 @@ class LossPlot(QWidget):
         self.loss, self.val, self.before = [], [], None
         self.redraw(force=True)
 
+    def set_palette(self, palette) -> None:
+        """Colours from napari's theme (see :mod:`.theme`); the plot is drawn again."""
+        if palette != self.palette_:
+            self.palette_ = palette
+            self.figure.set_facecolor(palette.background)
+            self.redraw(force=True)
+
     def add(self, info: dict) -> None:
         step = int(info.get("step", 0))
         if "loss" in info:
@@ -139,27 +149,29 @@ class LossPlot(QWidget):
             return
         self._last = now
         ax, ax2 = self.ax, self.ax2
+        pal = self.palette_
+        loss_color, score_color = pal.series[0], pal.series[1]
         ax.clear()
         ax2.clear()
         for a in (ax, ax2):
-            a.set_facecolor("#262930")
+            a.set_facecolor(pal.background)
             for spine in a.spines.values():
-                spine.set_color("#8a8f98")
-            a.tick_params(colors="#d0d0d0", labelsize=7)
-        ax.set_xlabel("step", fontsize=8, color="#d0d0d0")
-        ax.set_ylabel("training loss", fontsize=8, color="#4fc3f7")
-        ax2.set_ylabel("held-out score", fontsize=8, color="#ffb74d")
+                spine.set_color(pal.axis)
+            a.tick_params(colors=pal.text, labelsize=7)
+        ax.set_xlabel("step", fontsize=8, color=pal.text)
+        ax.set_ylabel("training loss", fontsize=8, color=loss_color)
+        ax2.set_ylabel("held-out score", fontsize=8, color=score_color)
         ax2.yaxis.set_label_position("right")
         ax2.yaxis.tick_right()
         if self.loss:
             s, v = zip(*self.loss, strict=True)
-            ax.plot(s, v, color="#4fc3f7", lw=1.2)
+            ax.plot(s, v, color=loss_color, lw=1.2)
         if self.val:
             s, v = zip(*self.val, strict=True)
-            ax2.plot(s, v, "o-", color="#ffb74d", lw=1.2, ms=3)
+            ax2.plot(s, v, "o-", color=score_color, lw=1.2, ms=3)
         if self.before is not None:
-            ax2.axhline(self.before, color="#ffb74d", lw=0.8, ls="--")
-            ax2.text(0.02, self.before, " starting model", color="#ffb74d", fontsize=7, va="bottom",
+            ax2.axhline(self.before, color=score_color, lw=0.8, ls="--")
+            ax2.text(0.02, self.before, " starting model", color=score_color, fontsize=7, va="bottom",
                      transform=ax2.get_yaxis_transform())
         ax2.set_ylim(0, 1.02)
         self.canvas.draw_idle()
@@ -324,6 +336,9 @@ class FinetuneWidget(QWidget):
         if app is not None:  # napari quitting closes no dock widget: save pending changes then
             app.aboutToQuit.connect(self.flush_autosave)
         self._bind_key()
+        from .theme import follow_theme
+
+        follow_theme(self.viewer, self)  # the loss plot's colours from napari's theme, and on changes
         remember("finetune", {"steps": self.steps_spin, "time": self.time_spin, "augment": self.augment_check,
                               "device": self.device_combo})
         self._refresh_layers()

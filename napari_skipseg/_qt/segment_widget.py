@@ -133,6 +133,7 @@ class SegmentWidget(QWidget):
         from napari.layers import Image
 
         from .forms import LayerPicker, remember
+        from .theme import follow_theme, hint
 
         self.image_picker = LayerPicker(self.viewer, Image)  # follows renames, adds, removes, moves
         self.layer_combo = self.image_picker.native
@@ -148,7 +149,7 @@ class SegmentWidget(QWidget):
         self.card_button.setFixedWidth(44)
         self.card_dialog = None
         self.model_info = WrapLabel()
-        self.model_info.setStyleSheet("color: #9aa0a6;")
+        hint(self.model_info)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.mode_combo = QComboBox()
@@ -184,7 +185,7 @@ class SegmentWidget(QWidget):
         self.diameter_edit.setToolTip("object diameter in pixels ('auto': estimated; 3D: one per axis, "
                                       "'4,23,23'); the image is resampled to the model's scale")
         self.choice_label = WrapLabel("")
-        self.choice_label.setStyleSheet("color: #9aa0a6;")
+        hint(self.choice_label)
         self.diameter_label = QLabel("")
         self.diameter_button = QPushButton("show diameter")
         self.diameter_button.setToolTip("draw a circle of the object diameter at the centre of the view")
@@ -263,6 +264,7 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self._output_user = False  # the user picked the output here: it stays
         self._layer_axes = {}  # layer name -> axes set by the user in the axes field
+        follow_theme(self.viewer, self)  # hint labels coloured from napari's theme, and on changes
         remember("segment", {"device": self.device_combo, "mode": self.mode_combo, "tile": self.tile_spin,
                              "overlap": self.overlap_spin})
         self._refresh_layers()

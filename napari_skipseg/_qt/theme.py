@@ -60,8 +60,8 @@ def palette_for(theme_name: str) -> Palette:
                    dark=dark)
 
 
-#: until a widget follows a viewer: napari's default (dark) look
-DEFAULT = Palette(background="#23242b", text="#f0f1f2", hint="#a4a5aa", axis="#7e7f84",
+#: until a widget follows a viewer: napari's default dark theme (palette_for("dark"), napari 0.9)
+DEFAULT = Palette(background="#23242b", text="#f0f1f2", hint="#a2a3a6", axis="#7f8085",
                   series=_SERIES_DARK, dark=True)
 
 

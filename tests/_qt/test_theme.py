@@ -58,3 +58,11 @@ def test_widgets_follow_the_viewers_theme(make_napari_viewer, model_home, qtbot)
         assert to_hex(ft.plot.ax.get_facecolor()) == pal.background
         assert pal.hint in seg.model_info.styleSheet() and pal.hint in skip.model_info.styleSheet()
     assert skip.gradient_plot.updates == updates  # redrawn in new colours, not a new plot
+
+
+def test_default_is_naparis_dark_theme():
+    """Widgets start in these colours: the same as napari's dark theme, so following the
+    default theme draws nothing again."""
+    from napari_skipseg._qt.theme import DEFAULT
+
+    assert palette_for("dark") == DEFAULT

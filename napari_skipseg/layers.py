@@ -192,7 +192,7 @@ def result_stores(source: LayerSource, model_config, options: dict, folder: str 
         if output != "probabilities":
             dtype = np.uint32 if output == "instances" else np.uint8
             t = create_ome_zarr(base + ".labels.zarr", geo["shape"], dtype, meta, chunks=geo["chunks"],
-                                label=True)
+                                label=True, class_names=list(model_config.class_names or []) if output == "semantic" else None)
             targets.append(t)
             outputs["labels_out"] = t.array
         if options.get("keep_probabilities") or output == "probabilities":

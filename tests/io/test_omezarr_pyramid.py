@@ -99,3 +99,16 @@ def test_napari_writer_saves_the_class_names_of_a_semantic_layer(tmp_path):
     # saved again over our own labels store: allowed, and still named
     write_labels(path, labels, {"name": "sem", "features": features})
     assert dict(zarr.open_group(path, mode="r").attrs)["ome"]["image-label"]["properties"][1]["class"] == "cell interior"
+
+
+def test_cli_semantic_labels_name_their_classes(model_home, tmp_path):
+    from napari_skipseg.cli import main
+    from napari_skipseg.io import write_image
+
+    rng = np.random.default_rng(1)
+    src = write_image(tmp_path / "img.zarr", rng.normal(size=(2, 32, 32)).astype(np.float32),
+                      ImageMeta("ZYX", (1.0, 0.5, 0.5)))
+    assert main(["segment", src, "-o", src, "--model", "tiny", "--device", "cpu", "-q", "--kind", "semantic",
+                 "--labels-name", "classes"]) == 0
+    attrs = dict(zarr.open_group(f"{src}/labels/classes", mode="r").attrs)["ome"]
+    assert [p["class"] for p in attrs["image-label"]["properties"]] == ["background", "interior", "boundary"]

@@ -174,8 +174,17 @@ class LossPlot(QWidget):
             ax2.text(0.02, self.before, " starting model", color=score_color, fontsize=7, va="bottom",
                      transform=ax2.get_yaxis_transform())
         ax2.set_ylim(0, 1.02)
-        self.canvas.draw_idle()
+        if self.canvas.isVisible():
+            self.canvas.draw_idle()
+        else:  # drawn when shown: no idle draw is left pending for a canvas Qt may delete unseen
+            self._stale = True
         self.draws += 1
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if getattr(self, "_stale", False):
+            self._stale = False
+            self.canvas.draw_idle()
 
 
 class FinetuneWidget(QWidget):

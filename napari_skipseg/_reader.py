@@ -128,7 +128,32 @@ def _label_layer(path: str, name: str) -> LayerData:
     if len(levels) > 1:
         kwargs["multiscale"] = True
         data = levels
+    features = label_properties(path)
+    if features:
+        kwargs["features"] = features  # napari shows the class under the cursor
     return (data, kwargs, "labels")
+
+
+def label_properties(path: str) -> dict[str, list] | None:
+    """The OME-NGFF label ``properties`` that name a class (``label-value`` and ``class``) of
+    the label image at `path`, as layer features (``index``, ``class``); None without any."""
+    import zarr
+
+    try:
+        attrs = dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:  # noqa: BLE001 - not a group: no properties
+        return None
+    image_label = (attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs).get("image-label")
+    props = image_label.get("properties") if isinstance(image_label, dict) else None
+    if not isinstance(props, list):
+        return None
+    rows = {}
+    for p in props:
+        if isinstance(p, dict) and isinstance(p.get("label-value"), int) and isinstance(p.get("class"), str):
+            rows[p["label-value"]] = p["class"]
+    if not rows:
+        return None
+    return {"index": sorted(rows), "class": [rows[k] for k in sorted(rows)]}
 
 
 def layer_metadata(meta: ImageMeta) -> dict[str, Any]:

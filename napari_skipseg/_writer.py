@@ -61,11 +61,13 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     if isinstance(data, list):  # a multiscale labels layer: its full resolution
         data = data[0]
     meta = layer_meta(data, attributes)
+    names = class_names(attributes)
+    zarr_kwargs = {"label": True, "class_names": names} if _is_zarr_path(path) else {}
     if _existing_store(path):
         from napari_skipseg.io.zarr_io import MARKER, written_by_us
 
         if written_by_us(path) and _attrs(path).get(MARKER, {}).get("label"):
-            return [_write(path, data, meta)]  # our own labels, saved again
+            return [_write(path, data, meta, **zarr_kwargs)]  # our own labels, saved again
         if _is_ome_image(path):
             from napari_skipseg.io.zarr_io import write_labels_next_to
 
@@ -75,9 +77,31 @@ def write_labels(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
             if os.path.lexists(dest) and not written_by_us(dest):
                 raise WriteRefused(f"{dest}: labels there were not written by napari-skipseg and are kept; "
                                    "rename the layer to save it next to them")
-            return [write_labels_next_to(path, name, data, meta, overwrite=True)]
+            return [write_labels_next_to(path, name, data, meta, overwrite=True, class_names=names)]
         _refuse_foreign_store(path)
-    return [_write(path, data, meta)]
+    return [_write(path, data, meta, **zarr_kwargs)]
+
+
+def _is_zarr_path(path: str) -> bool:
+    return path.rstrip("/\\").lower().endswith(".zarr")
+
+
+def class_names(attributes: dict[str, Any]) -> list[str] | None:
+    """The class of each label value 0..n-1 from a Labels layer's features (columns
+    ``index`` and ``class``, as :func:`napari_skipseg.layers.semantic_display` sets them),
+    written as OME-NGFF label properties; None when the features do not name them all."""
+    features = attributes.get("features")
+    try:
+        index = [int(v) for v in features["index"]]
+        names = [str(v) for v in features["class"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not index or sorted(index) != list(range(len(index))):
+        return None
+    out = [""] * len(index)
+    for i, n in zip(index, names, strict=True):
+        out[i] = n
+    return out
 
 
 def _existing_store(path: str) -> bool:

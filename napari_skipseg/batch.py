@@ -157,15 +157,17 @@ def result_meta(meta: Any, output: str) -> Any:
 
 
 def create_target(job: FileJob, shape: tuple[int, ...], dtype: Any, meta: Any, chunks: tuple[int, ...],
-                  overwrite: bool, label: bool):
+                  overwrite: bool, label: bool, class_names=None):
     """A :class:`~napari_skipseg.io.zarr_io.ZarrTarget` for a zarr output (or labels next to
-    the input image)."""
+    the input image); ``class_names``: semantic labels' classes (NGFF label properties)."""
     from .io.zarr_io import create_labels, create_ome_zarr
 
     try:
         if job.labels_name:
-            return create_labels(job.src, job.labels_name, shape, dtype, meta, chunks=chunks, overwrite=overwrite)
-        return create_ome_zarr(job.dst, shape, dtype, meta, chunks=chunks, overwrite=overwrite, label=label)
+            return create_labels(job.src, job.labels_name, shape, dtype, meta, chunks=chunks, overwrite=overwrite,
+                                 class_names=class_names)
+        return create_ome_zarr(job.dst, shape, dtype, meta, chunks=chunks, overwrite=overwrite, label=label,
+                               class_names=class_names)
     except FileExistsError as err:
         raise BatchError(f"{err}".replace("overwrite=True", "--overwrite")) from err
 
@@ -214,7 +216,8 @@ def segment_file(job: FileJob, model: Any, options: dict, *, overwrite: bool = F
     big = int(np.prod(shape)) * np.dtype(dtype).itemsize > STREAM_BYTES
     target = tmp_dir = None
     if suffix == ".zarr":
-        target = create_target(job, shape, dtype, out_meta, chunks, overwrite, label=output != "probabilities")
+        target = create_target(job, shape, dtype, out_meta, chunks, overwrite, label=output != "probabilities",
+                               class_names=list(cfg.class_names or []) if output == "semantic" else None)
     elif suffix in (".nii", ".nii.gz") and big:
         from .io.zarr_io import clean_stale_temporaries, create_ome_zarr, temporary_name
 

@@ -237,7 +237,8 @@ def _start_chunked(job: FileJob, cfg, model_ref: str, options: dict, client, ove
         shape, dtype, chunks = geo["shape"], np.uint32 if output == "instances" else np.uint8, geo["chunks"]
     lo_hi = image_intensity_range(cfg, image, channel_axis)
     target = create_target(job, shape, dtype, result_meta(meta, output), chunks, overwrite,
-                           label=output != "probabilities")
+                           label=output != "probabilities",
+                           class_names=list(cfg.class_names or []) if output == "semantic" else None)
     array_path = os.path.join(target.tmp, "0")
     n = len(geo["units"])
     size = max(1, -(-n // max(n_tasks, 1)))

@@ -192,7 +192,7 @@ def result_stores(source: LayerSource, model_config, options: dict, folder: str 
         if output != "probabilities":
             dtype = np.uint32 if output == "instances" else np.uint8
             t = create_ome_zarr(base + ".labels.zarr", geo["shape"], dtype, meta, chunks=geo["chunks"],
-                                label=True)
+                                label=True, class_names=list(model_config.class_names or []) if output == "semantic" else None)
             targets.append(t)
             outputs["labels_out"] = t.array
         if options.get("keep_probabilities") or output == "probabilities":
@@ -262,13 +262,36 @@ def result_layers(result, source: LayerSource) -> list[tuple]:
                 "image",
             ))
     if result.labels is not None:
-        layers.append((
-            result.labels,
-            {"name": f"{source.name} [{result.model_name}] {result.output}", **placed, "metadata": meta,
-             "opacity": 0.5},
-            "labels",
-        ))
+        kwargs = {"name": f"{source.name} [{result.model_name}] {result.output}", **placed, "metadata": meta,
+                  "opacity": 0.5}
+        if result.output == "semantic":
+            kwargs.update(semantic_display(result.class_names))
+        layers.append((result.labels, kwargs, "labels"))
     return layers
+
+
+#: names of a class 0 that is the background (drawn transparent, as napari draws label 0)
+BACKGROUND_NAMES = frozenset({"background", "bg", "none", "void", "nothing", "other"})
+
+
+def semantic_display(class_names) -> dict:
+    """Labels-layer arguments for a semantic map whose values are class ids: the class names
+    as the layer's features (napari's status bar shows the name under the cursor) and, when
+    class 0 is a structure (em2d's "membrane") rather than the background, a colormap that
+    draws class 0 too. Without class names: nothing (napari's defaults)."""
+    if not class_names:
+        return {}
+    names = [str(n) for n in class_names]
+    out = {"features": {"index": list(range(len(names))), "class": names}}
+    if names[0].strip().lower() not in BACKGROUND_NAMES:
+        from napari.utils.colormaps import DirectLabelColormap, label_colormap
+
+        cycle = label_colormap(max(len(names), 2))
+        colors = {i: tuple(float(c) for c in cycle.map(i + 1)) for i in range(len(names))}
+        # no value is the background: every class, 0 included, has its colour
+        out["colormap"] = DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), **colors},
+                                              background_value=-1)
+    return out
 
 
 def probability_maps(result) -> list[tuple[str, np.ndarray]]:

@@ -37,6 +37,12 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def _settings_folder(tmp_path, monkeypatch):
+    """The widgets' remembered values go to a folder of the test's own, never the user's."""
+    monkeypatch.setenv("SKIPSEG_CONFIG", str(tmp_path / "skipseg_config"))
+
+
 @pytest.fixture
 def model_home(tmp_path, monkeypatch):
     """``SKIPSEG_HOME`` pointing at a fresh store holding ``tiny`` (2D) and ``tiny3d``."""

@@ -60,10 +60,13 @@ def cancellable(gen, cancel_event):
 
 def warm_up() -> None:
     """Called when a widget opens: start loading torch off the GUI thread
-    (:mod:`napari_skipseg._preload`) and make new Labels layers cheaper to build
-    (:mod:`napari_skipseg._qt._vispy_cache`)."""
+    (:mod:`napari_skipseg._preload`).
+
+    Nothing else in the process is changed. (Before 0.2 this also memoised vispy's GLSL
+    signature parser for every plugin in the process; with napari 0.9 and vispy 0.17 that
+    parser is 2 % of the time a new Labels layer takes, 0.15 s of 7.3 s over 12 layers under
+    cProfile, ``benchmarks/bench_labels_layer.py --profile``, so the patch was dropped.)
+    """
     from .._preload import preload_torch
-    from ._vispy_cache import install
 
     preload_torch()
-    install()

@@ -107,7 +107,10 @@ class LossPlot(QWidget):
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.figure = Figure(figsize=(3.2, 2.2), facecolor="#262930", layout="constrained")
+        from .theme import DEFAULT
+
+        self.palette_ = DEFAULT  # napari's theme, once the widget follows a viewer (set_palette)
+        self.figure = Figure(figsize=(3.2, 2.2), facecolor=self.palette_.background, layout="constrained")
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(200)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
@@ -125,6 +128,13 @@ class LossPlot(QWidget):
         self.loss, self.val, self.before = [], [], None
         self.redraw(force=True)
 
+    def set_palette(self, palette) -> None:
+        """Colours from napari's theme (see :mod:`.theme`); the plot is drawn again."""
+        if palette != self.palette_:
+            self.palette_ = palette
+            self.figure.set_facecolor(palette.background)
+            self.redraw(force=True)
+
     def add(self, info: dict) -> None:
         step = int(info.get("step", 0))
         if "loss" in info:
@@ -139,31 +149,42 @@ class LossPlot(QWidget):
             return
         self._last = now
         ax, ax2 = self.ax, self.ax2
+        pal = self.palette_
+        loss_color, score_color = pal.series[0], pal.series[1]
         ax.clear()
         ax2.clear()
         for a in (ax, ax2):
-            a.set_facecolor("#262930")
+            a.set_facecolor(pal.background)
             for spine in a.spines.values():
-                spine.set_color("#8a8f98")
-            a.tick_params(colors="#d0d0d0", labelsize=7)
-        ax.set_xlabel("step", fontsize=8, color="#d0d0d0")
-        ax.set_ylabel("training loss", fontsize=8, color="#4fc3f7")
-        ax2.set_ylabel("held-out score", fontsize=8, color="#ffb74d")
+                spine.set_color(pal.axis)
+            a.tick_params(colors=pal.text, labelsize=7)
+        ax.set_xlabel("step", fontsize=8, color=pal.text)
+        ax.set_ylabel("training loss", fontsize=8, color=loss_color)
+        ax2.set_ylabel("held-out score", fontsize=8, color=score_color)
         ax2.yaxis.set_label_position("right")
         ax2.yaxis.tick_right()
         if self.loss:
             s, v = zip(*self.loss, strict=True)
-            ax.plot(s, v, color="#4fc3f7", lw=1.2)
+            ax.plot(s, v, color=loss_color, lw=1.2)
         if self.val:
             s, v = zip(*self.val, strict=True)
-            ax2.plot(s, v, "o-", color="#ffb74d", lw=1.2, ms=3)
+            ax2.plot(s, v, "o-", color=score_color, lw=1.2, ms=3)
         if self.before is not None:
-            ax2.axhline(self.before, color="#ffb74d", lw=0.8, ls="--")
-            ax2.text(0.02, self.before, " starting model", color="#ffb74d", fontsize=7, va="bottom",
+            ax2.axhline(self.before, color=score_color, lw=0.8, ls="--")
+            ax2.text(0.02, self.before, " starting model", color=score_color, fontsize=7, va="bottom",
                      transform=ax2.get_yaxis_transform())
         ax2.set_ylim(0, 1.02)
-        self.canvas.draw_idle()
+        if self.canvas.isVisible():
+            self.canvas.draw_idle()
+        else:  # drawn when shown: no idle draw is left pending for a canvas Qt may delete unseen
+            self._stale = True
         self.draws += 1
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if getattr(self, "_stale", False):
+            self._stale = False
+            self.canvas.draw_idle()
 
 
 class FinetuneWidget(QWidget):
@@ -188,8 +209,15 @@ class FinetuneWidget(QWidget):
         self._autosave_again = False  # the labels changed while a write was running
         self.last_autosave = None
 
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
+        from napari.layers import Image, Labels
+
+        from .forms import LayerPicker, remember
+
+        # pickers that follow the viewer (renames, adds, removes, moves) by themselves
+        self.image_picker = LayerPicker(self.viewer, Image)
+        self.labels_picker = LayerPicker(self.viewer, Labels)
+        self.image_combo = self.image_picker.native
+        self.labels_combo = self.labels_picker.native
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("the model to start from (the active model, shared with Segment)")
         self.reviewed_label = WrapLabel("reviewed: none")
@@ -317,6 +345,11 @@ class FinetuneWidget(QWidget):
         if app is not None:  # napari quitting closes no dock widget: save pending changes then
             app.aboutToQuit.connect(self.flush_autosave)
         self._bind_key()
+        from .theme import follow_theme
+
+        follow_theme(self.viewer, self)  # the loss plot's colours from napari's theme, and on changes
+        remember("finetune", {"steps": self.steps_spin, "time": self.time_spin, "augment": self.augment_check,
+                              "device": self.device_combo})
         self._refresh_layers()
         self.refresh_models()
         from ._jobs import warm_up
@@ -339,28 +372,17 @@ class FinetuneWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
     def _refresh_layers(self, event=None) -> None:
-        from napari.layers import Image, Labels
-
-        for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            names = [layer.name for layer in self._layers(kind)]
-            combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
-            combo.blockSignals(False)
+        self.image_picker.refresh()  # (they follow the viewer themselves; up to date first here)
+        self.labels_picker.refresh()
         self._show_reviewed()
         self._watch_labels()
         self._update_buttons()
 
     def _labels_layer(self):
-        name = self.labels_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return self.labels_picker.value
 
     def _image_layer(self):
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return self.image_picker.value
 
     def _spatial_dims(self) -> int:
         from ..model.store import load_config
@@ -725,7 +747,7 @@ class FinetuneWidget(QWidget):
                 self._autosave_timer.stop()
                 self.autosave_now(old)
         self._watched = layer
-        self._edit_stamp = self._stamp(layer)
+        self._edit_stamp = self._stamp()
         if layer is not None:
             # paint: a stroke, fill or data_setitem ends; labels_update: while painting;
             # data: the array is replaced; set_data: undo/redo (and re-slicing; an unchanged
@@ -735,24 +757,20 @@ class FinetuneWidget(QWidget):
             entry = self._newest_autosave(layer.name, self._image_source_id())
             self.autosave_label.setText(f"last autosave {entry.clock}" if entry is not None else "")
 
-    @staticmethod
-    def _stamp(layer):
-        """The lengths of the layer's undo and redo histories (None where napari has none):
-        they change on undo/redo, which napari announces only as a redraw (``set_data``)."""
-        undo, redo = getattr(layer, "_undo_history", None), getattr(layer, "_redo_history", None)
-        try:
-            return (len(undo), len(redo))
-        except TypeError:
-            return None
+    def _stamp(self):
+        """What the viewer shows: its dims position, the number of dimensions displayed and
+        their order. napari re-slices a layer (``set_data``) when these change, and announces
+        an undo or redo only as a ``set_data`` too: a ``set_data`` under the same stamp is an
+        edit (an unchanged array is not written again)."""
+        dims = self.viewer.dims
+        return (tuple(dims.current_step), dims.ndisplay, tuple(dims.order))
 
     def _labels_changed(self, event=None) -> None:
-        if getattr(event, "type", None) == "set_data":  # also every re-slice: only undo/redo count
-            stamp = self._stamp(self._watched)
-            if stamp is not None and stamp == self._edit_stamp:
-                return
-            self._edit_stamp = stamp
-        else:
-            self._edit_stamp = self._stamp(self._watched)
+        stamp = self._stamp()
+        if getattr(event, "type", None) == "set_data" and stamp != self._edit_stamp:
+            self._edit_stamp = stamp  # a re-slice: the viewer moved, the labels did not change
+            return
+        self._edit_stamp = stamp
         self._autosave_timer.start()  # restarts: saved once the user pauses
 
     @staticmethod

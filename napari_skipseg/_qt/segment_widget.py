@@ -130,7 +130,13 @@ class SegmentWidget(QWidget):
         # <user data dir>/results (layers.results_dir)
         self.results_folder = None
 
-        self.layer_combo = QComboBox()
+        from napari.layers import Image
+
+        from .forms import LayerPicker, remember
+        from .theme import follow_theme, hint
+
+        self.image_picker = LayerPicker(self.viewer, Image)  # follows renames, adds, removes, moves
+        self.layer_combo = self.image_picker.native
         self.model_combo = QComboBox()
         self.browse_button = QPushButton("…")
         self.browse_button.setToolTip("use a model folder (config.json + model.safetensors)")
@@ -143,7 +149,7 @@ class SegmentWidget(QWidget):
         self.card_button.setFixedWidth(44)
         self.card_dialog = None
         self.model_info = WrapLabel()
-        self.model_info.setStyleSheet("color: #9aa0a6;")
+        hint(self.model_info)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.mode_combo = QComboBox()
@@ -179,7 +185,7 @@ class SegmentWidget(QWidget):
         self.diameter_edit.setToolTip("object diameter in pixels ('auto': estimated; 3D: one per axis, "
                                       "'4,23,23'); the image is resampled to the model's scale")
         self.choice_label = WrapLabel("")
-        self.choice_label.setStyleSheet("color: #9aa0a6;")
+        hint(self.choice_label)
         self.diameter_label = QLabel("")
         self.diameter_button = QPushButton("show diameter")
         self.diameter_button.setToolTip("draw a circle of the object diameter at the centre of the view")
@@ -258,6 +264,9 @@ class SegmentWidget(QWidget):
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self._output_user = False  # the user picked the output here: it stays
         self._layer_axes = {}  # layer name -> axes set by the user in the axes field
+        follow_theme(self.viewer, self)  # hint labels coloured from napari's theme, and on changes
+        remember("segment", {"device": self.device_combo, "mode": self.mode_combo, "tile": self.tile_spin,
+                             "overlap": self.overlap_spin})
         self._refresh_layers()
         self.refresh_models()
         self._on_layer_changed(self.layer_combo.currentText())
@@ -272,13 +281,8 @@ class SegmentWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
-        self.layer_combo.clear()
-        names = [layer.name for layer in self._image_layers()]
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.run_button.setEnabled(bool(names) and self.worker is None)
+        self.image_picker.refresh()  # (it follows the viewer itself; here it is up to date first)
+        self.run_button.setEnabled(self.layer_combo.count() > 0 and self.worker is None)
 
     def refresh_models(self, select: str | None = None) -> None:
         from ..model.store import list_models
@@ -319,8 +323,7 @@ class SegmentWidget(QWidget):
 
     # -- axes, channel, output ---------------------------------------------------------------
     def _current_layer(self):
-        name = self.layer_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return self.image_picker.value
 
     def current_axes(self) -> str:
         """The axes of the selected layer: as set in the axes field, else as the layer says

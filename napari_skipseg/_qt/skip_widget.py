@@ -40,6 +40,7 @@ from ..feature_layers import (
 )
 from ..layers import source_from_layer
 from ._jobs import job
+from .theme import DEFAULT, hint
 
 KINDS = ("encoder", "decoder", "fused")
 VIEW_CHOICES = [
@@ -92,17 +93,23 @@ class _QtBarPlot(QWidget):
         super().__init__(parent)
         self.labels: list[str] = []
         self.series: list[tuple[str, list[float], str]] = []
+        self.palette_ = DEFAULT  # napari's theme, once the widget follows a viewer
         self.setMinimumHeight(180)
 
     def plot(self, labels, series) -> None:
         self.labels, self.series = list(labels), list(series)
         self.update()
 
+    def set_palette(self, palette) -> None:
+        self.palette_ = palette
+        self.update()
+
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
         import math
 
         p = QPainter(self)
-        p.fillRect(self.rect(), QColor("#262930"))
+        pal = self.palette_
+        p.fillRect(self.rect(), QColor(pal.background))
         if not self.series:
             p.end()
             return
@@ -112,7 +119,7 @@ class _QtBarPlot(QWidget):
         lo = math.floor(math.log10(min(values))) if values else -1
         hi = math.ceil(math.log10(max(values))) if values else 1
         hi = max(hi, lo + 1)
-        p.setPen(QColor("#d0d0d0"))
+        p.setPen(QColor(pal.text))
         for e in range(lo, hi + 1):
             y = top + (h - top - bottom) * (1 - (e - lo) / (hi - lo))
             p.drawText(2, int(y) + 4, f"1e{e}")
@@ -136,8 +143,6 @@ class GradientPlot(QWidget):
     """Gradient norm per encoder stage, skips on vs off: matplotlib when present, else a
     QPainter bar plot."""
 
-    COLORS = ("#4fc3f7", "#ff8a65")
-
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
@@ -145,10 +150,11 @@ class GradientPlot(QWidget):
         self.values: dict[str, list[float]] = {}
         self.labels: list[str] = []
         self.updates = 0
+        self.palette_ = DEFAULT  # napari's theme, once the widget follows a viewer
         self.title = QLabel("press “Gradient flow”: how much gradient reaches each encoder stage, "
                             "with the skips on and with every skip zeroed")
         self.title.setWordWrap(True)
-        self.title.setStyleSheet("color: #9aa0a6;")
+        hint(self.title)
         layout.addWidget(self.title)
         try:
             from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
@@ -157,7 +163,7 @@ class GradientPlot(QWidget):
             self.figure = None
             self.canvas = _QtBarPlot(self)
         else:
-            self.figure = Figure(figsize=(3.0, 2.2), facecolor="#262930", layout="constrained")
+            self.figure = Figure(figsize=(3.0, 2.2), facecolor=self.palette_.background, layout="constrained")
             self.canvas = FigureCanvasQTAgg(self.figure)
             self.ax = self.figure.add_subplot(111)
             self._style()
@@ -167,14 +173,34 @@ class GradientPlot(QWidget):
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         layout.addWidget(self.canvas)
 
+    def _colors(self) -> tuple[str, str]:
+        return self.palette_.series[0], self.palette_.series[2]
+
+    def set_palette(self, palette) -> None:
+        """Colours from napari's theme (see :mod:`.theme`); the plot is drawn again."""
+        if palette == self.palette_:
+            return
+        self.palette_ = palette
+        if self.figure is None:
+            self.canvas.set_palette(palette)
+        else:
+            self.figure.set_facecolor(palette.background)
+        if self.values:  # drawn again in the new colours (not a new plot: ``updates`` stays)
+            updates = self.updates
+            self.plot(self.labels, self.values["skips on"], self.values["skips off"], self.title.text())
+            self.updates = updates
+        elif self.figure is not None:
+            self._style()
+            self.canvas.draw_idle()
+
     def _style(self) -> None:
-        ax = self.ax
-        ax.set_facecolor("#262930")
+        pal, ax = self.palette_, self.ax
+        ax.set_facecolor(pal.background)
         for spine in ax.spines.values():
-            spine.set_color("#8a8f98")
-        ax.tick_params(colors="#d0d0d0", labelsize=8)
-        ax.yaxis.label.set_color("#d0d0d0")
-        ax.xaxis.label.set_color("#d0d0d0")
+            spine.set_color(pal.axis)
+        ax.tick_params(colors=pal.text, labelsize=8)
+        ax.yaxis.label.set_color(pal.text)
+        ax.xaxis.label.set_color(pal.text)
 
     def plot(self, labels: list[str], on: list[float], off: list[float], title: str = "") -> None:
         self.labels = list(labels)
@@ -182,7 +208,7 @@ class GradientPlot(QWidget):
         self.updates += 1
         self.title.setText(title)
         if self.figure is None:
-            self.canvas.plot(labels, [("skips on", on, self.COLORS[0]), ("skips off", off, self.COLORS[1])])
+            self.canvas.plot(labels, [("skips on", on, self._colors()[0]), ("skips off", off, self._colors()[1])])
             return
         import numpy as np
 
@@ -191,15 +217,15 @@ class GradientPlot(QWidget):
         self._style()
         x = np.arange(len(labels))
         floor = 1e-12
-        ax.bar(x - 0.2, np.maximum(on, floor), 0.4, label="skips on", color=self.COLORS[0])
-        ax.bar(x + 0.2, np.maximum(off, floor), 0.4, label="all skips zeroed", color=self.COLORS[1])
+        ax.bar(x - 0.2, np.maximum(on, floor), 0.4, label="skips on", color=self._colors()[0])
+        ax.bar(x + 0.2, np.maximum(off, floor), 0.4, label="all skips zeroed", color=self._colors()[1])
         ax.set_yscale("log")
         ax.set_xticks(x, labels)
         ax.set_xlabel("encoder stage (0 = full resolution)", fontsize=8)
         ax.set_ylabel("gradient norm", fontsize=8)
         leg = ax.legend(fontsize=7, frameon=False, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         for text in leg.get_texts():
-            text.set_color("#d0d0d0")
+            text.set_color(self.palette_.text)
         self.canvas.draw_idle()
 
 
@@ -224,7 +250,14 @@ class SkipWidget(QWidget):
         self._syncing = False
 
         # input
-        self.layer_combo = QComboBox()
+        from napari.layers import Image
+
+        from .forms import LayerPicker, remember
+        from .theme import follow_theme
+
+        # follows renames, adds, removes and moves by itself; our feature layers are not offered
+        self.image_picker = LayerPicker(self.viewer, Image, accept=lambda ly: META_KEY not in ly.metadata)
+        self.layer_combo = self.image_picker.native
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.browse_button = QPushButton("…")
@@ -232,7 +265,7 @@ class SkipWidget(QWidget):
         self.browse_button.setFixedWidth(28)
         self.model_info = QLabel()
         self.model_info.setWordWrap(True)
-        self.model_info.setStyleSheet("color: #9aa0a6;")
+        hint(self.model_info)
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
         self.run_button = QPushButton("Capture features")
@@ -281,7 +314,7 @@ class SkipWidget(QWidget):
         self.grid = QGridLayout()
         self.grid.setHorizontalSpacing(10)
         self.grid_hint = QLabel("capture features to list the levels")
-        self.grid_hint.setStyleSheet("color: #9aa0a6;")
+        hint(self.grid_hint)
         self.grid.addWidget(self.grid_hint, 0, 0, 1, 4)
         self.hide_all_button = QPushButton("Hide all")
         self.remove_button = QPushButton("Remove layers")
@@ -365,6 +398,8 @@ class SkipWidget(QWidget):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
             ev.connect(self._refresh_layers)
+        follow_theme(self.viewer, self)  # hint labels and the gradient plot from napari's theme
+        remember("skip", {"device": self.device_combo, "view": self.view_combo, "k": self.k_spin})
         self._refresh_layers()
         self.refresh_models()
         from ._jobs import warm_up
@@ -379,14 +414,7 @@ class SkipWidget(QWidget):
         return [ly for ly in self.viewer.layers if isinstance(ly, Image) and META_KEY not in ly.metadata]
 
     def _refresh_layers(self, event=None) -> None:
-        current = self.layer_combo.currentText()
-        names = [ly.name for ly in self._image_layers()]
-        self.layer_combo.blockSignals(True)
-        self.layer_combo.clear()
-        self.layer_combo.addItems(names)
-        if current in names:
-            self.layer_combo.setCurrentText(current)
-        self.layer_combo.blockSignals(False)
+        self.image_picker.refresh()  # (it follows the viewer itself; up to date first here)
         from napari.layers import Labels, Shapes
 
         region = self.region_combo.currentText()

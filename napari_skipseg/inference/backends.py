@@ -123,15 +123,10 @@ def content_hash(model, extra: dict) -> str:
 
 def cache_dir() -> Path:
     """Where exported networks are kept: ``$SKIPSEG_CACHE``, else ``$SKIPSEG_HOME/cache``,
-    else ``$XDG_CACHE_HOME/napari-skipseg`` (``~/.cache/napari-skipseg``)."""
-    env = os.environ.get("SKIPSEG_CACHE")
-    if env:
-        return Path(env)
-    home = os.environ.get("SKIPSEG_HOME")
-    if home:
-        return Path(home) / "cache"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "napari-skipseg"
+    else the platform's cache folder (:func:`napari_skipseg.paths.cache_home`)."""
+    from ..paths import cache_home
+
+    return cache_home()
 
 
 # -- the fused torch copy -----------------------------------------------------------------------

@@ -42,22 +42,25 @@ def instance_labels(probabilities: np.ndarray, params: dict | None = None) -> np
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Set labels with fewer than ``min_size`` pixels to 0."""
-    sizes = np.bincount(labels.ravel())
-    small = sizes < min_size
-    small[0] = False
-    if not small.any():
+    """Set labels with fewer than ``min_size`` pixels to 0 (scikit-image's
+    ``remove_small_objects`` on the label ids; as fast as our bincount version was,
+    ``benchmarks/bench_postprocess_libs.py``: 317 vs 298 ms on 2048 x 2048, 9000 objects)."""
+    import warnings
+
+    from skimage.morphology import remove_small_objects
+
+    if min_size <= 1:
         return labels
-    out = labels.copy()
-    out[small[labels]] = 0
-    return out
+    with warnings.catch_warnings():  # "only one label": a single object is a valid labelling here
+        warnings.filterwarnings("ignore", message="Only one label was provided", category=UserWarning)
+        return remove_small_objects(labels, max_size=int(min_size) - 1)
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n keeping the order of the old ids, as uint32 (0 stays 0)."""
-    ids, inverse = np.unique(labels, return_inverse=True)
-    if ids.size and ids[0] == 0:
-        out = inverse
-    else:
-        out = inverse + 1
-    return out.reshape(labels.shape).astype(np.uint32)
+    """Labels renumbered 1..n keeping the order of the old ids, as uint32 (0 stays 0);
+    scikit-image's ``relabel_sequential`` (faster than our ``np.unique`` version:
+    375 vs 533 ms on 2048 x 2048, 826 ms vs 6.1 s on 96 x 256 x 256,
+    ``benchmarks/bench_postprocess_libs.py``)."""
+    from skimage.segmentation import relabel_sequential as _relabel
+
+    return _relabel(labels)[0].astype(np.uint32, copy=False)

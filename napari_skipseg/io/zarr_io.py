@@ -1,9 +1,13 @@
 """Plain zarr arrays and OME-Zarr (OME-NGFF 0.4 and 0.5) images, pyramids and labels.
 
 Reading is lazy: the pixels stay on disk in a :class:`zarr.Array` and are read chunk by
-chunk when indexed. Writing creates the OME-NGFF ``multiscales`` metadata directly on top of
-zarr (no ome-zarr package needed): NGFF 0.5 in zarr format 3 for new images, and for labels
-written next to an image the image's own NGFF version and zarr format.
+chunk when indexed. Writing streams the full-resolution level into zarr chunk by chunk; when
+it is complete, the lower levels of a pyramid are made from it (:func:`pyramid_shapes`: halved
+in Y and X while a plane is over :data:`PYRAMID_MIN` pixels; labels by taking every second
+pixel, images by 2 x 2 means) and the OME-NGFF metadata (``multiscales``, ``image-label``
+with the class names as label ``properties``) is written by the ome-zarr package's writer
+(``ome_zarr.writer``): NGFF 0.5 in zarr format 3 for new images, and for labels written next
+to an image the image's own NGFF version and zarr format.
 
 A folder is written under a temporary name and renamed into place when complete, so a
 reader never meets a half-written store at the final path. The temporary name names its
@@ -504,15 +508,22 @@ class ZarrTarget:
     Usable as a context manager (commit on success, abort on error).
     """
 
-    def __init__(self, array: Any, tmp: str, path: str, on_commit=None) -> None:
+    def __init__(self, array: Any, tmp: str, path: str, on_commit=None, on_finish=None) -> None:
         self.array = array
         self.tmp = tmp
         self.path = path
         self._on_commit = on_commit
+        self._on_finish = on_finish  # pyramid levels and NGFF metadata, before the store is published
         self.done = False
 
     def commit(self) -> str:
         if not self.done:
+            if self._on_finish is not None:
+                try:
+                    self._on_finish()
+                except BaseException:
+                    self.abort()
+                    raise
             _swap_in(self.tmp, self.path)
             if self._on_commit is not None:
                 self._on_commit()
@@ -545,8 +556,9 @@ def default_chunks(shape: Sequence[int], axes: str, block: Sequence[int] | None 
 
 def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, meta: ImageMeta | None = None,
                     *, chunks: Sequence[int] | None = None, overwrite: bool = False,
-                    label: bool = False) -> ZarrTarget:
-    """Start writing a new single-level OME-Zarr image (NGFF 0.5, zarr format 3).
+                    label: bool = False, class_names: Sequence[str] | None = None) -> ZarrTarget:
+    """Start writing a new OME-Zarr image (NGFF 0.5, zarr format 3); on commit the lower
+    levels of its pyramid are made from the full resolution written into ``target.array``.
 
     Parameters
     ----------
@@ -562,6 +574,8 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, m
         Replace an existing store at `path` on commit.
     label : bool
         Mark the image as a label image (``image-label`` metadata).
+    class_names : sequence of str, optional
+        Labels whose values are class ids: the name of each (NGFF label ``properties``).
 
     Returns
     -------
@@ -574,24 +588,26 @@ def create_ome_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any, m
     meta = _check_meta(meta or ImageMeta(default_axes(len(shape))), shape, path)
     tmp = _fresh_target(path, overwrite)
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
-    ome: dict[str, Any] = {"version": "0.5",
-                           "multiscales": [_multiscales(meta, ["0"], [[1] * len(shape)], meta.name or file_stem(path, (".ome.zarr", ".zarr")), "0.5")]}
-    if label:
-        ome["image-label"] = {"version": "0.5"}
-    root.attrs.update({"ome": ome, MARKER: {"label": bool(label)}})
+    root.attrs.update({MARKER: {"label": bool(label)}})
     array = root.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
                               chunks=tuple(chunks or default_chunks(shape, meta.axes)),
                               dimension_names=[a.lower() for a in meta.axes])
-    return ZarrTarget(array, tmp, path)
+    name = meta.name or file_stem(path, (".ome.zarr", ".zarr"))
+
+    def finish() -> None:
+        _finish_ome(root, array, meta, name, "0.5", label=bool(label), class_names=class_names)
+
+    return ZarrTarget(array, tmp, path, on_finish=finish)
 
 
 def create_labels(image_path: str | os.PathLike, name: str, shape: Sequence[int], dtype: Any,
                   meta: ImageMeta | None = None, *, chunks: Sequence[int] | None = None,
-                  overwrite: bool = False) -> ZarrTarget:
+                  overwrite: bool = False, class_names: Sequence[str] | None = None) -> ZarrTarget:
     """Start writing a label image into ``labels/<name>`` of the OME-Zarr image at `image_path`.
 
-    The labels use the image's NGFF version and zarr format, and on commit `name` is added
-    to the ``labels`` list, so OME-Zarr viewers show them over the image.
+    The labels use the image's NGFF version and zarr format, and on commit their pyramid is
+    made, `name` is added to the ``labels`` list (OME-Zarr viewers show them over the image)
+    and ``class_names`` (labels whose values are class ids) become the label ``properties``.
     """
     zarr = _zarr()
     image_path = os.fspath(image_path).rstrip("/\\")
@@ -612,33 +628,104 @@ def create_labels(image_path: str | os.PathLike, name: str, shape: Sequence[int]
     clean_stale_temporaries(os.path.join(image_path, "labels"))
     tmp_name = os.path.basename(temporary_name(dest))
     sub = labels.create_group(tmp_name)
-    ms = _multiscales(meta, ["0"], [[1] * len(shape)], name, version)
-    if version == "0.5":
-        sub.attrs.update({"ome": {"version": "0.5", "multiscales": [ms], "image-label": {"version": "0.5"}},
-                          MARKER: {"label": True}})
-    else:
-        sub.attrs.update({"multiscales": [ms], "image-label": {"version": version}, MARKER: {"label": True}})
+    sub.attrs.update({MARKER: {"label": True}})
     kwargs = {"dimension_names": [a.lower() for a in meta.axes]} if fmt == 3 else {}
     array = sub.create_array("0", shape=shape, dtype=np.dtype(dtype), fill_value=0,
                              chunks=tuple(chunks or default_chunks(shape, meta.axes)), **kwargs)
 
-    def register() -> None:
-        grp = zarr.open_group(os.path.join(image_path, "labels"), mode="r+")
-        attrs = dict(grp.attrs)
-        if version == "0.5":
-            ome = dict(attrs.get("ome") or {"version": "0.5"})
-            ome["labels"] = sorted(set(ome.get("labels", [])) | {name})
-            grp.attrs["ome"] = ome
-        else:
-            grp.attrs["labels"] = sorted(set(attrs.get("labels", [])) | {name})
+    def finish() -> None:
+        _finish_ome(sub, array, meta, name, version, label=True, class_names=class_names)
 
-    return ZarrTarget(array, os.path.join(image_path, "labels", tmp_name), dest, on_commit=register)
+    def register() -> None:
+        from ome_zarr.writer import add_metadata, get_metadata
+
+        grp = zarr.open_group(os.path.join(image_path, "labels"), mode="r+")
+        listed = get_metadata(grp).get("labels", [])
+        add_metadata(grp, {"labels": sorted(set(listed) | {name})}, fmt=_ngff_format(version))
+
+    return ZarrTarget(array, os.path.join(image_path, "labels", tmp_name), dest, on_commit=register,
+                      on_finish=finish)
+
+
+# -- pyramids and NGFF metadata (ome-zarr's writer) ----------------------------------------------
+
+#: a pyramid level is added while the previous one is larger than this in Y or X
+PYRAMID_MIN = 1024
+
+
+def pyramid_shapes(shape: Sequence[int], axes: str) -> list[tuple[int, ...]]:
+    """The shape of each pyramid level: the full resolution, then halved in Y and X (rounded
+    up) while the last level is larger than :data:`PYRAMID_MIN` in Y or X. Only images whose
+    last two axes are Y and X get lower levels."""
+    shapes = [tuple(int(s) for s in shape)]
+    if axes[-2:] != "YX":
+        return shapes
+    while max(shapes[-1][-2:]) > PYRAMID_MIN:
+        *lead, y, x = shapes[-1]
+        shapes.append((*lead, (y + 1) // 2, (x + 1) // 2))
+    return shapes
+
+
+def _halve(block: np.ndarray, label: bool) -> np.ndarray:
+    """``block`` halved in its last two axes: every second pixel for labels (no new values),
+    2 x 2 means for images (an odd last row or column is averaged with itself)."""
+    if label:
+        return block[..., ::2, ::2]
+    pad = [(0, 0)] * (block.ndim - 2) + [(0, block.shape[-2] % 2), (0, block.shape[-1] % 2)]
+    b = np.pad(block, pad, mode="edge").astype(np.float64)
+    mean = b.reshape(*b.shape[:-2], b.shape[-2] // 2, 2, b.shape[-1] // 2, 2).mean(axis=(-3, -1))
+    dtype = block.dtype
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
+    if dtype.kind == "b":
+        return mean >= 0.5
+    return mean.astype(dtype)
+
+
+def _ngff_format(version: str):
+    from ome_zarr.format import FormatV04, FormatV05
+
+    return FormatV05() if version == "0.5" else FormatV04()
+
+
+def _finish_ome(group: Any, full: Any, meta: ImageMeta, name: str, version: str, *, label: bool,
+                class_names: Sequence[str] | None) -> None:
+    """Write the lower pyramid levels of ``group`` from its level ``0`` (``full``), one
+    leading-axis chunk row at a time, then its NGFF metadata with ome-zarr's writer."""
+    from ome_zarr.writer import add_metadata, write_multiscales_metadata
+
+    shapes = pyramid_shapes(full.shape, meta.axes)
+    previous = full
+    fmt3 = group.metadata.zarr_format == 3
+    for k, shape in enumerate(shapes[1:], start=1):
+        chunks = tuple(min(c, s) for c, s in zip(full.chunks, shape, strict=True))
+        kwargs = {"dimension_names": [a.lower() for a in meta.axes]} if fmt3 else {}
+        level = group.create_array(str(k), shape=shape, dtype=full.dtype, fill_value=0, chunks=chunks, **kwargs)
+        if len(shape) <= 2:
+            level[...] = _halve(np.asarray(previous[...]), label)
+        else:
+            step = previous.chunks[0]
+            for i in range(0, shape[0], step):
+                level[i:i + step] = _halve(np.asarray(previous[i:i + step]), label)
+        previous = level
+    factors = [[1] * (len(full.shape) - 2) + [2 ** k, 2 ** k] if k else [1] * len(full.shape)
+               for k in range(len(shapes))]
+    datasets = _multiscales(meta, [str(k) for k in range(len(shapes))], factors, name, version)["datasets"]
+    fmt = _ngff_format(version)
+    write_multiscales_metadata(group, datasets, fmt=fmt, axes=_ngff_axes(meta), name=name)
+    if label:
+        image_label: dict[str, Any] = {"version": version}
+        if class_names:
+            image_label["properties"] = [{"label-value": i, "class": str(n)} for i, n in enumerate(class_names)]
+        add_metadata(group, {"image-label": image_label}, fmt=fmt)
 
 
 def write_ome_zarr(path: str | os.PathLike, data: Any, meta: ImageMeta | None = None, *,
                    chunks: Sequence[int] | None = None, overwrite: bool = True,
-                   label: bool | None = None) -> str:
-    """Write an array (numpy, dask or zarr) as a single-level OME-Zarr image.
+                   label: bool | None = None, class_names: Sequence[str] | None = None) -> str:
+    """Write an array (numpy, dask or zarr) as an OME-Zarr image (with a pyramid when its
+    planes are large, :func:`pyramid_shapes`).
 
     The array is copied one chunk row at a time, so a lazy array is never loaded whole.
     Integer arrays of unsigned type are marked as label images unless `label` says otherwise.
@@ -649,17 +736,18 @@ def write_ome_zarr(path: str | os.PathLike, data: Any, meta: ImageMeta | None = 
     if label is None:
         label = np.dtype(data.dtype).kind == "u" and np.dtype(data.dtype).itemsize >= 4
     target = create_ome_zarr(path, data.shape, data.dtype, meta, chunks=chunks, overwrite=overwrite,
-                             label=label)
+                             label=label, class_names=class_names)
     with target:
         copy_blocks(data, target.array)
     return target.path
 
 
 def write_labels_next_to(image_path: str | os.PathLike, name: str, data: Any, meta: ImageMeta | None = None,
-                         *, overwrite: bool = False) -> str:
+                         *, overwrite: bool = False, class_names: Sequence[str] | None = None) -> str:
     """Write `data` as ``labels/<name>`` of an OME-Zarr image; returns the labels path."""
     data = data if hasattr(data, "shape") and hasattr(data, "dtype") else np.asarray(data)
-    target = create_labels(image_path, name, data.shape, data.dtype, meta, overwrite=overwrite)
+    target = create_labels(image_path, name, data.shape, data.dtype, meta, overwrite=overwrite,
+                           class_names=class_names)
     with target:
         copy_blocks(data, target.array)
     return target.path

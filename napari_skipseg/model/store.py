@@ -110,12 +110,11 @@ def bundled_model_dirs() -> list[Path]:
 
 
 def user_model_dir() -> Path:
-    """Where fine-tuned and user-imported models are kept (``$SKIPSEG_HOME/models``)."""
-    home = os.environ.get("SKIPSEG_HOME")
-    if home:
-        return Path(home) / "models"
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "napari-skipseg" / "models"
+    """Where fine-tuned and user-imported models are kept: ``models/`` in
+    :func:`napari_skipseg.paths.data_home` (``$SKIPSEG_HOME``, else the platform's data folder)."""
+    from ..paths import data_home
+
+    return data_home() / "models"
 
 
 #: A model imported from a bioimage.io package's torchscript/onnx weights holds this file

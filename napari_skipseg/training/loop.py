@@ -184,28 +184,38 @@ class WeightAverage:
     statistics (Polyak averaging): ``avg = d * avg + (1 - d) * current`` after each step, with
     ``d = min(decay, (1 + step) / (10 + step))`` so that early steps are not swamped by the
     starting weights. The average moves less from step to step than the weights do, so the
-    held-out score that picks the weights to keep is less noisy."""
+    held-out score that picks the weights to keep is less noisy.
+
+    The averaging is torch's ``torch.optim.swa_utils.AveragedModel`` (buffers averaged too);
+    this class only adds the warm-up of the decay and starts the average at the model's
+    starting weights."""
 
     def __init__(self, model, decay: float) -> None:
+        from torch.optim.swa_utils import AveragedModel
+
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema must be between 0 and 1, got {decay}")
         self.decay = decay
-        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items() if v.dtype.is_floating_point}
+        self.step = 0
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        self.averaged.update_parameters(model)  # the first call copies: the average starts here
+
+    def _average(self, averaged, current, num_averaged) -> None:
+        d = min(self.decay, (1 + self.step) / (10 + self.step))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.mul_(d).add_(c, alpha=1 - d)
+            else:  # counters (batch norm's num_batches_tracked): the current value
+                a.copy_(c)
 
     def update(self, model, step: int) -> None:
-        import torch
-
-        d = min(self.decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            current = model.state_dict()
-            for k, a in self.avg.items():
-                a.mul_(d).add_(current[k].detach(), alpha=1 - d)
+        """Fold in the weights after ``step`` (steps count from 0)."""
+        self.step = int(step)
+        self.averaged.update_parameters(model)
 
     def state(self, model) -> dict:
         """The model's state dict with the averaged entries (copies)."""
-        out = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        out.update({k: a.clone() for k, a in self.avg.items()})
-        return out
+        return {k: v.detach().clone() for k, v in self.averaged.module.state_dict().items()}
 
 
 def loss_fn(logits, target, dice_weight: float = 1.0, weight=None):

@@ -111,3 +111,27 @@ def test_instance_labels_any_dimension(dims):
     labels = instance_labels(probs)
     assert labels.shape == shape and labels.max() == 1
     assert (labels[inner] == 1).all()
+
+
+def test_library_versions_match_the_plain_numpy_rules():
+    """remove_small/relabel_sequential (scikit-image inside) give what the bincount and
+    np.unique rules give, with no warning for a single object."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 40, (30, 40)) * (rng.random((30, 40)) < 0.5) * 7
+    sizes = np.bincount(labels.ravel())
+    expected = labels.copy()
+    expected[(sizes < 6)[labels] & (labels > 0)] = 0
+    np.testing.assert_array_equal(remove_small(labels, 6), expected)
+    ids, inverse = np.unique(expected, return_inverse=True)
+    ref = (inverse if ids[0] == 0 else inverse + 1).reshape(expected.shape)
+    out = relabel_sequential(expected)
+    assert out.dtype == np.uint32
+    np.testing.assert_array_equal(out, ref)
+    one = np.zeros((8, 8), np.int32)
+    one[2:5, 2:5] = 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert remove_small(one, 4).max() == 4 and remove_small(one, 10).max() == 0
+        assert relabel_sequential(one).max() == 1

@@ -1,41 +1,66 @@
 """What skips buy, measured: the study behind docs/skip_connections.md's figures and README's row.
 
-    SKIPSEG_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/bench_skip_study.py
+    SKIPSEG_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/bench_skip_study.py [--quick]
 
-Runs ``skipseg study`` on nuclei2d (60 training images, 20 held-out, central 256 x 256 crops)
-with twin networks: plain and residual blocks, depth 2 and 4, with batch norm and without any
-normalisation, each with and without skips; 300 steps of batch 8 x 64 x 64 patches, 8 base
-channels, 3 seeds; plus the explorer's gradient-flow view of the bundled nuclei2d split by
-path. Writes benchmarks/results/skip_study/study.json and the figures into docs/figures/.
-Takes about 25 minutes on one CPU thread. Extra arguments are passed on to ``skipseg study``
-(e.g. ``--steps 20 --seeds 1`` for a quick look; give ``-o`` and ``--figures`` elsewhere then).
-The data folder is ``../shared/data/nuclei2d`` beside the checkout, or ``$SKIPSEG_STUDY_DATA``.
+Twin networks on nuclei2d (60 training images, 20 held-out, central 256 x 256 crops, the
+bundled models' split), 300 steps of batch 8 x 64 x 64 patches, 8 base channels, seeds 0-2:
+
+- part A (``skipseg study``'s defaults for blocks and norms): plain and residual blocks with
+  batch norm, depth 2 and 4, each with and without skips; plus the explorer's gradient-flow
+  view of the bundled nuclei2d split by path;
+- part B: plain and residual blocks without any normalisation, depth 4, with and without skips.
+
+The two parts run in parallel (one process and one thread each) and are merged. Writes
+benchmarks/results/skip_study.json and the figures into docs/figures/, prints the table.
+About 25 CPU minutes. ``--quick``: 10 steps, one seed, into /tmp/skip_study_quick. The data
+folder is ``../shared/data/nuclei2d`` beside the checkout, or ``$SKIPSEG_STUDY_DATA``.
+Each part is the same as ``skipseg study DATA -o OUT --steps 300 --seeds 3 --batch-size 8
+--depths 2 4`` (part A, ``--explorer-model nuclei2d``) and ``... --depths 4 --norms none`` (B).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "nuclei2d"  # ../shared/data (never copied in); else SKIPSEG_STUDY_DATA
+DATA = ROOT.parent / "shared" / "data" / "nuclei2d"  # ../shared/data (never copied in)
 
 
-def main(extra: list[str]) -> int:
+def part(options: dict, explorer: str | None):
     import torch
 
-    torch.set_num_threads(int(os.environ.get("SKIPSEG_THREADS", "1")))
-    from napari_skipseg.cli import main as cli
+    torch.set_num_threads(1)
+    from napari_skipseg.inference.engine import run
+    from napari_skipseg.model.store import load_model
+    from napari_skipseg.study import StudyOptions, run_study
 
+    model = load_model(explorer) if explorer else None
+    return run(run_study(StudyOptions(**options), explorer_model=model))
+
+
+def main(argv: list[str]) -> int:
+    from napari_skipseg.study import StudyResult, format_summary, plot_study
+
+    quick = "--quick" in argv
     data = os.environ.get("SKIPSEG_STUDY_DATA", str(DATA))
-    args = ["study", data, "-o", str(ROOT / "benchmarks" / "results" / "skip_study"),
-            "--figures", str(ROOT / "docs" / "figures"),
-            "--steps", "300", "--seeds", "3", "--batch-size", "8", "--patch", "64", "--base-channels", "8",
-            "--depths", "2", "4", "--blocks", "plain", "residual", "--norms", "batch", "none",
-            "--train-images", "60", "--val-images", "20", "--crop", "256",
-            "--explorer-model", "nuclei2d", "--device", "cpu", "--overwrite", *extra]
-    return cli(args)
+    budget = {"data": data, "train_images": 60, "val_images": 20, "crop": 256, "steps": 10 if quick else 300,
+              "batch_size": 8, "patch": 64, "base_channels": 8, "seeds": 1 if quick else 3, "device": "cpu"}
+    parts = [({**budget, "depths": [2, 4], "blocks": ["plain", "residual"], "norms": ["batch"]}, "nuclei2d"),
+             ({**budget, "depths": [4], "blocks": ["plain", "residual"], "norms": ["none"]}, None)]
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(part, *zip(*parts, strict=True)))
+    result = StudyResult.merge(results)
+    out = Path("/tmp/skip_study_quick") if quick else ROOT / "benchmarks" / "results"
+    figures = out if quick else ROOT / "docs" / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "skip_study.json")
+    paths = plot_study(result, figures)
+    print(format_summary(result))
+    print(f"{result.seconds:.0f} s; wrote {out / 'skip_study.json'} and {', '.join(str(p) for p in paths)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -189,6 +189,23 @@ class StudyResult:
         data["runs"] = [RunRecord(**r) for r in data["runs"]]
         return cls(**data)
 
+    @classmethod
+    def merge(cls, results: Sequence[StudyResult]) -> StudyResult:
+        """One result from studies run apart (e.g. in parallel) on the same data and budget:
+        their runs together; the options of the first with the others' listed in ``parts``."""
+        if not results:
+            raise StudyError("nothing to merge")
+        first = results[0]
+        budget = ("data", "train_images", "val_images", "crop", "steps", "batch_size", "patch", "lr",
+                  "base_channels", "output")
+        for other in results[1:]:
+            differ = [k for k in budget if other.options.get(k) != first.options.get(k)]
+            if differ or other.data.get("val") != first.data.get("val"):
+                raise StudyError(f"studies differ in {', '.join(differ) or 'held-out images'}: not comparable")
+        return cls(options={**first.options, "parts": [r.options for r in results]}, data=first.data,
+                   runs=[run for r in results for run in r.runs], seconds=max(r.seconds for r in results),
+                   explorer=next((r.explorer for r in results if r.explorer), {}))
+
     def summary(self) -> list[dict]:
         """Per variant: held-out score (mean, min, max over seeds), final loss, parameters,
         runs that diverged, and the ratio of the gradient RMS reaching the output of the

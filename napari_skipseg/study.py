@@ -88,8 +88,8 @@ class StudyOptions:
         Width of the first stage (stage ``k`` has ``base_channels * 2**k`` channels).
     depths, blocks, norms : which depths, blocks and normalisations (``"batch"``, ``"none"``)
         to cross with skips on/off.
-    seeds : int
-        Seeds ``0 .. seeds - 1``; every variant is trained once per seed.
+    seeds, first_seed : int
+        Seeds ``first_seed .. first_seed + seeds - 1``; every variant is trained once per seed.
     output : str
         ``"instances"`` (background, interior, boundary; scored by F1@0.5) or
         ``"semantic"`` (foreground > 0; scored by Dice).
@@ -109,6 +109,7 @@ class StudyOptions:
     blocks: list[str] = field(default_factory=lambda: ["plain", "residual"])
     norms: list[str] = field(default_factory=lambda: ["batch"])
     seeds: int = 3
+    first_seed: int = 0
     output: str = "instances"
     device: str = "cpu"
 
@@ -126,6 +127,7 @@ class StudyOptions:
         whole("patch", 16, 1024)
         whole("base_channels", 1, 64)
         whole("seeds", 1, MAX_SEEDS)
+        whole("first_seed", 0, 2**31)
         if not (isinstance(self.lr, int | float) and 0 < self.lr <= 1):
             raise StudyError(f"lr must be above 0 and at most 1, got {self.lr!r}")
         if not self.depths or any(d not in DEPTHS for d in self.depths):
@@ -198,11 +200,18 @@ class StudyResult:
         first = results[0]
         budget = ("data", "train_images", "val_images", "crop", "steps", "batch_size", "patch", "lr",
                   "base_channels", "output")
+        seen = {(r.variant, r.seed) for r in first.runs}
         for other in results[1:]:
             differ = [k for k in budget if other.options.get(k) != first.options.get(k)]
             if differ or other.data.get("val") != first.data.get("val"):
                 raise StudyError(f"studies differ in {', '.join(differ) or 'held-out images'}: not comparable")
-        return cls(options={**first.options, "parts": [r.options for r in results]}, data=first.data,
+            twice = seen & {(r.variant, r.seed) for r in other.runs}
+            if twice:
+                raise StudyError(f"{sorted(twice)[0][0]} with seed {sorted(twice)[0][1]} is in two studies")
+            seen |= {(r.variant, r.seed) for r in other.runs}
+        seeds = sorted({r.seed for res in results for r in res.runs})
+        return cls(options={**first.options, "seeds": len(seeds), "first_seed": seeds[0],
+                            "parts": [r.options for r in results]}, data=first.data,
                    runs=[run for r in results for run in r.runs], seconds=max(r.seconds for r in results),
                    explorer=next((r.explorer for r in results if r.explorer), {}))
 
@@ -573,7 +582,7 @@ def run_study(options: StudyOptions, *, explorer_model=None,
     classes = 3 if options.output == "instances" else 2
     runs: list[RunRecord] = []
     done = 0
-    for seed in range(options.seeds):
+    for seed in range(options.first_seed, options.first_seed + options.seeds):
         # one batch, the same for every variant of this seed, for the gradients at initialisation
         bx, by = PatchSampler(train_samples, (options.patch,) * 2, np.random.default_rng(10_000 + seed),
                               augment=False).batch(options.batch_size)
@@ -677,7 +686,8 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
         return [r for r in runs if r.depth == depth and (r.block, r.norm, r.skips) == key]
 
     def save(fig, name):
-        fig.tight_layout()
+        if not fig.legends:
+            fig.tight_layout()
         paths.append(out_dir / f"{prefix}_{name}.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
@@ -712,7 +722,7 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
         axes[-1, j].set_xlabel("encoder stage (0 = full resolution)")
     for i, (_, ylabel) in enumerate(rows):
         axes[i, 0].set_ylabel("RMS of " + ylabel, fontsize=8)
-    axes[0, -1].legend(fontsize=7, handlelength=3)
+    _legend(fig, axes)
     fig.suptitle(f"Gradient reaching each encoder stage at initialisation (median of {nseeds} seeds, band: min-max)",
                  fontsize=10)
     save(fig, "init_gradients")
@@ -737,7 +747,7 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("stage 0 / bottleneck\n(RMS of d loss / d stage output)", fontsize=8)
-    axes[0, -1].legend(fontsize=7, handlelength=3)
+    _legend(fig, axes)
     fig.suptitle(f"Gradient at the shallowest stage relative to the bottleneck's while training "
                  f"(median of {nseeds} seeds)", fontsize=10)
     save(fig, "early_gradients")
@@ -760,7 +770,7 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("training loss (CE + Dice,\nrunning mean of 20 steps)", fontsize=8)
-    axes[0, -1].legend(fontsize=7, handlelength=3)
+    _legend(fig, axes)
     fig.suptitle(f"Training loss (mean of {nseeds} seeds, band: min-max)", fontsize=10)
     save(fig, "loss")
 
@@ -779,7 +789,8 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
             ax.bar(pos, np.mean(scores), 0.7, color=c, alpha=0.9 if key[2] else 0.35, edgecolor=c)
             ax.plot([pos] * len(scores), scores, "k.", ms=4)
             ticks.append(pos)
-            labels.append(f"d{depth}\n{key[0][:3]}{'' if key[1] == 'batch' else '/nn'}\n{'skip' if key[2] else 'none'}")
+            labels.append(f"depth {depth}\n{key[0]}{'' if key[1] == 'batch' else chr(10) + 'no norm'}\n"
+                          f"{'skips' if key[2] else 'NO skips'}")
             pos += 1
         pos += 0.6
     ax.set_xticks(ticks, labels, fontsize=7)
@@ -787,7 +798,7 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Held-out {metric} after {result.options.get('steps')} steps (bar: mean; dots: {nseeds} seeds; "
-                 "pale: no skips; nn: no norm)", fontsize=9)
+                 "pale: no skips)", fontsize=9)
     save(fig, "score")
 
     # 5: the explorer's view, split by path
@@ -809,6 +820,7 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
             ax.annotate(f"cos {cos:+.2f}", (k, top), textcoords="offset points", xytext=(0, 3),
                         ha="center", fontsize=7)
         ax.set_yscale("log")
+        ax.set_ylim(top=4 * max(max(ex["on"]), max(ex["off"])))
         _stage_ticks(ax, len(x) - 1)
         ax.set_xlabel("encoder stage (0 = full resolution)")
         ax.set_ylabel("gradient norm")
@@ -816,7 +828,53 @@ def plot_study(result: StudyResult, out_dir: str | Path, prefix: str = "skip_stu
         ax.set_title(f"Gradient flow of the trained {ex['model']} on a {ex['shape'][0]} x {ex['shape'][1]} crop, "
                      "split by path", fontsize=9)
         save(fig, "explorer")
+
+    # 6: the explorer's skips-on / skips-zeroed ratio at initialisation and after training
+    with_flow = [r for r in runs if r.skips and r.flow.get("trained")]
+    if with_flow:
+        fig, axes = plt.subplots(1, ncol, figsize=(4.6 * ncol, 3.8), squeeze=False, sharey=True)
+        for j, depth in enumerate(depths):
+            ax = axes[0, j]
+            for key in keys:
+                rs = [r for r in group(depth, key) if r.flow.get("trained")]
+                if not key[2] or not rs:
+                    continue
+                c, _, label = _style(*key)
+                for when, ls in (("init", "--"), ("trained", "-")):
+                    on = np.array([r.flow[when]["on"] for r in rs], float)
+                    off = np.array([r.flow[when]["off"] for r in rs], float)
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        ratio = np.where(off > 0, on / off, np.nan)
+                    ax.plot(np.arange(depth + 1), np.nanmedian(ratio, 0), ls, color=c, marker="o", ms=3,
+                            label=f"{label.rsplit(',', 1)[0]}, {'at initialisation' if when == 'init' else 'trained'}")
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            _stage_ticks(ax, depth)
+            ax.set_title(f"depth {depth}")
+            ax.set_xlabel("encoder stage (0 = full resolution)")
+        axes[0, 0].set_ylabel("gradient norm, skips on / every skip zeroed\n(the explorer's blue / orange bars)",
+                              fontsize=8)
+        _legend(fig, axes)
+        fig.suptitle(f"The explorer's gradient flow on the study's networks with skips (median of {nseeds} seeds; "
+                     "below 1: more gradient with the skips zeroed)", fontsize=9)
+        save(fig, "flow")
     return paths
+
+
+def _legend(fig, axes) -> None:
+    """One legend for the figure, below its panels (the union of the panels' lines)."""
+    handles, labels = {}, []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    fig.legend([handles[lab] for lab in labels], labels, loc="lower center", ncols=min(4, len(labels)),
+               fontsize=7, handlelength=3, frameon=False)
+    height = fig.get_size_inches()[1]
+    bottom = (0.15 + 0.2 * ((len(labels) + 3) // 4)) / height  # inches of legend rows
+    fig.tight_layout(rect=(0, bottom, 1, 1 - 0.35 / height))  # and room for the title above
 
 
 def format_summary(result: StudyResult) -> str:

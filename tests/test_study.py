@@ -122,6 +122,15 @@ def test_study_runs_and_records_gradients_per_level(tmp_path):
         if r.norm == "none":  # nothing to switch: both measurements are the same network
             np.testing.assert_allclose(r.init_train, r.init_eval, rtol=1e-5)
     assert set(result.explorer) >= {"on", "off", "skip", "below", "cosine", "model", "image"}
+    # parts run apart (one per seed) merge into the whole; the same run twice, or another budget, is refused
+    parts = [StudyResult(result.options, result.data, [r for r in result.runs if r.seed == s], 1.0)
+             for s in (0, 1)]
+    merged = StudyResult.merge(parts)
+    assert len(merged.runs) == 16 and merged.options["seeds"] == 2
+    with pytest.raises(StudyError, match="in two studies"):
+        StudyResult.merge([parts[0], parts[0]])
+    with pytest.raises(StudyError, match="differ in steps"):
+        StudyResult.merge([parts[0], StudyResult({**result.options, "steps": 5}, result.data, parts[1].runs, 1.0)])
     # round trip and figures
     result.to_json(tmp_path / "study.json")
     again = StudyResult.from_json(tmp_path / "study.json")

@@ -183,7 +183,11 @@ class StudyResult:
     explorer: dict = field(default_factory=dict)  # gradient_paths of a bundled model, when measured
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=1) + "\n")
+        """Write the result as JSON, numbers to 5 significant digits (one line per run)."""
+        data = _rounded(asdict(self))
+        runs = data.pop("runs")
+        body = json.dumps(data)[:-1] + ', "runs": [\n' + ",\n".join(json.dumps(r) for r in runs) + "\n]}\n"
+        Path(path).write_text(body)
 
     @classmethod
     def from_json(cls, path: str | Path) -> StudyResult:
@@ -241,6 +245,16 @@ class StudyResult:
                 "seconds_mean": float(np.mean([r.seconds for r in runs])),
             })
         return out
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.5g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def rms(norms: Sequence[float], counts: Sequence[int]) -> np.ndarray:

@@ -330,7 +330,7 @@ class SkipWidget(QWidget):
         grad_box.addLayout(grad_form)
         grad_box.addWidget(self.gradient_button)
         grad_box.addWidget(self.gradient_plot)
-        grad_box.addWidget(study_label())  # link to the skip study (docs/skip_connections.md)
+        grad_box.addWidget(study_label(napari_viewer))  # link to the skip study (docs/skip_connections.md)
 
         content = QWidget()
         outer = QVBoxLayout(content)

@@ -11,7 +11,10 @@ from napari_skipseg._qt.study_link import ANCHOR, DOC
 
 
 def test_gradient_section_links_to_the_study(make_napari_viewer, qtbot):
-    w = SkipWidget(make_napari_viewer())
+    from napari.utils.theme import get_theme
+
+    viewer = make_napari_viewer()
+    w = SkipWidget(viewer)
     qtbot.addWidget(w)
     label = w.findChild(QLabel, "skipStudyNote")
     assert label is not None and label.openExternalLinks()
@@ -21,3 +24,7 @@ def test_gradient_section_links_to_the_study(make_napari_viewer, qtbot):
     headings = [line[3:].strip() for line in DOC.read_text().splitlines() if line.startswith("## ")]
     anchors = [re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings]
     assert ANCHOR in anchors
+    # the link takes the theme's text colour, also after a theme change
+    for theme in ("light", "dark"):
+        viewer.theme = theme
+        assert f"color: {get_theme(theme).text.as_hex()}" in label.text()

@@ -28,8 +28,8 @@ def test_study_writes_results_and_figures(tmp_path, capsys):
     result = json.loads((out / "study.json").read_text())
     assert [(r["skips"], len(r["loss"])) for r in result["runs"]] == [(True, 2), (False, 2)]
     assert sorted(p.name for p in (tmp_path / "fig").iterdir()) == [
-        "skip_study_early_gradients.png", "skip_study_init_gradients.png", "skip_study_loss.png",
-        "skip_study_score.png"]
+        "skip_study_early_gradients.png", "skip_study_flow.png", "skip_study_init_gradients.png",
+        "skip_study_loss.png", "skip_study_score.png"]
 
 
 @pytest.mark.parametrize(("case", "match"), [

@@ -138,7 +138,7 @@ def test_study_runs_and_records_gradients_per_level(tmp_path):
     assert len(again.summary()) == 8
     paths = plot_study(again, tmp_path / "fig")
     assert [p.name for p in paths] == [f"skip_study_{n}.png" for n in
-                                       ("init_gradients", "early_gradients", "loss", "score", "explorer")]
+                                       ("init_gradients", "early_gradients", "loss", "score", "explorer", "flow")]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
 
 

@@ -529,8 +529,8 @@ def load_study_data(options: StudyOptions):
                          f"found {len(names)}")
     train_names, val_names = split_names(names)
     train_names, val_names = train_names[: options.train_images], val_names[: options.val_images]
-    classes = 3 if options.output == "instances" else 2
-    cfg = ModelConfig(name="study", num_classes=classes, output=options.output)
+    # read as instances (background, interior, boundary); "semantic" keeps foreground > 0
+    cfg = ModelConfig(name="study", num_classes=3, output="instances")
 
     def crop(samples: list[Sample]) -> list[Sample]:
         out = []
@@ -540,7 +540,7 @@ def load_study_data(options: StudyOptions):
             target = s.target[sl]
             if options.output == "semantic":
                 target = (target > 0).astype(np.int64)
-            inst = None if s.instances is None else s.instances[sl]
+            inst = None if s.instances is None or options.output == "semantic" else s.instances[sl]
             out.append(Sample(s.name, np.ascontiguousarray(s.image[(slice(None), *sl)]),
                               np.ascontiguousarray(target), inst))
         return out

@@ -32,6 +32,15 @@ def test_study_writes_results_and_figures(tmp_path, capsys):
         "skip_study_loss.png", "skip_study_score.png"]
 
 
+def test_study_semantic_scores_dice(tmp_path, capsys):
+    data = _disc_folder(tmp_path / "discs", n=5)
+    out = tmp_path / "study"
+    assert main(["study", str(data), "-o", str(out), *TINY, "--output-kind", "semantic"]) == 0
+    assert "held-out Dice" in capsys.readouterr().out
+    runs = json.loads((out / "study.json").read_text())["runs"]
+    assert all("mean_dice" in r["metrics"] and 0 <= r["score"] <= 1 for r in runs)
+
+
 @pytest.mark.parametrize(("case", "match"), [
     ("no_folder", "needs 'images' and 'masks' subfolders"),
     ("patch_off_grid", "patch 20 must be a multiple of 16"),

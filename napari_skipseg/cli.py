@@ -685,6 +685,40 @@ def _tune_and_save(model, collected: list, over: dict, args) -> None:
     print(f"saved the tuned post-processing and metrics into {args.model}")
 
 
+def cmd_study(args) -> int:
+    """Train twin networks (skips on/off, plain/residual, depths) on the same data and budget;
+    write study.json and the figures, print the summary table."""
+    from .study import StudyOptions, format_summary, plot_study, run_study
+
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"{out}: exists and is not a folder")
+    if (out / "study.json").exists() and not args.overwrite:
+        raise CLIError(f"{out / 'study.json'}: exists (give --overwrite to replace it, or another -o)")
+    options = StudyOptions(
+        data=args.data, train_images=args.train_images, val_images=args.val_images, crop=args.crop,
+        steps=args.steps, batch_size=args.batch_size, patch=args.patch, lr=args.lr,
+        base_channels=args.base_channels, depths=args.depths, blocks=args.blocks, norms=args.norms,
+        seeds=args.seeds, output=args.output_kind, device=args.device,
+    )
+    options.validate()
+    explorer = None
+    if args.explorer_model:
+        from .model.store import load_model
+
+        explorer = load_model(args.explorer_model)
+    from .inference.device import select_device
+
+    options.device = select_device(options.device)  # refuses a device that is not here
+    result = _progress_driver(run_study(options, explorer_model=explorer), "study", args.quiet)
+    out.mkdir(parents=True, exist_ok=True)
+    result.to_json(out / "study.json")
+    figures = plot_study(result, args.figures or out)
+    print(format_summary(result))
+    print(f"wrote {out / 'study.json'} and {len(figures)} figures: {', '.join(str(f) for f in figures)}")
+    return 0
+
+
 def cmd_view(args) -> int:
     try:
         import napari
@@ -839,6 +873,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --tune: write the tuned thresholds and the metrics they give into the model "
                         "folder's config and card (the folder path must be given as --model)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="what skips buy, measured: train twin networks with and without skips "
+                       "(plain/residual, shallow/deep) on the same data and budget; gradients, losses, scores")
+    p.add_argument("data", help="folder with images/ and masks/ (same file names; instance labels), "
+                   "split as the bundled models' data (hash of the file name)")
+    p.add_argument("-o", "--output", required=True, help="folder for study.json (and the figures)")
+    p.add_argument("--figures", help="folder for the PNG figures (default: the output folder)")
+    p.add_argument("--steps", type=whole_number(1, 100_000), default=300, help="training steps per network")
+    p.add_argument("--seeds", type=whole_number(1, 20), default=3, help="seeds 0..N-1, every network once per seed")
+    p.add_argument("--depths", type=whole_number(1, 6), nargs="+", default=[2, 4], help="downsamplings")
+    p.add_argument("--blocks", nargs="+", choices=["plain", "residual"], default=["plain", "residual"])
+    p.add_argument("--norms", nargs="+", choices=["batch", "none"], default=["batch"],
+                   help="batch norm as in the product, or none (every batch norm removed)")
+    p.add_argument("--base-channels", type=whole_number(1, 64), default=8)
+    p.add_argument("--patch", type=whole_number(16, 1024, " pixels"), default=64)
+    p.add_argument("--batch-size", type=whole_number(1, 256), default=4)
+    p.add_argument("--lr", type=real_number(0, 1, low_open=True), default=2e-3)
+    p.add_argument("--train-images", type=whole_number(1, 10_000), default=60)
+    p.add_argument("--val-images", type=whole_number(1, 10_000), default=20, help="held-out images scored")
+    p.add_argument("--crop", type=whole_number(16, 4096, " pixels"), default=256,
+                   help="every image is cut to its central crop x crop pixels")
+    p.add_argument("--output-kind", choices=["instances", "semantic"], default="instances",
+                   help="instances: F1@0.5 of watershed objects; semantic: Dice of the foreground")
+    p.add_argument("--explorer-model", help="also split this trained 2D model's gradient-flow view (the Skip "
+                   "connections widget) by path on the first held-out image")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study.json")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("view", help="open napari with the plugin's widgets and an image or sample")
     p.add_argument("inputs", nargs="*", help="images to open (default: a sample)")

@@ -114,6 +114,7 @@ ARCH = Obj(
         "args": Obj({}, extra=AnyJSON(6), max_items=200),
         "format": Str(choices=ARCH_FORMATS),
         "size_multiple": List(Int(1, 4096), 2, 3),
+        "fixed_shape": List(Int(1, 16384), 2, 3),
         "parameters": Int(0, MAX_PARAMETERS),
         "skips": SKIP_MAP,
     },

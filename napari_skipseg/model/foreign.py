@@ -122,7 +122,13 @@ class ImportedNet(nn.Module):
             raise ValueError(f"{cfg.name}: takes (N, {cfg.in_channels}, {'Z, ' if cfg.spatial_dims == 3 else ''}"
                              f"Y, X) tensors, got shape {tuple(x.shape)}")
         size = tuple(x.shape[2:])
-        xp = _pad_to_multiple(x, cfg.size_multiple())
+        fixed = cfg.arch.get("fixed_shape")
+        if fixed:  # a program exported for one input shape: pad up to it
+            if any(s > f for s, f in zip(size, fixed, strict=True)):
+                raise ValueError(f"{cfg.name}: a program exported for {tuple(fixed)} inputs; got {size}")
+            xp = _pad_to_multiple(x, tuple(fixed))
+        else:
+            xp = _pad_to_multiple(x, cfg.size_multiple())
         out = first_tensor(self.net(xp))
         if tuple(out.shape[2:]) != tuple(xp.shape[2:]):
             raise RuntimeError(f"{cfg.name}: the network returned shape {tuple(out.shape)} for an input of "
@@ -235,7 +241,10 @@ def copy_network(model: ImportedNet) -> ImportedNet:
     """A separate copy of ``model`` with the same weights (for fine-tuning)."""
     import copy
 
-    return ImportedNet(copy.deepcopy(model.net), copy.deepcopy(model.config))
+    new = ImportedNet(copy.deepcopy(model.net), copy.deepcopy(model.config))
+    if getattr(model, "source_path", None) is not None:
+        new.source_path = model.source_path  # where a program file is read from when the copy is saved
+    return new
 
 
 # -- importing -------------------------------------------------------------------------------------
@@ -298,7 +307,7 @@ def import_model(
     from .config import ModelConfig, ModelConfigError
     from .store import _import_destination, is_model_dir, read_checkpoint, save_model
 
-    program = None
+    program = fixed = None
     fmt = "state_dict"
     if isinstance(source, nn.Module):
         arch = arch or f"{type(source).__module__}.{type(source).__qualname__}"
@@ -315,6 +324,9 @@ def import_model(
         if program is not None and arch is None:
             fmt = program
             net = load_program(path, fmt)
+            if fmt == "export" and trace_shape is None:
+                fixed = _exported_shape(path)
+                trace_shape = fixed
         else:
             if arch is None:
                 raise ModelLoadError(f"{path}: weights need the network's class (--arch package.module.Class)")
@@ -350,6 +362,9 @@ def import_model(
                                   "parameters": sum(p.numel() for p in net.parameters())}
     if fmt == "state_dict":
         arch_entry.update({"class": arch, "args": dict(arch_args or {})})
+    if fixed is not None:
+        arch_entry["fixed_shape"] = list(fixed)
+        tile = list(tile or fixed)
     if skip_map is not None:
         arch_entry["skips"] = skip_map.to_dict()
     depth = len(skip_map.levels) if skip_map is not None else 1
@@ -372,6 +387,16 @@ def import_model(
     extra = {PROGRAM_FILES[fmt]: Path(source).read_bytes()} if fmt != "state_dict" else None
     model = ImportedNet(net, cfg)
     return save_model(model, folder, half=half, extra_files=extra, exclusive=not overwrite)
+
+
+def _exported_shape(path: Path) -> tuple[int, ...] | None:
+    """The spatial input shape an exported program was traced at, when it is static."""
+    try:
+        ep = torch.export.load(str(path))
+        node = next(n for n in ep.graph.nodes if n.op == "placeholder" and n.name in ep.graph_signature.user_inputs)
+        return tuple(int(s) for s in node.meta["val"].shape[2:])
+    except Exception:  # dynamic (symbolic) sizes, or no such input: not fixed
+        return None
 
 
 def _skip_note(skip_map) -> str:

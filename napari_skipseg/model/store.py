@@ -690,7 +690,17 @@ def save_model(
         WEIGHTS_FILE: lambda p: _save_safetensors(state, p, cfg.name),
         CARD_FILE: render_card(cfg),
     }
-    for name, content in (extra_files or {}).items():
+    extra_files = dict(extra_files or {})
+    if cfg.arch and cfg.arch["format"] != "state_dict":  # a program's structure goes with each version
+        from .foreign import PROGRAM_FILES
+
+        program = PROGRAM_FILES[cfg.arch["format"]]
+        source = getattr(model, "source_path", None)
+        if program not in extra_files:
+            if source is None or not (Path(source) / program).is_file():
+                raise ModelSaveError(f"{folder}: not saved: the {program} of {cfg.name} is not found")
+            extra_files[program] = (Path(source) / program).read_bytes()
+    for name, content in extra_files.items():
         if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE) or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is not allowed")
         files[name] = content

@@ -225,3 +225,38 @@ def test_segmentation_models_pytorch_where_it_imports(store):
     net = build_network(arch, args).eval()
     model = load_model(ss.import_model(net, name="smp", arch=arch, arch_args=args))
     assert len(model.config.arch["skips"]["levels"]) >= 2
+
+
+def test_cli_import_model_arch(store, tmp_path, capsys):
+    """``skipseg import-model WEIGHTS --arch --arch-args -o NAME``: the card records what the
+    network expects; bad input is one line and exit code 2."""
+    import json
+
+    from napari_skipseg.cli import main
+    from napari_skipseg.model.foreign import build_network
+
+    arch, args, n_skips, _, shape = CASES["dynunet2d"]
+    _needs(arch)
+    torch.manual_seed(6)
+    torch.save(build_network(arch, args).state_dict(), tmp_path / "dyn.pth")
+    argv = ["import-model", str(tmp_path / "dyn.pth"), "--arch", arch, "--arch-args", json.dumps(args),
+            "-o", "dyn", "--normalization", "none", "--axes", "yx", "--classes", "background", "cells"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"{n_skips} skip connection(s) found, at scales x1x1, x2x2, x4x4" in out
+    cfg = load_model("dyn").config
+    assert cfg.normalization == {"kind": "none"} and cfg.class_names == ["background", "cells"]
+    assert cfg.card["axes"] == "yx" and cfg.arch["class"] == arch and cfg.arch["args"] == args
+    assert "DynUNet" in (store / "home" / "models" / "dyn" / "card.md").read_text()
+
+    def fails(extra, expect):
+        assert main(["import-model", str(tmp_path / "dyn.pth"), "-o", "other", "-q", *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expect in err[0], err
+
+    fails(["--arch", "subprocess.Popen", "--arch-args", "{}"], "imported from monai")
+    fails(["--arch", arch, "--arch-args", "{not json"], "--arch-args")
+    fails(["--arch", arch, "--arch-args", json.dumps({**args, "filters": [4, 8, 8, 8]})], "do not fit")
+    fails(["--arch", arch, "--arch-args", json.dumps(args), "--axes", "zyx"], "axes")
+    fails(["--arch", arch, "--arch-args", json.dumps(args), "--classes", "a", "b", "c"], "3 class names")
+    fails([], "--arch")

@@ -60,16 +60,24 @@ def panel_titles(result, source, what: str, side_by_side: bool) -> tuple[list[li
 
 
 def show_panel_titles(viewer, result, source, what: str, side_by_side: bool, meta: dict) -> None:
-    """Title each ablation panel on the canvas (a Points layer whose points carry text)."""
+    """Title each ablation panel on the canvas, just above it (a Points layer whose points
+    carry text, in the theme's text colour)."""
+    from napari.utils.theme import get_theme
+
     points, titles = panel_titles(result, source, what, side_by_side)
     if PANEL_TITLES in viewer.layers:
         viewer.layers.remove(PANEL_TITLES)
     ndim = viewer.dims.ndim
     pts = [[*([0.0] * (ndim - len(p))), *p] for p in points] if ndim > len(points[0]) else points
+    height = result.input.shape[-2] * float(source.scale[-2])
+    lift = [0.0] * (len(pts[0]) - 2) + [-0.12 * height, 0.0]  # above the panel, on the canvas
+    try:
+        color = get_theme(viewer.theme).text.as_hex()
+    except (KeyError, ValueError):
+        color = "white"
     viewer.add_points(
         pts, name=PANEL_TITLES, size=0.0, features={"title": titles}, metadata={META_KEY: meta},
-        text={"string": "{title}", "anchor": "lower_left", "size": 11, "color": "white",
-              "translation": [0.0] * (len(pts[0]) - 1) + [2.0]},
+        text={"string": "{title}", "anchor": "lower_left", "size": 11, "color": color, "translation": lift},
         out_of_slice_display=True,
     )
 

@@ -86,6 +86,9 @@ def _gradient_job(taps, prepared, region, class_index: int, device: str):
 
 
 # -- plots ------------------------------------------------------------------------------------
+#: Plot colours until the viewer's theme is known (napari's dark theme).
+PLOT_COLORS = {"face": "#23242b", "text": "#f0f1f2", "lines": "#565f6c"}
+
 class _QtBarPlot(QWidget):
     """Grouped bar plot on a log scale, drawn with QPainter (used without matplotlib)."""
 
@@ -93,6 +96,7 @@ class _QtBarPlot(QWidget):
         super().__init__(parent)
         self.labels: list[str] = []
         self.series: list[tuple[str, list[float], str]] = []
+        self.palette_colors = dict(PLOT_COLORS)
         self.setMinimumHeight(180)
 
     def plot(self, labels, series) -> None:
@@ -103,7 +107,7 @@ class _QtBarPlot(QWidget):
         import math
 
         p = QPainter(self)
-        p.fillRect(self.rect(), QColor("#262930"))
+        p.fillRect(self.rect(), QColor(self.palette_colors["face"]))
         if not self.series:
             p.end()
             return
@@ -113,7 +117,7 @@ class _QtBarPlot(QWidget):
         lo = math.floor(math.log10(min(values))) if values else -1
         hi = math.ceil(math.log10(max(values))) if values else 1
         hi = max(hi, lo + 1)
-        p.setPen(QColor("#d0d0d0"))
+        p.setPen(QColor(self.palette_colors["text"]))
         for e in range(lo, hi + 1):
             y = top + (h - top - bottom) * (1 - (e - lo) / (hi - lo))
             p.drawText(2, int(y) + 4, f"1e{e}")
@@ -141,6 +145,7 @@ class GradientPlot(QWidget):
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
+        self.colors = dict(PLOT_COLORS)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.values: dict[str, list[float]] = {}
@@ -158,7 +163,7 @@ class GradientPlot(QWidget):
             self.figure = None
             self.canvas = _QtBarPlot(self)
         else:
-            self.figure = Figure(figsize=(3.0, 2.2), facecolor="#262930", layout="constrained")
+            self.figure = Figure(figsize=(3.0, 2.2), facecolor=self.colors["face"], layout="constrained")
             self.canvas = FigureCanvasQTAgg(self.figure)
             self.ax = self.figure.add_subplot(111)
             self._style()
@@ -168,14 +173,36 @@ class GradientPlot(QWidget):
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         layout.addWidget(self.canvas)
 
+    def set_theme(self, name: str) -> None:
+        """Draw in the colours of napari's theme ``name`` (background, text, lines)."""
+        from napari.utils.theme import get_theme
+
+        try:
+            theme = get_theme(name)
+        except (KeyError, ValueError):
+            return
+        self.colors = {"face": theme.background.as_hex(), "text": theme.text.as_hex(),
+                       "lines": theme.secondary.as_hex()}
+        if self.figure is None:
+            self.canvas.palette_colors = dict(self.colors)
+            self.canvas.update()
+            return
+        self.figure.set_facecolor(self.colors["face"])
+        if self.labels:
+            self.plot(self.labels, self.values["skips on"], self.values["skips off"], self.title.text())
+            self.updates -= 1  # a restyle, not a new result
+        else:
+            self._style()
+            self.canvas.draw_idle()
+
     def _style(self) -> None:
         ax = self.ax
-        ax.set_facecolor("#262930")
+        ax.set_facecolor(self.colors["face"])
         for spine in ax.spines.values():
-            spine.set_color("#8a8f98")
-        ax.tick_params(colors="#d0d0d0", labelsize=8)
-        ax.yaxis.label.set_color("#d0d0d0")
-        ax.xaxis.label.set_color("#d0d0d0")
+            spine.set_color(self.colors["lines"])
+        ax.tick_params(colors=self.colors["text"], labelsize=8)
+        ax.yaxis.label.set_color(self.colors["text"])
+        ax.xaxis.label.set_color(self.colors["text"])
 
     def plot(self, labels: list[str], on: list[float], off: list[float], title: str = "") -> None:
         self.labels = list(labels)
@@ -200,7 +227,7 @@ class GradientPlot(QWidget):
         ax.set_ylabel("gradient norm", fontsize=8)
         leg = ax.legend(fontsize=7, frameon=False, ncols=2, loc="lower center", bbox_to_anchor=(0.5, 1.0))
         for text in leg.get_texts():
-            text.set_color("#d0d0d0")
+            text.set_color(self.colors["text"])
         self.canvas.draw_idle()
 
 
@@ -375,6 +402,8 @@ class SkipWidget(QWidget):
         self.hide_all_button.clicked.connect(self.hide_all)
         self.remove_button.clicked.connect(self.remove_feature_layers)
         self.ablate_button.clicked.connect(self.run_ablation)
+        self.gradient_plot.set_theme(str(self.viewer.theme))
+        self.viewer.events.theme.connect(lambda event: self.gradient_plot.set_theme(str(self.viewer.theme)))
         self.gradient_button.clicked.connect(self.run_gradient)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):

@@ -271,3 +271,13 @@ def test_explorer_starts_with_segments_model_and_shows_the_gradient_plot(make_na
     plot = w.gradient_plot
     bottom = plot.mapTo(w.scroll.viewport(), plot.rect().bottomLeft()).y()
     assert plot.isVisible() and bottom <= w.scroll.viewport().height()
+
+
+def test_gradient_plot_follows_the_theme(widget):
+    viewer, w = widget
+    viewer.theme = "light"
+    from napari.utils.theme import get_theme
+
+    assert w.gradient_plot.colors["face"] == get_theme("light").background.as_hex()
+    viewer.theme = "dark"
+    assert w.gradient_plot.colors["text"] == get_theme("dark").text.as_hex()

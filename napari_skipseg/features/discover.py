@@ -196,6 +196,7 @@ def analyse_graph(graph, user_inputs, spatial_dims: int, shape: tuple[int, ...])
         if not ins:
             continue
         derived.add(n)
+        ins = _content_inputs(n, ins)
         v = _val(n)
         own = _scale_of(v, size) if v is not None and v.ndim == spatial_dims + 2 else None
         deep = [depth[a] for a in ins if depth.get(a) is not None]
@@ -256,6 +257,10 @@ def analyse_graph(graph, user_inputs, spatial_dims: int, shape: tuple[int, ...])
         here = [max(1, round(s)) for s in scale[n]]
         levels.append(SkipLevel(0, here, kind, fused, offset, channels, int(_val(n).shape[1]),
                                 enc_mod, dec_mod, join_stack[-1] if join_stack else ""))
+    # a concatenation is the skip where one meets a sum at the same scale (the sum is then
+    # part of an attention gate, as in MONAI's AttentionUnet)
+    cat_scales = {tuple(lv.scale) for lv in levels if lv.kind == "cat"}
+    levels = [lv for lv in levels if lv.kind == "cat" or tuple(lv.scale) not in cat_scales]
     if not levels:
         raise SkipDiscoveryError("no skip connection found: no concatenation or sum joins a tensor that "
                                  "went deeper with one that did not")
@@ -269,6 +274,19 @@ def analyse_graph(graph, user_inputs, spatial_dims: int, shape: tuple[int, ...])
     multiple = tuple(_pow2_ceil(d) for d in deepest)
     bottleneck = _bottleneck(nodes, derived, scale, deepest, scope)
     return TraceResult(SkipMap(levels, "torch.export", bottleneck, list(size)), multiple, num_classes)
+
+
+def _content_inputs(n, ins):
+    """The inputs whose content a node carries: a product with a one-channel map (an attention
+    gate, broadcast over the channels) carries the other factor's content, not the gate's."""
+    if str(n.target) in ("aten.mul.Tensor", "aten.mul_.Tensor") and len(ins) == 2:
+        va, vb = _val(ins[0]), _val(ins[1])
+        if va is not None and vb is not None and va.ndim == vb.ndim and va.ndim > 2:
+            if vb.shape[1] == 1 and va.shape[1] > 1:
+                return [ins[0]]
+            if va.shape[1] == 1 and vb.shape[1] > 1:
+                return [ins[1]]
+    return ins
 
 
 def _ancestor(a, b, derived) -> bool:

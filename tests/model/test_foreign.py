@@ -36,6 +36,12 @@ CASES = {
                             upsample_kernel_size=[2, 2, 2], filters=[4, 8, 8, 16]), 3, 1, (48, 64)),
     "dynunet3d": (DYN, dict(spatial_dims=3, in_channels=1, out_channels=2, kernel_size=[3, 3, 3], strides=[1, 2, 2],
                             upsample_kernel_size=[2, 2], filters=[2, 4, 8]), 2, 1, (16, 24, 16)),
+    # additive skips (x = up(x) + skip)
+    "segresnet2d": ("monai.networks.nets.SegResNet", dict(spatial_dims=2, in_channels=1, out_channels=2, init_filters=8,
+                                                          blocks_down=[1, 1, 1], blocks_up=[1, 1]), 2, 1, (48, 64)),
+    # the skip gated by attention before the concatenation (the gate's own sum is not a skip)
+    "attentionunet2d": ("monai.networks.nets.AttentionUnet", dict(spatial_dims=2, in_channels=1, out_channels=2,
+                                                                  channels=[4, 8, 16], strides=[2, 2]), 2, 1, (48, 64)),
     "p3d_unet2d": (P3D2, dict(in_channels=1, out_channels=2, f_maps=4, num_groups=2, num_levels=3,
                               is_segmentation=False), 2, 1, (48, 64)),
     "p3d_unet3d": (P3D3, dict(in_channels=1, out_channels=2, f_maps=4, num_groups=2, num_levels=3,

@@ -266,3 +266,26 @@ def test_cli_import_model_arch(store, tmp_path, capsys):
     fails(["--arch", arch, "--arch-args", json.dumps(args), "--axes", "zyx"], "axes")
     fails(["--arch", arch, "--arch-args", json.dumps(args), "--classes", "a", "b", "c"], "3 class names")
     fails([], "--arch")
+
+
+def test_a_config_naming_another_package_is_refused(store):
+    """A stored config cannot make the loader import a class outside the allowlist."""
+    import json
+
+    import napari_skipseg as ss
+    from napari_skipseg.features import MappedFeatures, SkipMap, discover_skips  # noqa: F401 (exported)
+    from napari_skipseg.model.foreign import build_network
+
+    arch, args, _, _, _ = CASES["unet2d"]
+    _needs(arch)
+    folder = ss.import_model(build_network(arch, args), name="u", arch=arch, arch_args=args)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["arch"]["class"] = "subprocess.Popen"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="not from an allowed package"):
+        load_model(folder)
+    cfg["arch"]["class"] = "monai.networks.nets.UNet"
+    cfg["arch"]["skips"]["levels"][0]["offset"] = 10**5
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="outside"):
+        load_model(folder)

@@ -536,8 +536,9 @@ class MappedFeatures(HookedFeatures):
         if stages:
             missing = [lv.level for lv in self.skip_map.levels if not lv.encoder]
             if missing:
-                raise RuntimeError(f"{self.name}: no single encoder module is known at level(s) {missing}, "
+                from .capture import FeatureError
+
+                raise FeatureError(f"{self.name}: no single encoder module is known at level(s) {missing}, "
                                    "so gradients cannot be measured there")
-        result = super().run(x, capture=capture, ablate=ablate, stages=stages)
-        return result
+        return super().run(x, capture=capture, ablate=ablate, stages=stages)
 

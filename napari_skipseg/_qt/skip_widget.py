@@ -658,6 +658,7 @@ class SkipWidget(QWidget):
         self._taps_cache[self._model_name] = taps
         levels = [r.level for r in capture.records]
         self._build_grid(levels)
+        self.pages.setCurrentIndex(0)  # the level grid of what was just captured
         self.ablate_level.clear()
         for lv in levels:
             self.ablate_level.addItem(f"L{lv} ({'×'.join(map(str, capture.records[lv].scale))})", lv)

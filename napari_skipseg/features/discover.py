@@ -272,7 +272,8 @@ def analyse_graph(graph, user_inputs, spatial_dims: int, shape: tuple[int, ...])
         lv.level = i
     deepest = max((depth[n] for n in derived if depth.get(n) is not None), key=math.prod)
     multiple = tuple(_pow2_ceil(d) for d in deepest)
-    bottleneck = _bottleneck(nodes, derived, scale, deepest, scope)
+    join_inputs = {n: dec[0] for n, _, _, _, dec in joins}
+    bottleneck = _bottleneck(nodes, derived, scale, deepest, scope, join_inputs)
     return TraceResult(SkipMap(levels, "torch.export", bottleneck, list(size)), multiple, num_classes)
 
 
@@ -363,14 +364,17 @@ def _producer_module(node, join, scope) -> str | None:
     return None
 
 
-def _bottleneck(nodes, derived, scale, deepest, scope) -> str | None:
-    """The module whose output is the deepest tensor handed upwards (the bottleneck)."""
+def _bottleneck(nodes, derived, scale, deepest, scope, join_inputs) -> str | None:
+    """The module whose output is the deepest tensor handed upwards (the bottleneck); where
+    that tensor is a skip join at the deepest scale (MONAI's UNet), its part from below."""
     target = math.prod(deepest)
     for n in reversed(nodes):
         s = scale.get(n)
         if n not in derived or s is None or abs(math.prod(s) - target) > 1e-6 * target:
             continue
         if any(scale.get(u) is not None and math.prod(scale[u]) < target for u in n.users):
+            while n in join_inputs:
+                n = join_inputs[n]
             for path in _stack(n):
                 members = scope[path]
                 outputs = [m for m in members if any(u not in members for u in m.users)]

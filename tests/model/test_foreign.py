@@ -105,6 +105,8 @@ def test_imported_network_skips_segmentation_ablation(key, store):
     assert probs.shape == own.shape
     assert np.abs(probs - own).max() < 1e-4
 
+    if arch == UNET:  # the bottleneck is the bottom layer, not the innermost skip around it
+        assert cfg.arch["skips"]["bottleneck"].endswith(".submodule")
     for how in ("zero", "mean"):
         ablated = run(ablate_skips(model, image, 0, how, block=shape))
         assert float(np.abs(ablated.ablated_probabilities - ablated.original_probabilities).max()) > 1e-4

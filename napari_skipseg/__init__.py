@@ -10,7 +10,8 @@ The public API is imported lazily, so ``import napari_skipseg`` does not import 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["default_model_for", "finetune", "list_models", "load_model", "segment", "skip_features"]
+__all__ = ["default_model_for", "finetune", "import_model", "list_models", "load_model", "segment",
+           "skip_features"]
 
 
 def load_model(name_or_path="nuclei2d", device: str = "cpu"):
@@ -18,6 +19,21 @@ def load_model(name_or_path="nuclei2d", device: str = "cpu"):
     from .model.store import load_model as _load
 
     return _load(name_or_path, device=device)
+
+
+def import_model(module, name: str, **kwargs):
+    """Store a network trained elsewhere as a model; returns its folder.
+
+    ``module``: a network instance (``arch_args=`` the keyword arguments it was built with),
+    a weights file (``arch=`` its class, e.g. ``"monai.networks.nets.BasicUNet"``, and
+    ``arch_args=``), or a TorchScript / torch.export program file. Its skip connections are
+    found by tracing (or named with ``skips=``). Other keyword arguments: ``normalization``
+    (``"percentile"``/``"none"``), ``axes`` (``"yx"``/``"zyx"``), ``classes``, ``overwrite``;
+    see :func:`napari_skipseg.model.foreign.import_model`.
+    """
+    from .model.foreign import import_model as _import
+
+    return _import(module, name=name, **kwargs)
 
 
 def list_models():

@@ -478,9 +478,8 @@ def cmd_import_model(args) -> int:
 
     if is_package(args.checkpoint):
         return cmd_import_package(args)
-    if not args.config:
-        raise CLIError(f"{args.checkpoint}: a PyTorch checkpoint needs --config CONFIG.json describing its network "
-                       "(a bioimage.io package is a .zip holding rdf.yaml)")
+    if args.config is None:  # a network of another package, or a TorchScript / torch.export program
+        return _import_foreign(args)
     folder = import_checkpoint(args.checkpoint, args.config, args.output, overwrite=args.overwrite,
                                half=args.half)
     model = load_model(folder)  # proves the stored folder loads
@@ -520,6 +519,44 @@ def cmd_export(args) -> int:
                                           overwrite=args.overwrite), "export", quiet=args.quiet)
     if not args.quiet:
         print(f"{args.model} -> {out} (bioimage.io model package; check it with `bioimageio test {out}`)")
+    return 0
+
+
+def _import_foreign(args) -> int:
+    import json
+
+    from .model.foreign import import_model
+    from .model.store import load_model
+
+    def parse(text, what):
+        if text is None:
+            return None
+        try:
+            return json.loads(Path(text).read_text() if text.lstrip()[:1] not in "{[" else text)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--{what}: not a JSON object or a file holding one ({err})") from err
+
+    arch_args = parse(args.arch_args, "arch-args")
+    skips = parse(args.skips, "skips")
+    for value, what in ((arch_args, "arch-args"), (skips, "skips")):
+        if value is not None and not isinstance(value, dict):
+            raise CLIError(f"--{what} must be a JSON object, got {type(value).__name__}")
+    shape = None
+    if args.trace_shape:
+        try:
+            shape = tuple(int(v) for v in args.trace_shape.lower().split("x"))
+        except ValueError as err:
+            raise CLIError(f"--trace-shape must look like 256x256 or 64x128x128, got {args.trace_shape!r}") from err
+    folder = import_model(args.checkpoint, name=args.output, arch=args.arch, arch_args=arch_args,
+                          normalization=args.normalization, axes=args.axes, classes=args.classes,
+                          skips=skips, trace_shape=shape, overwrite=args.overwrite, half=args.half)
+    model = load_model(folder)  # proves the stored folder loads
+    if not args.quiet:
+        levels = (model.config.arch.get("skips") or {}).get("levels", [])
+        where = ", ".join(f"x{'x'.join(map(str, lv['scale']))}" for lv in levels) or "none"
+        print(f"{args.checkpoint} -> {folder} ({model.config.name}, {model.num_parameters()} parameters, "
+              f"{model.config.spatial_dims}D, {model.config.num_classes} classes); {len(levels)} skip "
+              f"connection(s) found, at scales {where}; use it with --model {args.output}")
     return 0
 
 
@@ -828,11 +865,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--card", metavar="MODEL", help="print this model's card (name or folder)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("import-model", help="convert a PyTorch .pt/.pth state dict or a bioimage.io model "
-                       "package into a stored model (tensors only: nothing in the file is executed)")
-    p.add_argument("checkpoint", help=".pt/.pth/.ckpt file holding a state dict (or .safetensors), or a "
+    p = sub.add_parser("import-model", help="convert a PyTorch state dict (ours with --config, another "
+                       "package's with --arch), a TorchScript / torch.export program or a bioimage.io model "
+                       "package into a stored model "
+                       "(tensors only: nothing in a weights file is executed)")
+    p.add_argument("checkpoint", help=".pt/.pth/.ckpt file holding a state dict (or .safetensors), a program, or a "
                    "bioimage.io package (.zip, or its folder or rdf.yaml)")
-    p.add_argument("--config", help="config.json describing the network (PyTorch checkpoints)")
+    p.add_argument("--config", help="config.json describing a SkipUNet (for our own networks)")
+    p.add_argument("--arch", metavar="DOTTED.CLASS",
+                   help="network class of another package (monai, pytorch3dunet, segmentation_models_pytorch), "
+                   "e.g. monai.networks.nets.BasicUNet; not needed for TorchScript / torch.export programs")
+    p.add_argument("--arch-args", metavar="JSON", help="the class's keyword arguments (JSON object or file)")
+    p.add_argument("--normalization", choices=("percentile", "none"), default="percentile",
+                   help="how images are scaled for the network (default: percentile 1-99.8 to 0-1)")
+    p.add_argument("--axes", choices=("yx", "zyx"), help="the network's spatial axes (default: from its convolutions)")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="one name per output channel")
+    p.add_argument("--skips", metavar="JSON", help="skip map naming modules, for networks that do not trace: "
+                   '{"encoder": [...], "fused": [...], "skip_first": true}')
+    p.add_argument("--trace-shape", metavar="YxX", help="example input for tracing (default 256x256 or 128x128x128)")
     p.add_argument("-o", "--output", required=True,
                    help="model name (stored in the user model folder) or a folder path")
     p.add_argument("--half", action="store_true", help="store float weights as float16")

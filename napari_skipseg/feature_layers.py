@@ -142,7 +142,9 @@ def ablation_layers(result: AblationResult, source: LayerSource, class_names=(),
                                 "colormap": colors}, "labels"),
         (lead(result.difference), {"name": f"ablation: change ({what} off)", "scale": scale,
                                    "translate": shifted(translate, 2), "metadata": meta, "colormap": "inferno",
-                                   "contrast_limits": (0.0, 1.0), "blending": "additive"}, "image"),
+                                   "contrast_limits": (0.0, 1.0),
+                                   # on its own panel it must show on a light canvas too
+                                   "blending": "translucent" if side_by_side else "additive"}, "image"),
     ]
     return layers
 

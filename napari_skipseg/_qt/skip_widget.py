@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -87,6 +88,7 @@ def _gradient_job(taps, prepared, region, class_index: int, device: str):
 
 
 # -- plots ------------------------------------------------------------------------------------
+
 class _QtBarPlot(QWidget):
     """Grouped bar plot on a log scale, drawn with QPainter (used without matplotlib)."""
 
@@ -367,12 +369,19 @@ class SkipWidget(QWidget):
 
         content = QWidget()
         outer = QVBoxLayout(content)
-        for title, box in (("Input", input_box), ("Show (per level and kind)", show_box),
-                           ("Skip ablation", ablate_box), ("Gradient flow", grad_box)):
-            group = QGroupBox(title)
-            group.setLayout(box)
-            outer.addWidget(group)
-        outer.addStretch(1)
+        group = QGroupBox("Input")
+        group.setLayout(input_box)
+        outer.addWidget(group)
+        # one page at a time below the input, so each (the gradient plot included) fits a
+        # 1280 x 800 screen without scrolling
+        self.pages = QTabWidget()
+        for title, box in (("Show", show_box), ("Skip ablation", ablate_box), ("Gradient flow", grad_box)):
+            page = QWidget()
+            box.setContentsMargins(6, 6, 6, 6)
+            page.setLayout(box)
+            box.addStretch(1)
+            self.pages.addTab(page, title)
+        outer.addWidget(self.pages, 1)
         self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -391,6 +400,12 @@ class SkipWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.browse_button.clicked.connect(self._browse_model)
         self.model_combo.currentIndexChanged.connect(self._show_model_info)
+        self._model_chosen = False  # the user picked a model here: defaults no longer move it
+        self.model_combo.activated.connect(self._model_picked)
+        self.layer_combo.currentIndexChanged.connect(lambda *_: self._pick_default_model())
+        from ..model.store import on_active_changed
+
+        on_active_changed(self._active_changed)
         self.view_combo.currentIndexChanged.connect(self._view_changed)
         self.k_spin.valueChanged.connect(self._view_changed)
         self.hide_all_button.clicked.connect(self.hide_all)
@@ -404,6 +419,7 @@ class SkipWidget(QWidget):
         remember("skip", {"device": self.device_combo, "view": self.view_combo, "k": self.k_spin})
         self._refresh_layers()
         self.refresh_models()
+        self._pick_default_model()
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
@@ -451,6 +467,26 @@ class SkipWidget(QWidget):
             self.model_combo.setCurrentText(current)
         self.model_combo.blockSignals(False)
         self._show_model_info()
+
+    def _model_picked(self, *args) -> None:
+        self._model_chosen = True
+
+    def _active_changed(self, name: str) -> None:
+        self._model_chosen = False
+        self.refresh_models()
+        self._pick_default_model()
+
+    def _pick_default_model(self) -> None:
+        """Until the user picks one here, use Segment's active model, else the model that
+        suits the chosen image (:func:`.skip_view.default_model`)."""
+        from .skip_view import default_model
+
+        if self._model_chosen:
+            return
+        name, why = default_model(self.viewer, self.layer_combo.currentText(), self._models)
+        if name and self.model_combo.findText(name) >= 0:
+            self.model_combo.setCurrentText(name)
+            self.model_combo.setToolTip(f"{name}: {why}")
 
     def add_model(self, name: str, model) -> None:
         """Offer ``model`` (a SkipUNet, a HookedFeatures, or a model folder) by ``name``."""
@@ -624,6 +660,7 @@ class SkipWidget(QWidget):
         self._taps_cache[self._model_name] = taps
         levels = [r.level for r in capture.records]
         self._build_grid(levels)
+        self.pages.setCurrentIndex(0)  # the level grid of what was just captured
         self.ablate_level.clear()
         for lv in levels:
             self.ablate_level.addItem(f"L{lv} ({'×'.join(map(str, capture.records[lv].scale))})", lv)
@@ -790,9 +827,14 @@ class SkipWidget(QWidget):
             style = {"contrast_limits": tuple(img.contrast_limits), "gamma": img.gamma}
             if not getattr(img, "rgb", False):
                 style["colormap"] = img.colormap.name
-        for data, kwargs, kind in ablation_layers(result, source, names, self.side_by_side.isChecked(), style):
+        side = self.side_by_side.isChecked()
+        for data, kwargs, kind in ablation_layers(result, source, names, side, style):
             getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         what = ", ".join(f"L{k} {how}" for k, how in sorted(result.ablate.items()))
+        from .skip_view import fit_panels, show_panel_titles
+
+        show_panel_titles(self.viewer, result, source, what, side, {"source": source.name, "ablation": what})
+        fit_panels(self.viewer, side)
         self.ablation_label.setText(
             f"without {what}: {100 * result.changed_fraction:.2f} % of pixels changed class "
             f"(mean probability shift {result.difference.mean():.3f})"
@@ -807,4 +849,5 @@ class SkipWidget(QWidget):
         title = (f"‖∂(sum of '{result.class_name}' logits over {result.region_pixels} px) / ∂(stage output)‖"
                  " per encoder stage")
         self.gradient_plot.plot(labels, list(result.norms_on), list(result.norms_off), title)
+        self.pages.setCurrentIndex(2)
         self.status.setText(f"gradient flow done in {result.seconds:.2f} s")

@@ -6,6 +6,8 @@
 - :func:`gradient_flow`: gradient norm reaching each encoder stage, skips on and off.
 - :func:`feature_placement`: scale/translate that lay a level's maps over the image.
 - :class:`HookedFeatures`: the same for any UNet-shaped torch module, through hooks.
+- :func:`discover_skips`: find a network's skips by tracing it (:class:`SkipMap`), tapped by
+  :class:`MappedFeatures`.
 
 No Qt or napari here; torch is imported only when a job runs (``HookedFeatures`` and
 ``as_taps`` are loaded on first use).
@@ -37,7 +39,9 @@ __all__ = [
     "FeatureError",
     "GradientFlow",
     "HookedFeatures",
+    "MappedFeatures",
     "PreparedInput",
+    "SkipMap",
     "SkipRecord",
     "ablate_skips",
     "as_taps",
@@ -45,6 +49,7 @@ __all__ = [
     "capture_features",
     "channel_norm",
     "contrast_range",
+    "discover_skips",
     "feature_placement",
     "gradient_flow",
     "layer_placement",
@@ -63,6 +68,10 @@ def __getattr__(name):
         from . import taps
 
         return getattr(taps, name)
+    if name in ("MappedFeatures", "SkipMap", "discover_skips"):
+        from . import discover
+
+        return getattr(discover, name)
     if name == "write_features":
         from .export import write_features
 

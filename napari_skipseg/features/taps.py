@@ -293,6 +293,7 @@ class HookedFeatures:
                     raise RuntimeError(f"{self.name}: module(s) {missing} did not run in forward()")
                 scale = tuple(max(1, int(round(p / f))) for p, f in zip(padded, enc.shape[2:], strict=True))
                 crop = tuple(-(-s // f) for s, f in zip(size, scale, strict=True))
+                fus = resize_to(fus, tuple(enc.shape[2:]))  # a fusion that also up-samples (MONAI UNet)
                 records.append(SkipTensors(level, scale, _crop(enc, crop), _crop(dec, crop), _crop(fus, crop)))
         stage_out: list[torch.Tensor] = []
         if stages:
@@ -300,6 +301,14 @@ class HookedFeatures:
             if self.bottleneck_name:
                 stage_out.append(state["stages"][self.depth])
         return TapResult(logits, records, stage_out)
+
+
+def resize_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` on the grid ``shape`` (area average when shrinking, nearest when growing)."""
+    if tuple(t.shape[2:]) == tuple(shape):
+        return t
+    smaller = all(s <= c for s, c in zip(shape, t.shape[2:], strict=True))
+    return torch.nn.functional.interpolate(t, size=tuple(shape), mode="area" if smaller else "nearest")
 
 
 def _first_tensor(out):
@@ -315,16 +324,19 @@ def _first_tensor(out):
 
 
 def as_taps(model):
-    """A tap object for ``model``: a SkipUNet, a :class:`HookedFeatures`, or the name or
-    folder of a stored model."""
+    """A tap object for ``model``: a SkipUNet, an imported network
+    (:class:`~napari_skipseg.model.foreign.ImportedNet`, tapped through its skip map), a
+    :class:`HookedFeatures`, or the name or folder of a stored model."""
     if isinstance(model, (SkipUNetTaps, HookedFeatures)):
         return model
     if isinstance(model, SkipUNet):
         return SkipUNetTaps(model)
+    if hasattr(model, "taps") and hasattr(model, "config") and getattr(model.config, "arch", None):
+        return model.taps()  # an ImportedNet: taps from its skip map
     if isinstance(model, str) or hasattr(model, "__fspath__"):
         from ..model.store import load_model
 
-        return SkipUNetTaps(load_model(model))
+        return as_taps(load_model(model))
     if isinstance(model, nn.Module):
         raise TypeError(
             f"{type(model).__name__} is not a SkipUNet: wrap it in HookedFeatures(module, encoder=[...], "

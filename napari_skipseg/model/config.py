@@ -55,7 +55,7 @@ FIELDS = {
     "in_channels": Int(1, 64),
     "num_classes": Int(1, MAX_CLASSES),
     "base_channels": Int(1, 1024),
-    "depth": Int(1, 6),
+    "depth": Int(1, 8),
     "block": Str(choices=BLOCKS),
     "pool": Nullable(List(List(Int(1, 2), 2, 3), 1, 6)),
     "output": Str(choices=OUTPUTS),
@@ -77,6 +77,49 @@ FIELDS = {
     "inference": Obj({"flips": Bool()}),
     "training_scale": Obj({}, extra=AnyJSON(2, 64, 8)),  # checked in detail by _validate_training_scale
 }
+#: Python packages whose network classes an imported model may name (``arch.class``): the
+#: class is imported from the installed package and built from JSON arguments, nothing else.
+ARCH_PACKAGES = ("monai", "pytorch3dunet", "segmentation_models_pytorch", "napari_skipseg")
+ARCH_FORMATS = ("state_dict", "torchscript", "export")
+_MODULE_NAME = Str(500, pattern=r"[A-Za-z0-9_.]*", what="a module name (letters, digits, '_', '.')")
+SKIP_LEVEL = Obj(
+    {
+        "level": Int(0, 64),
+        "scale": List(Int(1, 4096), 2, 3),
+        "kind": Str(choices=("cat", "add")),
+        "fused": _MODULE_NAME,
+        "offset": Int(0, 1_000_000),
+        "channels": Int(1, 1_000_000),
+        "join_channels": Int(1, 1_000_000),
+        "encoder": Nullable(_MODULE_NAME),
+        "decoder": Nullable(_MODULE_NAME),
+        "join": Nullable(_MODULE_NAME),
+    },
+    required=("level", "scale", "kind", "fused", "offset", "channels", "join_channels"),
+)
+SKIP_MAP = Obj(
+    {
+        "source": Str(choices=("torch.export", "user")),
+        "levels": List(SKIP_LEVEL, 0, 64),
+        "bottleneck": Nullable(_MODULE_NAME),
+        "example_shape": List(Int(1, 4096), 2, 3),
+    },
+    required=("source", "levels"),
+)
+#: ``arch`` of an imported network (see :mod:`napari_skipseg.model.foreign`).
+ARCH = Obj(
+    {
+        "class": Str(300, pattern=r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+",
+                     what="a dotted class name (package.module.Class)"),
+        "args": Obj({}, extra=AnyJSON(6), max_items=200),
+        "format": Str(choices=ARCH_FORMATS),
+        "size_multiple": List(Int(1, 4096), 2, 3),
+        "fixed_shape": List(Int(1, 16384), 2, 3),
+        "parameters": Int(0, MAX_PARAMETERS),
+        "skips": SKIP_MAP,
+    },
+    required=("format", "size_multiple", "parameters"),
+)
 #: The card is free-form, but what the card renderer and the CLI read has a type.
 CARD = Obj(
     {
@@ -131,6 +174,14 @@ class ModelConfig:
     inference : dict
         Inference defaults: ``flips`` (bool), test-time flips (see
         :func:`napari_skipseg.inference.engine.predict`).
+    arch : dict
+        Empty for a :class:`SkipUNet`. For a network imported from another package (see
+        :mod:`napari_skipseg.model.foreign`): ``class`` (dotted name, from
+        :data:`ARCH_PACKAGES`) and ``args`` (its JSON keyword arguments), or ``format``
+        ``"torchscript"``/``"export"`` for a program; ``size_multiple`` (inputs are padded to
+        it), ``parameters`` and ``skips`` (the skip map found by tracing or named by the
+        user, see :mod:`napari_skipseg.features.discover`). ``depth`` is then the number of
+        skip levels and ``base_channels``, ``block`` and ``pool`` are not used.
     training_scale : dict
         The scale the network was trained at: ``object_diameter`` (median equivalent
         diameter of its training objects, in pixels/voxels per spatial axis), and where the
@@ -158,6 +209,7 @@ class ModelConfig:
     postprocess: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
     training_scale: dict[str, Any] = field(default_factory=dict)
+    arch: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +226,10 @@ class ModelConfig:
         for key, spec in FIELDS.items():
             check(spec, getattr(self, key), key, ModelConfigError)
         check(CARD, self.card, "card", ModelConfigError)
+        if self.arch:
+            self._validate_arch()
+        elif self.depth > 6:
+            raise ModelConfigError(f"depth must be an integer from 1 to 6, got {self.depth}")
         if self.output == "instances" and self.num_classes != 3:
             raise ModelConfigError(
                 "an 'instances' model predicts background, interior and boundary: "
@@ -207,6 +263,31 @@ class ModelConfig:
                 f"base_channels {self.base_channels}, depth {self.depth}, {self.spatial_dims}D"
             )
 
+    def _validate_arch(self) -> None:
+        check(ARCH, self.arch, "arch", ModelConfigError)
+        arch = self.arch
+        if arch["format"] == "state_dict":
+            if "class" not in arch:
+                raise ModelConfigError("arch: an imported state dict needs the network's class (arch.class)")
+            package = arch["class"].split(".", 1)[0]
+            if package not in ARCH_PACKAGES:
+                raise ModelConfigError(f"arch.class {arch['class']!r} is not from an allowed package "
+                                       f"({', '.join(ARCH_PACKAGES)})")
+        if len(arch["size_multiple"]) != self.spatial_dims:
+            raise ModelConfigError(f"arch.size_multiple must have {self.spatial_dims} sizes, "
+                                   f"got {arch['size_multiple']!r}")
+        levels = (arch.get("skips") or {}).get("levels", [])
+        if levels and len(levels) != self.depth:
+            raise ModelConfigError(f"arch.skips lists {len(levels)} levels; depth says {self.depth}")
+        for i, lv in enumerate(levels):
+            if lv["level"] != i or len(lv["scale"]) != self.spatial_dims:
+                raise ModelConfigError(f"arch.skips.levels[{i}] must be level {i} with {self.spatial_dims} "
+                                       f"scale factors, got {lv['level']} and {lv['scale']!r}")
+            if lv["offset"] + lv["channels"] > lv["join_channels"]:
+                raise ModelConfigError(f"arch.skips.levels[{i}]: the crossing channels "
+                                       f"{lv['offset']}..{lv['offset'] + lv['channels']} lie outside "
+                                       f"the {lv['join_channels']} of the join")
+
     def _validate_training_scale(self) -> None:
         ts = self.training_scale
         if not isinstance(ts, dict) or set(ts) - {"object_diameter", "pixel_size", "unit"}:
@@ -234,6 +315,11 @@ class ModelConfig:
 
     def level_scale(self, level: int) -> tuple[int, ...]:
         """Size, in input pixels along each axis, of one feature pixel at ``level``."""
+        if self.arch:
+            levels = (self.arch.get("skips") or {}).get("levels", [])
+            if level < len(levels):
+                return tuple(int(s) for s in levels[level]["scale"])
+            return (2**level,) * self.spatial_dims
         scale = [1] * self.spatial_dims
         for factors in self.pool_factors()[:level]:
             scale = [s * f for s, f in zip(scale, factors, strict=True)]
@@ -241,11 +327,16 @@ class ModelConfig:
 
     def size_multiple(self) -> tuple[int, ...]:
         """Input sizes must be multiples of this (the network pads to it internally)."""
+        if self.arch:
+            return tuple(int(m) for m in self.arch["size_multiple"])
         return self.level_scale(self.depth)
 
     def parameter_count(self) -> int:
         """Number of trainable parameters of the :class:`SkipUNet` this config builds (computed,
-        nothing allocated; ``validate`` bounds it by :data:`MAX_PARAMETERS`)."""
+        nothing allocated; ``validate`` bounds it by :data:`MAX_PARAMETERS`). For an imported
+        network: the count recorded when it was imported."""
+        if self.arch:
+            return int(self.arch["parameters"])
         k = 3**self.spatial_dims
         residual = self.block == "residual"
 

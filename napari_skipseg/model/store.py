@@ -246,6 +246,15 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     cfg = parsed["cfg"]
     weights = path / WEIGHTS_FILE
     shapes = safetensors_header(weights_raw, weights)
+    if cfg.arch:  # a network imported from another package (model/foreign.py)
+        from .foreign import ImportedNet, network_for
+
+        net = network_for(cfg, path)
+        state = _load_safetensors(weights_raw, weights)
+        load_state(net, state, source=str(path))
+        model = ImportedNet(net, cfg)
+        model.source_path = path
+        return model.to(device=device, dtype=torch.float32).eval()
     check_shapes(cfg, shapes, source=str(path))  # before allocating a network the file may not fit
     model = SkipUNet(cfg)
     try:
@@ -256,6 +265,16 @@ def load_model(name_or_path: str | os.PathLike, device: str = "cpu"):
     load_state(model, state, source=str(path))
     model.source_path = path
     return model.to(device=device, dtype=torch.float32).eval()
+
+
+def _load_safetensors(raw: bytes, source: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    try:
+        return load_bytes(raw)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"{source}: damaged or not a safetensors file ({err})") from err
 
 
 def max_weights_bytes(cfg: ModelConfig) -> int:
@@ -667,14 +686,17 @@ def save_model(
     except ModelConfigError as err:
         raise ModelSaveError(f"{folder}: not saved, the config is invalid: {err}") from err
     state = {}
-    for key, tensor in model.state_dict().items():
+    weights_of = getattr(model, "net", model) if cfg.arch else model  # an ImportedNet stores its network's
+    for key, tensor in weights_of.state_dict().items():
         t = tensor.detach().cpu()
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelSaveError(f"{folder}: not saved: weight tensor {key} holds NaN or infinite values "
                                  "(a diverged training run?)")
         if half and t.is_floating_point() and "running_var" not in key:
             t = t.to(torch.float16)
-        state[key] = t.contiguous()
+        # an imported network may share one tensor under several names (MONAI DynUNet): each
+        # name gets its own copy, as safetensors stores no aliases
+        state[key] = t.clone() if cfg.arch else t.contiguous()
     config_text = json.dumps(cfg.to_dict(), indent=2) + "\n"  # fails early if not JSON
     files: dict[str, object] = {
         WEIGHTS_FILE: lambda p: _save_safetensors(state, p, cfg.name),
@@ -682,7 +704,17 @@ def save_model(
     }
     if "licence" in cfg.card or "weights_licence" in cfg.card:  # the licence travels with the weights
         files[LICENCE_FILE] = licence_text(cfg)
-    for name, content in (extra_files or {}).items():
+    extra_files = dict(extra_files or {})
+    if cfg.arch and cfg.arch["format"] != "state_dict":  # a program's structure goes with each version
+        from .foreign import PROGRAM_FILES
+
+        program = PROGRAM_FILES[cfg.arch["format"]]
+        source = getattr(model, "source_path", None)
+        if program not in extra_files:
+            if source is None or not (Path(source) / program).is_file():
+                raise ModelSaveError(f"{folder}: not saved: the {program} of {cfg.name} is not found")
+            extra_files[program] = (Path(source) / program).read_bytes()
+    for name, content in extra_files.items():
         if Path(name).name != name or name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LICENCE_FILE) or name.startswith("."):
             raise ValueError(f"extra file name {name!r} is not allowed")
         files[name] = content
@@ -1026,7 +1058,9 @@ def render_card(cfg: ModelConfig) -> str:
     lines += [
         "| | |",
         "|---|---|",
-        f"| network | SkipUNet {cfg.spatial_dims}D, depth {cfg.depth}, base width {cfg.base_channels}, {cfg.block} blocks |",
+        (f"| network | {cfg.arch.get('class', cfg.arch['format'] + ' program')} {cfg.spatial_dims}D "
+         f"({cfg.arch['parameters']} parameters), imported; {cfg.depth} skip level(s) |" if cfg.arch else
+         f"| network | SkipUNet {cfg.spatial_dims}D, depth {cfg.depth}, base width {cfg.base_channels}, {cfg.block} blocks |"),
         f"| input | {cfg.in_channels} channel(s), normalisation {cfg.normalization} |",
         f"| output | {cfg.output}: {', '.join(cfg.class_names) or cfg.num_classes} |",
     ]

@@ -334,6 +334,16 @@ def adapt_model(model, num_classes: int | None = None, class_names: list[str] | 
     from ..model.unet import SkipUNet
 
     cfg = copy.deepcopy(model.config)
+    if cfg.arch:  # a network imported from another package: same head, every weight trainable
+        from ..model.foreign import copy_network
+
+        if new_head or (num_classes is not None and num_classes != cfg.num_classes):
+            raise ValueError(f"{cfg.name} is an imported network: its head cannot be replaced here "
+                             f"(it has {cfg.num_classes} classes); fine-tune with labels of those classes")
+        new = copy_network(model)
+        if class_names:
+            new.config.class_names = list(class_names)
+        return new
     num_classes = num_classes if num_classes is not None or not new_head else cfg.num_classes
     if num_classes is None or (num_classes == cfg.num_classes and not new_head):
         new = SkipUNet(cfg)
@@ -423,6 +433,8 @@ def tune_semantic_threshold(model, val: list[Sample], device: str = "cpu") -> tu
 
     probs = _probs(model, val, device)
     best_t, best = 0.5, score(model.config, probs, val)
+    if not hasattr(model, "head"):  # an imported network: no known head to shift
+        return best_t, best
     for t in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.55, 0.6, 0.65, 0.7):
         shifted = [np.stack([p[1] <= t, p[1] > t]).astype(np.float32) for p in probs]
         metrics = score(model.config, shifted, val)

@@ -145,6 +145,10 @@ def test_ablation_adds_output_and_difference_with_changed_fraction(widget, qtbot
     assert copy.data is viewer.layers["cells"].data
     np.testing.assert_allclose(copy.translate, abl.translate)
     assert "ablation: image (copy)" not in [w.layer_combo.itemText(i) for i in range(w.layer_combo.count())]
+    titles = viewer.layers["ablation: titles"]  # each panel titled on the canvas, at its top-left corner
+    assert list(titles.features["title"]) == ["original", "without L0 zero", "change"]
+    np.testing.assert_allclose(titles.data[:, -1], [0.0, abl.translate[-1], diff.translate[-1]])
+    assert not any(ly.visible for ly in w.feature_layers())  # no feature overlay tints the panels
     # again, overlaid this time: the old ablation layers are replaced
     w.side_by_side.setChecked(False)
     w.ablate_how.setCurrentText("mean")
@@ -152,7 +156,7 @@ def test_ablation_adds_output_and_difference_with_changed_fraction(widget, qtbot
     _wait(qtbot, w)
     names = [ly.name for ly in viewer.layers if ly.name.startswith("ablation: ")]
     assert names == ["ablation: output (original)", "ablation: output (L0 mean off)",
-                     "ablation: change (L0 mean off)"]
+                     "ablation: change (L0 mean off)", "ablation: titles"]
     np.testing.assert_allclose(viewer.layers["ablation: output (L0 mean off)"].translate, (0.0, 0.0))
 
 
@@ -238,3 +242,42 @@ def test_a_model_folder_can_be_added(widget, qtbot, model_home):
     assert w.model_combo.currentText() == "my checkpoint" and "2D UNet, 2 skips" in w.model_info.text()
     _capture(qtbot, w, "my checkpoint")
     assert w.capture.model_name == "tiny" and len(w.capture.records) == 2
+
+
+def test_explorer_starts_with_segments_model_and_shows_the_gradient_plot(make_napari_viewer, model_home, qtbot):
+    """The explorer uses Segment's active model (not the first name), follows it when it
+    changes, and stops following once the user picks one here; at 1280 x 800 the gradient
+    page shows its plot without scrolling."""
+    from napari_skipseg.model.store import _active, set_active_model
+
+    _active.clear()
+    set_active_model("tiny3d", persist=False)
+    viewer = make_napari_viewer()
+    w = SkipWidget(viewer)
+    qtbot.addWidget(w)
+    assert w.model_combo.currentText() == "tiny3d"
+    set_active_model("tiny", persist=False)
+    assert w.model_combo.currentText() == "tiny"
+    w.model_combo.setCurrentText("tiny3d")
+    w._model_picked()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="other")
+    assert w.model_combo.currentText() == "tiny3d"
+    _active.clear()
+
+    w.resize(330, 733)  # the dock's size in a 1280 x 800 napari window
+    w.show()
+    w.pages.setCurrentIndex(2)
+    qtbot.wait(50)
+    plot = w.gradient_plot
+    bottom = plot.mapTo(w.scroll.viewport(), plot.rect().bottomLeft()).y()
+    assert plot.isVisible() and bottom <= w.scroll.viewport().height()
+
+
+def test_gradient_plot_follows_the_theme(widget):
+    viewer, w = widget
+    viewer.theme = "light"
+    from napari.utils.theme import get_theme
+
+    assert w.gradient_plot.colors["face"] == get_theme("light").background.as_hex()
+    viewer.theme = "dark"
+    assert w.gradient_plot.colors["text"] == get_theme("dark").text.as_hex()

@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 		$(BIN)/pip install --quiet "torch>=2.1" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
 	$(BIN)/pip install --quiet -e ".[all,test]"
+	# pytorch-3dunet's networks need only torch, numpy and scikit-image; its torchvision requirement
+	# would bring a wheel that fails to import beside the CPU torch build
+	$(BIN)/pip install --quiet --no-deps "pytorch3dunet>=1.9"
 	touch $(STAMP)
 
 run: setup

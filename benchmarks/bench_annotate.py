@@ -174,18 +174,20 @@ def model_output(model, image, channel_axis, flips: bool, cache: Path | None, na
     return probs
 
 
-def time_relabel(probs: np.ndarray, params: dict, repeats: int = 5) -> float:
-    """Median seconds to relabel 1024 x 1024 probabilities (tiled from ``probs``)."""
+def time_relabel(probs: np.ndarray, params: dict, repeats: int = 7) -> tuple[float, float]:
+    """Median wall and CPU seconds to relabel 1024 x 1024 probabilities (tiled from
+    ``probs``). On a shared machine the CPU time is the steadier figure."""
     from napari_skipseg.annotate import relabel
 
     reps = [int(np.ceil(1024 / n)) for n in probs.shape[1:]]
     big = np.ascontiguousarray(np.tile(probs, (1, *reps))[:, :1024, :1024])
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         relabel(big, params)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return float(np.median(wall)), float(np.median(cpu))
 
 
 def main(argv=None) -> int:
@@ -247,17 +249,18 @@ def main(argv=None) -> int:
     clicks = sum(r["clicks"] for r in rows)
     reached = sum(r["reached"] for r in rows)
     sample = model_output(model, *_first(folder, names, open_source), args.flips, args.cache, names[0])
-    relabel_s = time_relabel(sample, params)
+    relabel_s, relabel_cpu = time_relabel(sample, params)
     summary = {"model": args.model, "split": args.split, "images": len(rows), "objects": objects, "clicks": clicks,
                "clicks_per_object": clicks / max(objects, 1), "images_reaching_target": reached,
                "mean_f1_before": float(np.mean([r["f1_before"] for r in rows])),
                "mean_f1_after": float(np.mean([r["f1_after"] for r in rows])),
-               "tools": tools, "relabel_1024_seconds": relabel_s, "flips": args.flips, "target": args.target,
+               "tools": tools, "relabel_1024_seconds": relabel_s, "relabel_1024_cpu_seconds": relabel_cpu, "flips": args.flips, "target": args.target,
                "budget_per_object": args.budget, "seconds": time.perf_counter() - t0}
     print(f"\n{clicks} clicks for {objects} objects: {summary['clicks_per_object']:.3f} clicks per object "
           f"(goal <= 0.10); {reached}/{len(rows)} images reach F1 >= {args.target}; mean F1 "
           f"{summary['mean_f1_before']:.3f} -> {summary['mean_f1_after']:.3f}; tools {json.dumps(tools)}")
-    print(f"live thresholds: relabel of 1024 x 1024 cached probabilities {relabel_s * 1000:.0f} ms (median of 5)")
+    print(f"live thresholds: relabel of 1024 x 1024 cached probabilities {relabel_s * 1000:.0f} ms wall, "
+          f"{relabel_cpu * 1000:.0f} ms CPU (median of 7; goal < 100 ms)")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "images": rows}, indent=1))
     return 0

@@ -34,11 +34,26 @@ def instance_labels(probabilities: np.ndarray, params: dict | None = None) -> np
     mask = foreground > p["mask"]
     seeds, n = ndi.label(interior > p["seed"])
     if n and p["min_seed_size"] > 1:
-        seeds = remove_small(seeds, int(p["min_seed_size"]))
+        seeds = _keep_sizes(seeds, int(p["min_seed_size"]), renumber=False)
     labels = watershed(-interior, markers=seeds, mask=mask)
-    if p["min_size"] > 1:
-        labels = remove_small(labels, int(p["min_size"]))
-    return relabel_sequential(labels)
+    # small objects dropped and the rest renumbered 1..n in one pass (a lookup table)
+    return _keep_sizes(labels, max(int(p["min_size"]), 1), renumber=True)
+
+
+def _keep_sizes(labels: np.ndarray, min_size: int, renumber: bool) -> np.ndarray:
+    """``labels`` without objects under ``min_size`` pixels, renumbered 1..n in the order of
+    the old ids when ``renumber`` (as uint32), in one pass over the pixels."""
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_size
+    keep[0] = False
+    if renumber:
+        lut = np.zeros(sizes.size, np.uint32)
+        lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+    else:
+        if keep[1:].all():
+            return labels
+        lut = np.where(keep, np.arange(sizes.size), 0).astype(labels.dtype)
+    return lut[labels]
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:

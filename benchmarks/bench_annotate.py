@@ -150,6 +150,7 @@ def annotate_image(truth, labels, probs, image, params, target: float, budget: i
             labels[...] = before
             clicks += 1
             used["undo"] = used.get("undo", 0) + 1
+            used[f"undone {tool}"] = used.get(f"undone {tool}", 0) + 1  # not a click: which tool failed
         else:
             score = new
     return clicks, score, used
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
         img = image if ca is None else np.moveaxis(image, ca, -1)
         clicks, after, used = annotate_image(truth, labels, probs, img, params, args.target,
                                              int(np.floor(args.budget * n)))
-        for k, v in used.items():
+        for k, v in used.items():  # "undone <tool>" entries count failures, not clicks
             tools[k] = tools.get(k, 0) + v
         rows.append({"name": name, "objects": n, "f1_before": before, "f1_after": after, "clicks": clicks,
                      "reached": after >= args.target, "tools": used})

@@ -179,7 +179,8 @@ def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | Non
                 click[markers == mine] = 1
             others = np.where((markers > 0) & (markers != mine), markers + 1, 0)
             ws = watershed(-interior, markers=np.maximum(click, others), mask=region)
-            region = ws == 1
+            region = _component(ws == 1, local)
+            region = _cells(region, [local], interior, diameter, sd) == 1
     if region is None:
         region = _grow_from_image(image, win, local, free, diameter, sd) if image is not None else None
     if region is None or not region.any():  # nothing to go on: a disc of the usual size
@@ -209,6 +210,37 @@ def add_object(labels: np.ndarray, probs, point, **options) -> int:
     edit = plan_add(labels, probs, point, **options)
     edit.apply(labels)
     return edit.label
+
+
+def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_dims: int) -> np.ndarray:
+    """``region`` cut into cells by a watershed from the clicks (ids 1, 2, ...) and, when it
+    is larger than 1.5 typical objects, from the other object centres it holds too: peaks of
+    the distance to its edge farther than 3/4 of a typical radius from every click (higher
+    ids)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(region.shape, np.int32)
+    for i, c in enumerate(clicks, 1):
+        markers[tuple(c)] = i
+    dist = ndi.distance_transform_edt(region)
+    r = max(diameter / 2.0, 2.0)
+    typical = np.pi * r * r if spatial_dims == 2 else 4 / 3 * np.pi * r ** 3
+    lead = region.ndim - spatial_dims
+    if region.sum() > 1.5 * typical:
+        from skimage.feature import peak_local_max
+
+        span = max(1, int(0.75 * r))
+        for j, p in enumerate(peak_local_max(dist, min_distance=span, threshold_abs=0.3 * r,
+                                             labels=region.astype(np.int32), exclude_border=False)):
+            near = min(np.hypot.reduce(np.subtract(p[lead:], c[lead:], dtype=float)) for c in clicks)
+            if near > 0.75 * r:
+                markers[tuple(p)] = len(clicks) + 1 + j
+    # flat where the model is sure (interior in steps of 0.1): there the cells grow
+    # breadth-first from their markers, a geodesic Voronoi split; they meet where the
+    # interior dips (the model's boundaries between touching objects)
+    elevation = np.zeros(region.shape, np.float32) if interior is None else -np.round(interior * 10)
+    return watershed(elevation, markers=markers, mask=region)
 
 
 def _disc(shape, centre, radius: float, spatial_dims: int) -> np.ndarray:
@@ -288,11 +320,9 @@ def merge_objects(labels: np.ndarray, point_a, point_b) -> int:
     return edit.label
 
 
-def plan_split(labels: np.ndarray, probs, point_a, point_b, *, spatial_dims: int | None = None) -> Edit:
+def plan_split(labels: np.ndarray, probs, point_a, point_b, *, diameter: float | None = None,
+               spatial_dims: int | None = None) -> Edit:
     """Split the object under both points in two (see :func:`split_object`), as an :class:`Edit`."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
-
     a, b = _point(labels, point_a), _point(labels, point_b)
     _check_probs(labels, probs)
     obj = int(labels[a])
@@ -302,27 +332,26 @@ def plan_split(labels: np.ndarray, probs, point_a, point_b, *, spatial_dims: int
                             f"{'background' if not labels[b] else f'object {int(labels[b])}'})")
     if a == b:
         raise AnnotateError("click two different points of the object to split it")
-    box = _bbox(np.nonzero(labels == obj), labels.shape)
+    where = np.nonzero(labels == obj)
+    box = _bbox(where, labels.shape)
     mask = np.asarray(labels[box]) == obj
-    dist = ndi.distance_transform_edt(mask)
-    elevation = -dist / max(float(dist.max()), 1.0)
-    if probs is not None:
-        interior, _ = _maps(probs, box)
-        elevation = elevation - interior
-    markers = np.zeros(mask.shape, np.int32)
-    markers[_local(a, box)] = 1
-    markers[_local(b, box)] = 2
-    ws = watershed(elevation, markers=markers, mask=mask)
+    interior = _maps(probs, box)[0] if probs is not None else None
+    sd = _spatial(labels, probs, spatial_dims)
+    diameter = diameter or typical_diameter(labels, sd)
+    cells = _cells(mask, [_local(a, box), _local(b, box)], interior, diameter, sd)
     new = _new_id(labels)
-    idx = _indices(ws == 2, box)
+    idx = _indices(mask & (cells != 1), box)
     return Edit(idx, np.full(idx[0].size, new, labels.dtype), new, f"split object {obj}: new object {new}")
 
 
 def split_object(labels: np.ndarray, probs, point_a, point_b, **options) -> int:
     """Split the object under ``point_a`` and ``point_b`` by a watershed seeded at the two
     points, inside the object only, over the interior probability (where ``probs`` are
-    given) plus the distance to the object's edge. The part of ``point_a`` keeps the id; the
-    part of ``point_b`` gets a new id, which is returned."""
+    given; without, the parts grow equally fast from the two points). An object larger than 1.5 typical objects
+    (``diameter``, default: measured on ``labels``) is cut around the other centres it holds
+    too (peaks of the distance to its edge), so that ``point_a``'s part is one object's size.
+    The part of ``point_a`` keeps the id; the rest, with ``point_b``, gets a new id, which is
+    returned."""
     edit = plan_split(labels, probs, point_a, point_b, **options)
     edit.apply(labels)
     return edit.label

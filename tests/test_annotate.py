@@ -124,11 +124,30 @@ def test_add_object_from_probabilities(ndim):
     probs = probs_from(interior, fg)
     expected = labels.copy()
     expected[box(ndim, (3, 2), (6, 6))] = 2
-    assert ann.add_object(labels, probs, pt(ndim, 4, 4), params=PARAMS) == 2
+    assert ann.add_object(labels, probs, pt(ndim, 4, 4), params=PARAMS, diameter=10) == 2
     np.testing.assert_array_equal(labels, expected)
     # a second click on the new object changes nothing and names it
     assert ann.add_object(labels, probs, pt(ndim, 4, 4), params=PARAMS) == 2
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_add_object_in_a_blob_of_several_takes_one_object():
+    """Two discs (radius 5) merged in one foreground blob with one flat seed: a click on the
+    left disc takes about the left half, cut where the blob's distance peaks meet."""
+    yy, xx = np.mgrid[:21, :27]
+    left, right = np.hypot(yy - 10, xx - 8) <= 5, np.hypot(yy - 10, xx - 18) <= 5
+    blob = left | right
+    probs = probs_from(blob.astype(np.float32), blob)
+    labels = np.zeros(blob.shape, np.uint32)
+    assert ann.add_object(labels, probs, (10, 8), params=PARAMS, diameter=10) == 1
+    got = labels == 1
+    assert got[left & (xx <= 11)].all() and not got[right & (xx >= 15)].any()
+    assert not got[~blob].any()
+    # without the size hint of other objects it is one object (the blob is its own size)
+    labels2 = np.zeros(blob.shape, np.uint32)
+    labels2[0, 0] = 5  # a one-pixel object: typical size too small to say anything
+    ann.add_object(labels2, probs, (10, 8), params=PARAMS, diameter=30)
+    assert (labels2 == 6).sum() == blob.sum()
 
 
 @pytest.mark.parametrize("ndim", [2, 3])

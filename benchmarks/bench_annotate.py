@@ -9,7 +9,8 @@ tools see the labels, the cached probabilities and the image, as in the viewer.
 Each step fixes the worst remaining error (the one that costs F1 the most):
   1. two true objects merged in one predicted object -> split at the two objects' centres;
   2. one true object in pieces -> merge the two largest pieces;
-  3. a missed true object (less than half of it labelled) -> add at its centre;
+  3. a missed true object (less than half of it labelled) -> add at its centre; where a
+     false object covers a quarter of it or more, that one is deleted first;
   4. a false object (no true object under half of it), or one so far off that it matches
      nothing -> delete (a missed object there is then added by a later click).
 A "centre" is the pixel farthest from the edge of the true object (within the part a tool
@@ -101,8 +102,13 @@ def next_action(truth: np.ndarray, pred: np.ndarray, tried: set):
             pa = centre((truth == g) & (pred == p_ids[a]))
             pb = centre((truth == g) & (pred == p_ids[b]))
             cands.append((1, -t_area[i], "merge", (pa, pb), ("merge", int(p_ids[a]), int(p_ids[b]))))
+        # a wrong object over a quarter of it: delete that first (the add follows)
+        wrong = [j for j in np.nonzero(ov[i, 1:] >= 0.25 * t_area[i])[0] + 1 if not p_matched[j]]
+        if wrong and ov[i, 0] < 0.75 * t_area[i]:
+            j = max(wrong, key=lambda j: ov[i, j])
+            cands.append((2, -t_area[i], "delete", (centre(pred == p_ids[j]),), ("delete", int(p_ids[j]))))
         # missed: less than half of it labelled
-        if ov[i, 0] >= 0.5 * t_area[i]:
+        elif ov[i, 0] >= 0.5 * t_area[i]:
             free = (truth == g) & (pred == 0)
             cands.append((2, -t_area[i], "add", (centre(free),), ("add", int(g))))
     for j in range(1, len(p_ids)):

@@ -168,16 +168,16 @@ def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | Non
     if probs is not None:
         interior, fg = _maps(probs, win)
         here = float(fg[local])
-        if here >= 0.1:  # the model saw something here: bounded by its foreground
+        if here >= 0.01:  # the model saw something here (maybe faint): bounded by its foreground
             t = min(float(p["mask"]), 0.5 * here)
             region = (fg > t) & free
             markers, n = ndi.label((interior > p["seed"]) & region)
-            mine = markers[local]
-            click = np.zeros_like(markers)
+            # seeds within half a typical radius of the click are the click's object's own
+            near = _disc(markers.shape, local, 0.25 * diameter, sd)
+            mine = np.isin(markers, np.unique(markers[near & (markers > 0)])) & (markers > 0)
+            click = mine.astype(markers.dtype)
             click[local] = 1
-            if mine:  # the click lies in a seed: that seed is the click's
-                click[markers == mine] = 1
-            others = np.where((markers > 0) & (markers != mine), markers + 1, 0)
+            others = np.where((markers > 0) & ~mine, markers + 1, 0)
             ws = watershed(-interior, markers=np.maximum(click, others), mask=region)
             region = _component(ws == 1, local)
             region = _cells(region, [local], interior, diameter, sd) == 1
@@ -213,29 +213,27 @@ def add_object(labels: np.ndarray, probs, point, **options) -> int:
 
 
 def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_dims: int) -> np.ndarray:
-    """``region`` cut into cells by a watershed from the clicks (ids 1, 2, ...) and, when it
-    is larger than 1.5 typical objects, from the other object centres it holds too: peaks of
-    the distance to its edge farther than 3/4 of a typical radius from every click (higher
-    ids)."""
+    """``region`` cut into cells by a watershed from the clicks (ids 1, 2, ...) and from the
+    other object centres it holds (higher ids): maxima of the distance to its edge that stand
+    out of it by ``h`` (a neck between touching objects; ``h`` = 1.5 px or 0.15 of a typical
+    radius) and lie farther than 3/4 of a typical radius from every click."""
     from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     markers = np.zeros(region.shape, np.int32)
     for i, c in enumerate(clicks, 1):
         markers[tuple(c)] = i
-    dist = ndi.distance_transform_edt(region)
     r = max(diameter / 2.0, 2.0)
-    typical = np.pi * r * r if spatial_dims == 2 else 4 / 3 * np.pi * r ** 3
     lead = region.ndim - spatial_dims
-    if region.sum() > 1.5 * typical:
-        from skimage.feature import peak_local_max
-
-        span = max(1, int(0.75 * r))
-        for j, p in enumerate(peak_local_max(dist, min_distance=span, threshold_abs=0.3 * r,
-                                             labels=region.astype(np.int32), exclude_border=False)):
+    if region.sum() > 4:
+        dist = ndi.distance_transform_edt(region)
+        h = max(1.5, 0.15 * r)
+        tops, n = ndi.label(h_maxima(dist, h) > 0)
+        for j, p in enumerate(ndi.maximum_position(dist, tops, range(1, n + 1)) if n else []):
             near = min(np.hypot.reduce(np.subtract(p[lead:], c[lead:], dtype=float)) for c in clicks)
             if near > 0.75 * r:
-                markers[tuple(p)] = len(clicks) + 1 + j
+                markers[tuple(int(v) for v in p)] = len(clicks) + 1 + j
     # flat where the model is sure (interior in steps of 0.1): there the cells grow
     # breadth-first from their markers, a geodesic Voronoi split; they meet where the
     # interior dips (the model's boundaries between touching objects)
@@ -260,22 +258,27 @@ def _component(mask: np.ndarray, local) -> np.ndarray:
 
 
 def _grow_from_image(image, win, local, free, diameter: float, spatial_dims: int) -> np.ndarray | None:
-    """Pixels around ``local`` that look like it: the connected region beyond the midpoint
-    between the click's intensity (median of its 3-pixel neighbourhood) and the window's
-    background (its 10th or 90th percentile), within 2 typical diameters of it."""
+    """Pixels around ``local`` that look like it: within one typical diameter of the click,
+    the connected region on the click's side of an Otsu threshold of its neighbourhood (two
+    diameters across), or of the midpoint between the click's intensity and the
+    neighbourhood's 10th/90th percentile when Otsu puts the click on the other side."""
+    from skimage.filters import threshold_otsu
+
     img = np.asarray(image[win], dtype=np.float32)
     if img.ndim == free.ndim + 1:  # RGB / channels last
         img = img.mean(axis=-1)
     if img.shape != free.shape:
         return None
-    near = tuple(slice(max(0, c - 1), c + 2) for c in local)
-    v = float(np.median(img[near]))
-    lo, hi = np.percentile(img, [10, 90])
-    if abs(v - lo) >= abs(v - hi):  # brighter than its surroundings
-        region = img > (v + lo) / 2
-    else:
-        region = img < (v + hi) / 2
-    region &= free & _disc(free.shape, local, 2 * diameter, spatial_dims)
+    near = _disc(free.shape, local, diameter, spatial_dims)
+    vals = img[near]
+    v = float(np.median(img[tuple(slice(max(0, c - 1), c + 2) for c in local)]))
+    lo, hi = np.percentile(vals, [10, 90])
+    bright = abs(v - lo) >= abs(v - hi)  # brighter than its surroundings
+    t = float(threshold_otsu(vals)) if np.ptp(vals) > 0 else v
+    if bright != (v > t):  # Otsu splits elsewhere: the midpoint to the background
+        t = (v + lo) / 2 if bright else (v + hi) / 2
+    region = (img > t) if bright else (img < t)
+    region &= free & near
     return _component(region, local) if region[local] else None
 
 
@@ -347,9 +350,10 @@ def plan_split(labels: np.ndarray, probs, point_a, point_b, *, diameter: float |
 def split_object(labels: np.ndarray, probs, point_a, point_b, **options) -> int:
     """Split the object under ``point_a`` and ``point_b`` by a watershed seeded at the two
     points, inside the object only, over the interior probability (where ``probs`` are
-    given; without, the parts grow equally fast from the two points). An object larger than 1.5 typical objects
-    (``diameter``, default: measured on ``labels``) is cut around the other centres it holds
-    too (peaks of the distance to its edge), so that ``point_a``'s part is one object's size.
+    given; without, the parts grow equally fast from the two points). An object holding more
+    than two (maxima of the distance to its edge, behind a neck; ``diameter``, default:
+    measured on ``labels``, sets the scale) is cut around those other centres too, so that
+    ``point_a``'s part is one object.
     The part of ``point_a`` keeps the id; the rest, with ``point_b``, gets a new id, which is
     returned."""
     edit = plan_split(labels, probs, point_a, point_b, **options)
@@ -521,3 +525,55 @@ def object_table(labels: np.ndarray, image=None, unc: np.ndarray | None = None) 
             cent[:, ax] = mean_of(coord)
     return {"label": ids.astype(np.int64), "area": area.astype(np.int64), "mean_intensity": intensity,
             "certainty": certainty, "centroid": cent}
+
+
+def save_thresholds(model: str, params: dict, *, activate: bool = True):
+    """Save ``model`` (a stored model's name or folder) as a new version ``<base>-ft-<N>``
+    whose instance thresholds (``seed``, ``mask``, ``min_size``, ``min_seed_size``) are
+    ``params``; the weights are the same. The card says where the thresholds came from and
+    that the parent's validation metrics were measured with other ones. Returns the folder.
+    """
+    import datetime as _dt
+    import os
+
+    from .model.store import load_model, reserve_version, save_model, set_active_model
+
+    net = load_model(model)
+    cfg = net.config
+    if cfg.output != "instances":
+        raise AnnotateError(f"model {cfg.name!r} is semantic: it has no instance thresholds")
+    keys = ("seed", "mask", "min_size", "min_seed_size")
+    old = {k: cfg.postprocess[k] for k in keys if k in cfg.postprocess}
+    new = {**cfg.postprocess, **{k: (int(params[k]) if "size" in k else round(float(params[k]), 4))
+                                 for k in keys if k in params}}
+    folder = reserve_version(cfg.name)
+    parent = cfg.name
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    cfg.name = folder.name
+    cfg.postprocess = new
+    card = dict(cfg.card)
+    metrics = card.pop("metrics", None)
+    if metrics:
+        card["metrics_before"] = metrics
+    card.update({
+        "parent": parent,
+        "created": now,
+        "postprocess_tuning": (f"set by hand in the Correct widget on {now}: "
+                               + ", ".join(f"{k} {new[k]}" for k in keys if k in new)
+                               + f" (were {', '.join(f'{k} {v}' for k, v in old.items())} in {parent}); "
+                               "weights unchanged"),
+        "notes": (f"Thresholds of {parent} changed by hand; its validation metrics (metrics_before) were "
+                  "measured with its own thresholds and do not hold for these."),
+    })
+    cfg.card = card
+    try:
+        save_model(net, folder)
+    except BaseException:
+        try:
+            os.rmdir(folder)  # the reserved folder, still empty
+        except OSError:
+            pass
+        raise
+    if activate:
+        set_active_model(folder.name)
+    return folder

@@ -173,7 +173,7 @@ def test_add_object_grows_from_the_image_without_probabilities(ndim):
     image[box(ndim, (10, 16), (14, 18))] = 40.0  # dimmer than the midpoint (55): not taken
     expected = labels.copy()
     expected[box(ndim, (10, 10), (14, 15))] = 2
-    assert ann.add_object(labels, None, pt(ndim, 12, 12), image=image) == 2
+    assert ann.add_object(labels, None, pt(ndim, 12, 12), image=image, diameter=8) == 2
     np.testing.assert_array_equal(labels, expected)
 
 

@@ -341,8 +341,8 @@ class CorrectWidget(QWidget):
         if old is layer:
             return
         if old is not None:
-            if self._on_mouse in old.mouse_drag_callbacks:
-                old.mouse_drag_callbacks.remove(self._on_mouse)
+            if self.on_mouse in old.mouse_drag_callbacks:
+                old.mouse_drag_callbacks.remove(self.on_mouse)
             old.mouse_pan = True
         self._bound = None
         if layer is None:
@@ -366,7 +366,7 @@ class CorrectWidget(QWidget):
                 widget.next_uncertain()
         next_region.__doc__ = "Correct: next uncertain region"
         layer.bind_key(NEXT_KEY, next_region, overwrite=True)
-        layer.mouse_drag_callbacks.append(self._on_mouse)
+        layer.mouse_drag_callbacks.append(self.on_mouse)
         self._bound = weakref.ref(layer)
         if self.tool is not None:
             self._arm(layer)
@@ -395,7 +395,8 @@ class CorrectWidget(QWidget):
         p = np.asarray(layer.world_to_data(position), float)
         return tuple(int(v) for v in np.round(p))
 
-    def _on_mouse(self, layer, event):
+    def on_mouse(self, layer, event):
+        """Mouse callback on the Labels layer: a click (or, for the box, a drag) of the tool."""
         if self.tool is None or event.button != 1:
             return
         if self.viewer.dims.ndisplay != 2:

@@ -225,7 +225,11 @@ def test_mouse_click_and_drag_on_the_layer(correct):
     with a plain event record as napari's own tests use)."""
     from dataclasses import dataclass, field
 
-    from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+    from napari.utils.interactions import (
+        mouse_move_callbacks,
+        mouse_press_callbacks,
+        mouse_release_callbacks,
+    )
 
     @dataclass
     class Event:

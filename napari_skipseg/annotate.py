@@ -368,7 +368,8 @@ def plan_box(labels: np.ndarray, probs, corner_a, corner_b, *, params: dict | No
     if probs is None:
         raise AnnotateError("the box re-segments from the model's probabilities: run Segment first")
     _check_probs(labels, probs)
-    a, b = _point(labels, corner_a), _point(labels, corner_b)
+    a, b = (_point(labels, np.clip(np.ravel(c)[: labels.ndim], 0, np.asarray(labels.shape) - 1)
+                   if np.size(c) == labels.ndim else c) for c in (corner_a, corner_b))
     box = tuple(slice(min(i, j), max(i, j) + 1) for i, j in zip(a, b, strict=True))
     sd = min(_spatial(labels, probs, spatial_dims), labels.ndim)
     old = np.asarray(labels[box])
@@ -410,8 +411,8 @@ def plan_box(labels: np.ndarray, probs, corner_a, corner_b, *, params: dict | No
 
 
 def box_segment(labels: np.ndarray, probs, corner_a, corner_b, **options) -> int:
-    """Re-segment only inside the box from ``corner_a`` to ``corner_b`` (inclusive; for a
-    stack, the corners' leading indices give the slices): the box's labels are replaced by
+    """Re-segment only inside the box from ``corner_a`` to ``corner_b`` (inclusive, clipped to
+    the labels; for a stack, the corners' leading indices give the slices): the box's labels are replaced by
     the instances the engine's post-processing finds in the cached probabilities there
     (``params``: the thresholds). A new object touching the box's edge over an object that
     goes on outside keeps that object's id; the rest get new ids. Returns the number of

@@ -104,11 +104,11 @@ class CorrectWidget(QWidget):
         self.viewer = napari_viewer
         self.tool: str | None = None
         self.clicks: list[tuple[int, ...]] = []
-        self.sources: dict[int, Source] = {}  # id(layer) -> Source
-        self.visited: dict[int, set] = {}  # id(layer) -> keys of the regions reviewed
+        self.sources: dict = {}  # layer.unique_id -> Source
+        self.visited: dict = {}  # layer.unique_id -> keys of the regions reviewed
         self.relabel_worker = None
         self._relabel_again = False
-        self._bound = None  # weakref to the layer our keys and mouse callback sit on
+        self._bound = None  # unique_id of the layer our keys and mouse callback sit on
         self.timings: dict[str, float] = {}  # last GUI-thread seconds per action (benchmarks read it)
         self._table_ids: list[int] = []
         self._box_preview = None
@@ -233,7 +233,8 @@ class CorrectWidget(QWidget):
 
     def _follow_selection(self, event=None) -> None:
         active = self.viewer.layers.selection.active
-        if active is not None and active in self._labels_layers() and active.name != self.labels_combo.currentText():
+        names = [layer.name for layer in self._labels_layers()]
+        if active is not None and active.name in names and active.name != self.labels_combo.currentText():
             self.labels_combo.setCurrentText(active.name)
 
     def labels_layer(self):
@@ -252,10 +253,10 @@ class CorrectWidget(QWidget):
     def source(self, layer) -> Source:
         """What is known about ``layer``: the probabilities of the Segment run that made it
         (looked up each time until found), thresholds, the image it came from."""
-        src = self.sources.get(id(layer))
+        src = self.sources.get(layer.unique_id)
         if src is None or src.probs is None:
             src = self._source_from_segment(layer) or src or self._plain_source(layer)
-            self.sources[id(layer)] = src
+            self.sources[layer.unique_id] = src
         return src
 
     def _plain_source(self, layer) -> Source:
@@ -288,8 +289,9 @@ class CorrectWidget(QWidget):
         or a saved ``segment(..., output="probabilities")``)."""
         if tuple(probs.shape[1:]) != tuple(layer.data.shape):
             raise ValueError(f"probabilities {tuple(probs.shape)} do not fit {layer.name!r} {tuple(layer.data.shape)}")
-        self.sources[id(layer)] = self._make_source(layer, probs, model, params, where="given")
-        if layer is self.labels_layer():
+        self.sources[layer.unique_id] = self._make_source(layer, probs, model, params, where="given")
+        current = self.labels_layer()
+        if current is not None and current.unique_id == layer.unique_id:
             self._on_labels_chosen(layer.name)
 
     def _image_for(self, layer):
@@ -336,10 +338,19 @@ class CorrectWidget(QWidget):
         self.mask_value.setText(f"{self.mask_slider.value() / 100:.2f}")
 
     # -- keys and mouse ------------------------------------------------------------------------
+    def _layer(self, uid):
+        """The layer with this ``unique_id`` in the viewer, or None. (Layers reach a plugin
+        through napari's proxies, a new one per access: identity never holds, the id does.)"""
+        for layer in self.viewer.layers:
+            if layer.unique_id == uid:
+                return layer
+        return None
+
     def _bind(self, layer) -> None:
-        old = self._bound() if self._bound is not None else None
-        if old is layer:
+        uid = None if layer is None else layer.unique_id
+        if uid == self._bound:
             return
+        old = self._layer(self._bound) if self._bound is not None else None
         if old is not None:
             if self.on_mouse in old.mouse_drag_callbacks:
                 old.mouse_drag_callbacks.remove(self.on_mouse)
@@ -367,7 +378,7 @@ class CorrectWidget(QWidget):
         next_region.__doc__ = "Correct: next uncertain region"
         layer.bind_key(NEXT_KEY, next_region, overwrite=True)
         layer.mouse_drag_callbacks.append(self.on_mouse)
-        self._bound = weakref.ref(layer)
+        self._bound = uid
         if self.tool is not None:
             self._arm(layer)
 
@@ -408,10 +419,9 @@ class CorrectWidget(QWidget):
         while event.type == "mouse_move":
             end = self._data_point(layer, event.position)
             if self.tool == "box":
-                self._preview_box(layer, start, end)
+                self.preview_box(layer, start, end)
             yield
         if self.tool == "box":
-            self._clear_preview()
             self.click(start, end)
         else:
             self.click(start)
@@ -423,6 +433,7 @@ class CorrectWidget(QWidget):
         if layer is None or self.tool is None:
             return None
         if point_b is not None:
+            self._clear_preview()
             self.clicks = [tuple(point), tuple(point_b)]
         else:
             self.clicks.append(tuple(point))
@@ -462,30 +473,36 @@ class CorrectWidget(QWidget):
         except ann.AnnotateError as err:
             self.status.setText(str(err))
             return None
+        t1 = time.perf_counter()
         apply_edit(layer, edit)
         if edit.label and tool in ("add", "split"):
             layer.selected_label = edit.label
         self.timings[tool] = time.perf_counter() - t0
+        self.timings[f"{tool} (apply)"] = time.perf_counter() - t1
         self.status.setText(edit.message or tool)
         return edit
 
     # -- box preview ----------------------------------------------------------------------------
-    def _preview_box(self, layer, a, b) -> None:
+    def preview_box(self, layer, a, b) -> None:
+        """Show the box being dragged from ``a`` to ``b`` (data coordinates) as a rectangle."""
         ya, xa = a[-2:]
         yb, xb = b[-2:]
         lead = list(a[:-2])
         rect = np.array([[*lead, ya, xa], [*lead, ya, xb], [*lead, yb, xb], [*lead, yb, xa]], float)
-        if self._box_preview is None or self._box_preview not in self.viewer.layers:
-            self._box_preview = self.viewer.add_shapes(
+        preview = self._layer(self._box_preview) if self._box_preview is not None else None
+        if preview is None:
+            preview = self.viewer.add_shapes(
                 [rect], shape_type="rectangle", name="box prompt", edge_color="yellow", face_color="transparent",
                 edge_width=2, scale=layer.scale, translate=layer.translate)
+            self._box_preview = preview.unique_id
             self.viewer.layers.selection.active = layer  # keep the clicks on the labels
         else:
-            self._box_preview.data = [rect]
+            preview.data = [rect]
 
     def _clear_preview(self) -> None:
-        if self._box_preview is not None and self._box_preview in self.viewer.layers:
-            self.viewer.layers.remove(self._box_preview)
+        preview = self._layer(self._box_preview) if self._box_preview is not None else None
+        if preview is not None:
+            self.viewer.layers.remove(preview.name)
         self._box_preview = None
 
     # -- thresholds ---------------------------------------------------------------------------------
@@ -518,11 +535,11 @@ class CorrectWidget(QWidget):
         self.relabel_worker.start()
 
     def _relabelled(self, layer, labels: np.ndarray, params: dict) -> None:
-        if self._relabel_again or layer not in self.viewer.layers:
+        if self._relabel_again or self._layer(layer.unique_id) is None:
             return  # a newer setting is coming
         t0 = time.perf_counter()
         self.apply_labels(layer, labels)
-        self.sources[id(layer)].params = params
+        self.sources[layer.unique_id].params = params
         self.timings["thresholds"] = time.perf_counter() - t0
         self.status.setText(f"relabelled: {int(labels.max())} objects (seed {params['seed']:.2f}, foreground "
                             f"{params['mask']:.2f}, min size {params['min_size']}); Ctrl+Z undoes")
@@ -599,12 +616,12 @@ class CorrectWidget(QWidget):
         if unc is None:
             self.status.setText("no probabilities for this layer: run Segment first")
             return None
-        seen = self.visited.setdefault(id(layer), set())
+        seen = self.visited.setdefault(layer.unique_id, set())
         reviewed = (layer.metadata or {}).get(REVIEWED_KEY, []) if layer.ndim > 2 else []
         regions = ann.uncertain_regions(unc, TILE, skip=seen, skip_lead=reviewed)
         if not regions:
             self.status.setText("every region has been shown; start again by choosing the layer anew")
-            self.visited[id(layer)] = set()
+            self.visited[layer.unique_id] = set()
             return None
         region = regions[0]
         seen.add(region.key)

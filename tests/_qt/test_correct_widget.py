@@ -274,3 +274,21 @@ def test_mouse_click_and_drag_on_the_layer(correct):
     before = layer.data.copy()
     click(14, 14)  # no tool: the click changes nothing
     np.testing.assert_array_equal(layer.data, before)
+
+
+def test_docked_through_the_plugin_manifest(make_napari_viewer, qtbot):
+    """As napari docks it (the viewer and its layers reach the widget through proxies)."""
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("napari-skipseg", "Correct")
+    labels, probs = scene(2)
+    layer = viewer.add_labels(labels.copy(), name="cells")
+    w.set_probabilities(layer, probs, params=PARAMS)
+    assert "probabilities of" in w.source_label.text() and w.tool_buttons["box"].isEnabled()
+    w.set_tool("box")
+    w.preview_box(layer, (0, 0), (5, 5))
+    w.preview_box(layer, (0, 0), (9, 9))
+    assert [ly.name for ly in viewer.layers].count("box prompt") == 1
+    w.click((0, 0), (10, 10))
+    assert "box prompt" not in viewer.layers and layer.data[5, 5]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, labels)

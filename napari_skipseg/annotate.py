@@ -107,7 +107,10 @@ def typical_diameter(labels: np.ndarray, spatial_dims: int | None = None) -> flo
     """Median equivalent diameter (pixels) of the objects in ``labels`` (for a stack, of the
     objects' areas per slice); :data:`DEFAULT_DIAMETER` when there are none."""
     spatial_dims = spatial_dims or min(labels.ndim, 3)
-    counts = np.bincount(np.asarray(labels).ravel().astype(np.int64))[1:]
+    flat = np.asarray(labels).ravel()
+    if flat.dtype.kind != "u" or flat.dtype.itemsize > 4:  # bincount takes these without a copy
+        flat = flat.astype(np.int64)
+    counts = np.bincount(flat)[1:]
     counts = counts[counts > 0]
     if counts.size == 0:
         return DEFAULT_DIAMETER

@@ -96,6 +96,20 @@ def apply_edit(layer, edit: ann.Edit) -> None:
         layer.data_setitem(edit.indices, edit.values)
 
 
+class NumberItem(QTableWidgetItem):
+    """A table cell that sorts by its number (``UserRole``; empty cells last), shown as text."""
+
+    def __lt__(self, other) -> bool:
+        a, b = self.data(Qt.ItemDataRole.UserRole), other.data(Qt.ItemDataRole.UserRole)
+        try:
+            a, b = float(a), float(b)
+        except (TypeError, ValueError):
+            return super().__lt__(other)
+        if np.isnan(a) or np.isnan(b):
+            return not np.isnan(a) and np.isnan(b)
+        return a < b
+
+
 class CorrectWidget(QWidget):
     """Correct the labels of a Labels layer with clicks; thresholds; review by uncertainty."""
 
@@ -157,6 +171,8 @@ class CorrectWidget(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.setMinimumHeight(160)
         self.table_button = QPushButton("Refresh table")
+        self.table_label = QLabel("")
+        self.table_label.setStyleSheet("color: #9aa0a6;")
         self.status = WrapLabel("")
 
         form = QFormLayout()
@@ -185,7 +201,10 @@ class CorrectWidget(QWidget):
         row.addWidget(self.next_button)
         rv.addLayout(row)
         rv.addWidget(self.table, 1)
-        rv.addWidget(self.table_button)
+        row = QHBoxLayout()
+        row.addWidget(self.table_label, 1)
+        row.addWidget(self.table_button)
+        rv.addLayout(row)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(tools)
@@ -626,11 +645,26 @@ class CorrectWidget(QWidget):
         region = regions[0]
         seen.add(region.key)
         self.go_to(layer, region.centre)
+        self._outline(layer, region)
         lead = f"slice {region.lead}, " if region.lead else ""
         self.status.setText(f"{lead}tile y {region.window[0].start}-{region.window[0].stop - 1}, x "
                             f"{region.window[1].start}-{region.window[1].stop - 1}: uncertainty "
                             f"{region.score:.3f} ({len(regions) - 1} regions left)")
         return region
+
+    def _outline(self, layer, region) -> None:
+        """Draw the region under review as a rectangle (one Shapes layer, moved each time)."""
+        (y0, y1), (x0, x1) = ((w.start - 0.5, w.stop - 0.5) for w in region.window)
+        lead = [float(v) for v in region.lead]
+        rect = np.array([[*lead, y0, x0], [*lead, y0, x1], [*lead, y1, x1], [*lead, y1, x0]])
+        name = f"{layer.name} review region"
+        if name in self.viewer.layers:
+            self.viewer.layers[name].data = [rect]
+        else:
+            self.viewer.add_shapes([rect], shape_type="rectangle", name=name, edge_color="cyan",
+                                   face_color="transparent", edge_width=3, scale=layer.scale,
+                                   translate=layer.translate)
+        self.viewer.layers.selection.active = layer
 
     def go_to(self, layer, point) -> None:
         """Centre the view on ``point`` (data coordinates of ``layer``), on its slice."""
@@ -661,20 +695,19 @@ class CorrectWidget(QWidget):
             for col, value, text in ((0, int(i), str(int(i))), (1, int(a), str(int(a))),
                                      (2, float(m), "" if np.isnan(m) else f"{m:.1f}"),
                                      (3, float(c), "" if np.isnan(c) else f"{c:.3f}")):
-                item = QTableWidgetItem(text)
-                item.setData(Qt.ItemDataRole.EditRole, value if text else None)
-                item.setData(Qt.ItemDataRole.DisplayRole, value if text else "")
+                item = NumberItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, value if text else float("nan"))
                 self.table.setItem(r, col, item)
         self.table.setSortingEnabled(True)
         self.table.sortItems(3, Qt.SortOrder.AscendingOrder)  # least certain first
-        self.status.setText(f"{len(table['label'])} objects (sorted least certain first; click a row to go there)")
+        self.table_label.setText(f"{len(table['label'])} objects, least certain first; click a row to go there")
 
     def _on_row_clicked(self, row: int, _col: int = 0) -> None:
         item = self.table.item(row, 0)
         layer = self.labels_layer()
         if item is None or layer is None:
             return
-        label = int(item.data(Qt.ItemDataRole.EditRole))
+        label = int(item.data(Qt.ItemDataRole.UserRole))
         centre = getattr(self, "_centroids", {}).get(label)
         if centre is None:
             return

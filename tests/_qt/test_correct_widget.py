@@ -173,7 +173,13 @@ def test_uncertainty_next_region_and_table(correct):
     rows = {int(w.table.item(r, 0).text()): r for r in range(2)}
     assert w.table.item(rows[7], 1).text() == "200" and w.table.item(rows[7], 2).text() == "50.0"
     assert float(w.table.item(rows[7], 3).text()) < float(w.table.item(rows[3], 3).text())
+    assert "lab review region" in viewer.layers
     assert rows[7] == 0  # least certain first
+    from qtpy.QtCore import Qt
+
+    w.table.sortItems(1, Qt.SortOrder.AscendingOrder)  # by area, as numbers: 16 before 200
+    assert [w.table.item(r, 0).text() for r in range(2)] == ["3", "7"]
+    rows = {int(w.table.item(r, 0).text()): r for r in range(2)}
     w._on_row_clicked(rows[3])
     assert layer.selected_label == 3 and viewer.dims.current_step[0] == 0
     np.testing.assert_allclose(viewer.camera.center[-2:], (6.5, 6.5))

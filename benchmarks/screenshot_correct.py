@@ -135,7 +135,7 @@ def main(argv=None) -> int:
 
     # 3. review: uncertainty, next region, table
     w.show_uncertainty()
-    viewer.camera.zoom = 2.0
+    viewer.camera.zoom = 1.5  # the whole 256 x 256 tile in the canvas
     w.next_uncertain()
     w.refresh_table()
     settle(app)

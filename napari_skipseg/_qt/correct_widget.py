@@ -96,6 +96,13 @@ def apply_edit(layer, edit: ann.Edit) -> None:
         layer.data_setitem(edit.indices, edit.values)
 
 
+def _hint(label: QLabel) -> None:
+    """A hint: the theme's text colour (no fixed colour: the light theme stays readable), italic."""
+    font = label.font()
+    font.setItalic(True)
+    label.setFont(font)
+
+
 class NumberItem(QTableWidgetItem):
     """A table cell that sorts by its number (``UserRole``; empty cells last), shown as text."""
 
@@ -129,7 +136,7 @@ class CorrectWidget(QWidget):
 
         self.labels_combo = QComboBox()
         self.source_label = WrapLabel("")
-        self.source_label.setStyleSheet("color: #9aa0a6;")
+        _hint(self.source_label)
         self.buttons = QButtonGroup(self)
         self.buttons.setExclusive(False)
         tool_row = QHBoxLayout()
@@ -172,7 +179,7 @@ class CorrectWidget(QWidget):
         self.table.setMinimumHeight(160)
         self.table_button = QPushButton("Refresh table")
         self.table_label = QLabel("")
-        self.table_label.setStyleSheet("color: #9aa0a6;")
+        _hint(self.table_label)
         self.status = WrapLabel("")
 
         form = QFormLayout()

@@ -203,7 +203,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=None, help="folder with images/ and masks/ (default: shared data/<model>)")
     p.add_argument("--split", default="validation", choices=("validation", "all"))
     p.add_argument("--limit", type=int, default=None, help="first N images of the split (sorted)")
-    p.add_argument("--no-flips", dest="flips", action="store_false", help="no test-time flips (the model's default: on)")
+    p.add_argument("--flips", dest="flips", action="store_true", default=None,
+                   help="test-time flips (default: the model's own setting)")
+    p.add_argument("--no-flips", dest="flips", action="store_false")
+    p.add_argument("--images", default="split", choices=("split", "histology"),
+                   help="split: the model's --split of --data; histology: the H&E-like evaluation images of "
+                        "bench_finetune.py's domain-shift benchmark (give --model the version it fine-tuned)")
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--budget", type=float, default=2.0, help="clicks per true object at most")
     p.add_argument("--cache", type=Path, default=None, help="folder to keep probabilities in between runs")
@@ -215,28 +220,46 @@ def main(argv=None) -> int:
     from napari_skipseg.annotate import relabel
     from napari_skipseg.batch import open_source
     from napari_skipseg.io import read_image
-    from napari_skipseg.model.store import load_model, resolve_model
+    from napari_skipseg.model.store import load_model, resolve_model, version_base
 
     model = load_model(args.model)
     cfg = model.config
     params = dict(cfg.postprocess)
-    folder = args.data or DATA / args.model
-    if args.split == "validation":
-        names = sorted(json.loads((resolve_model(args.model) / "validation_split.json").read_text())["validation"])
+    if args.flips is None:
+        args.flips = bool(cfg.inference.get("flips", False))
+    folder = args.data or DATA / version_base(cfg.name)
+    if args.images == "histology":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from bench_finetune import shift_sets
+
+        items = [(name, img, -1, mask) for name, img, mask in shift_sets()[1]]
+        source = "bench_finetune.py's domain-shift evaluation images (H&E-like)"
     else:
-        names = sorted(f.name for f in (folder / "images").iterdir())
-    names = [n for n in names if (folder / "images" / n).exists()][: args.limit]
-    if not names:
-        print(f"no images of the {args.split} split in {folder}/images (set --data or SKIPSEG_DATA)", file=sys.stderr)
-        return 2
-    print(f"{args.model}: {len(names)} images ({args.split}) from {folder}, flips {'on' if args.flips else 'off'}, "
+        if args.split == "validation":
+            names = sorted(json.loads((resolve_model(version_base(cfg.name)) / "validation_split.json").read_text())
+                           ["validation"])
+        else:
+            names = sorted(f.name for f in (folder / "images").iterdir())
+        names = [n for n in names if (folder / "images" / n).exists()][: args.limit]
+        if not names:
+            print(f"no images of the {args.split} split in {folder}/images (set --data or SKIPSEG_DATA)",
+                  file=sys.stderr)
+            return 2
+
+        def read(name):
+            image, _, ca = open_source(folder / "images" / name, None)
+            return name, np.asarray(image), ca, np.asarray(read_image(folder / "masks" / name)[0])
+
+        items = (read(n) for n in names)
+        source = f"{len(names)} images ({args.split}) from {folder}"
+    print(f"{cfg.name}: {source}, flips {'on' if args.flips else 'off'}, "
           f"target F1@0.5 >= {args.target}, at most {args.budget:g} clicks per object", flush=True)
     rows, tools = [], {}
     t0 = time.perf_counter()
-    for name in names:
-        image, _, ca = open_source(folder / "images" / name, None)
-        image = np.asarray(image)
-        truth = np.asarray(read_image(folder / "masks" / name)[0])
+    sample = None
+    for name, image, ca, truth in items:
+        if sample is None:
+            sample = (name, image, ca)
         if truth.max() <= 1:
             truth = cc_label(truth > 0)
         probs = model_output(model, image, ca, args.flips, args.cache, name)
@@ -255,27 +278,24 @@ def main(argv=None) -> int:
     objects = sum(r["objects"] for r in rows)
     clicks = sum(r["clicks"] for r in rows)
     reached = sum(r["reached"] for r in rows)
-    sample = model_output(model, *_first(folder, names, open_source), args.flips, args.cache, names[0])
-    relabel_s, relabel_cpu = time_relabel(sample, params)
-    summary = {"model": args.model, "split": args.split, "images": len(rows), "objects": objects, "clicks": clicks,
+    probs = model_output(model, sample[1], sample[2], args.flips, args.cache, sample[0])
+    relabel_s, relabel_cpu = time_relabel(probs, params)
+    summary = {"model": cfg.name, "images_from": source, "images": len(rows), "objects": objects, "clicks": clicks,
                "clicks_per_object": clicks / max(objects, 1), "images_reaching_target": reached,
                "mean_f1_before": float(np.mean([r["f1_before"] for r in rows])),
                "mean_f1_after": float(np.mean([r["f1_after"] for r in rows])),
                "tools": tools, "relabel_1024_seconds": relabel_s, "relabel_1024_cpu_seconds": relabel_cpu, "flips": args.flips, "target": args.target,
                "budget_per_object": args.budget, "seconds": time.perf_counter() - t0}
     print(f"\n{clicks} clicks for {objects} objects: {summary['clicks_per_object']:.3f} clicks per object "
-          f"(goal <= 0.10); {reached}/{len(rows)} images reach F1 >= {args.target}; mean F1 "
+          f"(goal <= {0.30 if args.images == 'histology' else 0.10:.2f}); {reached}/{len(rows)} images reach F1 >= "
+          f"{args.target} ({sum(r['clicks'] for r in rows if r['reached']) / max(sum(r['objects'] for r in rows if r['reached']), 1):.3f} "
+          f"clicks per object in those); mean F1 "
           f"{summary['mean_f1_before']:.3f} -> {summary['mean_f1_after']:.3f}; tools {json.dumps(tools)}")
     print(f"live thresholds: relabel of 1024 x 1024 cached probabilities {relabel_s * 1000:.0f} ms wall, "
           f"{relabel_cpu * 1000:.0f} ms CPU (median of 7; goal < 100 ms)")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "images": rows}, indent=1))
     return 0
-
-
-def _first(folder: Path, names: list[str], open_source):
-    image, _, ca = open_source(folder / "images" / names[0], None)
-    return np.asarray(image), ca
 
 
 if __name__ == "__main__":

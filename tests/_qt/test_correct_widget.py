@@ -298,3 +298,19 @@ def test_docked_through_the_plugin_manifest(make_napari_viewer, qtbot):
     assert "box prompt" not in viewer.layers and layer.data[5, 5]
     layer.undo()
     np.testing.assert_array_equal(layer.data, labels)
+
+
+def test_keys_on_the_labels_layer_choose_the_tools(correct):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer, w = correct
+    labels, probs = scene(2)
+    layer = viewer.add_labels(labels.copy(), name="cells")
+    w.set_probabilities(layer, probs, params=PARAMS)
+    for key, tool in (("a", "add"), ("d", "delete"), ("g", "merge"), ("s", "split"), ("w", "box")):
+        layer.keymap[coerce_keybinding(key)](layer)
+        assert w.tool == tool and w.tool_buttons[tool].isChecked()
+    layer.keymap[coerce_keybinding("w")](layer)  # the same key again: no tool
+    assert w.tool is None and not layer.mode == "paint"
+    layer.keymap[coerce_keybinding("n")](layer)
+    assert "uncertainty" in w.status.text()

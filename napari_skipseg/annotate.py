@@ -449,8 +449,11 @@ def uncertainty(probs) -> np.ndarray:
         q = p[0]
         h = -(q * np.log(q) + (1 - q) * np.log(np.clip(1 - q, 1e-6, 1.0))) / np.log(2.0)
         return h.astype(np.float32)
-    h = -(p * np.log(p)).sum(axis=0) / np.float32(np.log(c))
-    return np.clip(h, 0.0, 1.0).astype(np.float32)
+    h = np.zeros(p.shape[1:], np.float32)
+    for q in p:  # one class at a time: no (classes, *shape) temporaries
+        h -= q * np.log(q)
+    h /= np.float32(np.log(c))
+    return np.clip(h, 0.0, 1.0, out=h)
 
 
 @dataclass(frozen=True)

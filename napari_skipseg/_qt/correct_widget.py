@@ -272,6 +272,8 @@ class CorrectWidget(QWidget):
         self._bind(layer)
         self.clicks = []
         src = self.source(layer) if layer is not None else None
+        if src is not None:
+            self._prepare(src)
         self._show_source(src)
         self._set_sliders(src)
         self.table.setRowCount(0)
@@ -608,6 +610,22 @@ class CorrectWidget(QWidget):
         return worker
 
     # -- review ------------------------------------------------------------------------------------------
+    def _prepare(self, src: Source) -> None:
+        """Compute the uncertainty map off the GUI thread as soon as probabilities are known."""
+        from napari.qt.threading import create_worker
+
+        if src.probs is None or src.uncertainty is not None:
+            return
+
+        def done(unc, src=src):
+            if src.uncertainty is None:
+                src.uncertainty = unc
+
+        worker = create_worker(ann.uncertainty, src.probs, _start_thread=False)
+        worker.returned.connect(done)
+        self._prepare_worker = worker
+        worker.start()
+
     def uncertainty(self, layer=None) -> np.ndarray | None:
         layer = layer or self.labels_layer()
         src = self.source(layer) if layer is not None else None
@@ -685,15 +703,34 @@ class CorrectWidget(QWidget):
         centre[-2:] = list(world[-2:])
         self.viewer.camera.center = tuple(centre)
 
-    def refresh_table(self) -> None:
-        """Fill the object table (id, area, mean intensity, certainty) of the chosen layer."""
+    def refresh_table(self):
+        """Fill the object table (id, area, mean intensity, certainty) of the chosen layer;
+        the measuring runs in a worker (returned), the table is filled when it is done."""
+        from napari.qt.threading import create_worker
+
         layer = self.labels_layer()
         if layer is None or not isinstance(layer.data, np.ndarray):
             self.table.setRowCount(0)
-            return
+            return None
         src = self.source(layer)
         image = None if src.image is None else np.asarray(src.image)
-        table = ann.object_table(layer.data, image, self.uncertainty(layer))
+        labels = layer.data.copy()  # the user may edit while it is measured
+        self.table_label.setText("measuring ...")
+        worker = create_worker(self._measure, labels, image, src, _start_thread=False)
+        worker.returned.connect(self.fill_table)
+        worker.errored.connect(lambda err: self.table_label.setText(f"table failed: {err}"))
+        self._table_worker = worker
+        worker.start()
+        return worker
+
+    @staticmethod
+    def _measure(labels, image, src: Source) -> dict:
+        if src.probs is not None and src.uncertainty is None:
+            src.uncertainty = ann.uncertainty(src.probs)
+        return ann.object_table(labels, image, src.uncertainty)
+
+    def fill_table(self, table: dict) -> None:
+        """Show ``table`` (from :func:`napari_skipseg.annotate.object_table`), least certain first."""
         self._centroids = dict(zip(table["label"].tolist(), table["centroid"], strict=True))
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(table["label"]))

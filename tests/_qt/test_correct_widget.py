@@ -147,7 +147,7 @@ def test_live_thresholds_relabel_and_undo(correct, qtbot):
     np.testing.assert_array_equal(layer.data, start)
 
 
-def test_uncertainty_next_region_and_table(correct):
+def test_uncertainty_next_region_and_table(correct, qtbot):
     viewer, w = correct
     probs = np.zeros((3, 2, 300, 300), np.float32)
     probs[0] = 1.0
@@ -168,7 +168,8 @@ def test_uncertainty_next_region_and_table(correct):
     np.testing.assert_allclose(viewer.camera.center[-2:], (277.5, 127.5))
     second = w.next_uncertain()
     assert second.key != region.key  # a region is shown once
-    w.refresh_table()
+    with qtbot.waitSignal(w.refresh_table().finished, timeout=10_000):
+        pass
     assert w.table.rowCount() == 2
     rows = {int(w.table.item(r, 0).text()): r for r in range(2)}
     assert w.table.item(rows[7], 1).text() == "200" and w.table.item(rows[7], 2).text() == "50.0"

@@ -199,8 +199,9 @@ def time_actions(viewer, w, app, probs, params) -> None:
             while worker.is_running:
                 settle(app, 1)
             settle(app, 3)
+            table = CorrectWidget._measure(layer.data, None, w.sources[layer.unique_id])
             t, c = time.perf_counter(), time.thread_time()
-            w.fill_table(CorrectWidget._measure(layer.data, None, w.sources[layer.unique_id]))
+            w.fill_table(table)
             times.setdefault("table fill", []).append((time.perf_counter() - t, time.thread_time() - c))
         settle(app, 3)
     print(f"  ({w.table.rowCount()} objects in the table)")

@@ -230,6 +230,7 @@ def main(argv=None) -> int:
     folder = args.data or DATA / version_base(cfg.name)
     if args.images == "histology":
         sys.path.insert(0, str(ROOT / "benchmarks"))
+        os.environ.setdefault("SKIPSEG_DATA", str(DATA))  # where bench_finetune reads nuclei2d
         from bench_finetune import shift_sets
 
         items = [(name, img, -1, mask) for name, img, mask in shift_sets()[1]]

@@ -1,0 +1,586 @@
+"""Correct a segmentation with a click: add, delete, merge, split, re-segment a box.
+
+Headless (no Qt, no napari): the *Correct* widget, the tests and
+``benchmarks/bench_annotate.py`` call the same functions.
+
+``labels`` is an integer array (``(y, x)``, ``(z, y, x)``, or a stack of either) changed in
+place; ``probs`` is what ``segment(..., output="probabilities")`` returns for the same
+image, ``(classes, *labels.shape)`` (None where there are none); points are ``(y, x)`` or
+``(z, y, x)``, one coordinate per axis of ``labels``.
+
+Every tool has two forms: ``add_object(...)`` changes ``labels`` in place, and
+``plan_add(...)`` returns the :class:`Edit` (indices and new values) without touching it,
+so that a viewer can apply it through its own undoable API (napari's
+``Labels.data_setitem``). New objects are drawn from the model's probabilities with the
+engine's own post-processing (:func:`napari_skipseg.inference.postprocess.instance_labels`
+for a box, the same seeded watershed over the interior probability for a click).
+
+Review helpers: :func:`uncertainty` (normalised entropy of the probabilities),
+:func:`uncertain_regions` (slices/tiles, least certain first) and :func:`object_table`
+(area, mean intensity, certainty per object).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inference.postprocess import DEFAULT_INSTANCE_PARAMS, instance_labels, instances_nd
+
+__all__ = [
+    "Edit", "add_object", "box_segment", "delete_object", "merge_objects", "object_table", "plan_add",
+    "plan_box", "plan_delete", "plan_merge", "plan_split", "relabel", "split_object", "uncertain_regions",
+    "uncertainty",
+]
+
+#: Object diameter (pixels) assumed when the labels hold no object to measure.
+DEFAULT_DIAMETER = 20.0
+
+
+class AnnotateError(ValueError):
+    """A tool cannot do what was asked (the message says why, in one line)."""
+
+
+@dataclass
+class Edit:
+    """A change to a labels array: ``labels[indices] = values``.
+
+    ``label`` is the object the tool made or kept (0: none); ``message`` says what was done
+    (or why nothing was)."""
+
+    indices: tuple[np.ndarray, ...]
+    values: np.ndarray
+    label: int = 0
+    message: str = ""
+    removed: list[int] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.indices[0].size == 0 if self.indices else True
+
+    def apply(self, labels: np.ndarray) -> None:
+        """Write the change into ``labels`` (in place)."""
+        if not self.empty:
+            labels[self.indices] = self.values
+
+
+def _nothing(ndim: int, message: str, label: int = 0) -> Edit:
+    return Edit(tuple(np.zeros(0, np.intp) for _ in range(ndim)), np.zeros(0, np.uint32), label, message)
+
+
+# -- geometry -------------------------------------------------------------------------------
+def _point(labels: np.ndarray, point) -> tuple[int, ...]:
+    p = tuple(int(round(float(v))) for v in np.ravel(point))
+    if len(p) != labels.ndim:
+        raise AnnotateError(f"point {tuple(np.ravel(point))} has {len(p)} coordinates; the labels have "
+                            f"{labels.ndim} axes {tuple(labels.shape)}")
+    if any(not 0 <= v < n for v, n in zip(p, labels.shape, strict=True)):
+        raise AnnotateError(f"point {p} lies outside the labels (shape {tuple(labels.shape)})")
+    return p
+
+
+def _window(shape, point, radius: int, spatial_dims: int) -> tuple[slice, ...]:
+    """Slices around ``point``: ``radius`` on the spatial axes, the point's own index on the
+    leading (slice) axes."""
+    lead = len(shape) - spatial_dims
+    out = [slice(point[i], point[i] + 1) for i in range(lead)]
+    out += [slice(max(0, point[i] - radius), min(shape[i], point[i] + radius + 1)) for i in range(lead, len(shape))]
+    return tuple(out)
+
+
+def _local(point, window) -> tuple[int, ...]:
+    return tuple(p - s.start for p, s in zip(point, window, strict=True))
+
+
+def _indices(mask: np.ndarray, window) -> tuple[np.ndarray, ...]:
+    """Indices into the full array of the True pixels of ``mask`` (a crop at ``window``)."""
+    return tuple(ix + s.start for ix, s in zip(np.nonzero(mask), window, strict=True))
+
+
+def _bbox(mask_indices: tuple[np.ndarray, ...], shape, margin: int = 1) -> tuple[slice, ...]:
+    return tuple(slice(max(0, int(ix.min()) - margin), min(n, int(ix.max()) + margin + 1))
+                 for ix, n in zip(mask_indices, shape, strict=True))
+
+
+def typical_diameter(labels: np.ndarray, spatial_dims: int | None = None) -> float:
+    """Median equivalent diameter (pixels) of the objects in ``labels`` (for a stack, of the
+    objects' areas per slice); :data:`DEFAULT_DIAMETER` when there are none."""
+    spatial_dims = spatial_dims or min(labels.ndim, 3)
+    flat = np.asarray(labels).ravel()
+    if flat.dtype.kind != "u" or flat.dtype.itemsize > 4:  # bincount takes these without a copy
+        flat = flat.astype(np.int64)
+    counts = np.bincount(flat)[1:]
+    counts = counts[counts > 0]
+    if counts.size == 0:
+        return DEFAULT_DIAMETER
+    size = float(np.median(counts))
+    if spatial_dims == 3:
+        return float((6 * size / np.pi) ** (1 / 3))
+    return float(np.sqrt(4 * size / np.pi))
+
+
+def _new_id(labels: np.ndarray) -> int:
+    top = int(labels.max()) if labels.size else 0
+    if labels.dtype.kind in "iu" and top + 1 > np.iinfo(labels.dtype).max:
+        raise AnnotateError(f"no free label id left in a {labels.dtype} labels array")
+    return top + 1
+
+
+def _maps(probs, window) -> tuple[np.ndarray, np.ndarray]:
+    """Interior and foreground probabilities in ``window``: an instance model's (background,
+    interior, boundary) classes give interior = p1 and foreground = p1 + p2; a semantic
+    model's give foreground = 1 - p(background) for both."""
+    p = np.asarray(probs[(slice(None), *window)], dtype=np.float32)
+    if p.shape[0] == 3:
+        return p[1], p[1] + p[2]
+    fg = 1.0 - p[0] if p.shape[0] > 1 else p[0]
+    return fg, fg
+
+
+def _spatial(labels: np.ndarray, probs, spatial_dims: int | None) -> int:
+    if spatial_dims:
+        return int(spatial_dims)
+    return 3 if labels.ndim >= 3 else 2
+
+
+def _check_probs(labels: np.ndarray, probs) -> None:
+    if probs is not None and tuple(probs.shape[1:]) != tuple(labels.shape):
+        raise AnnotateError(f"probabilities {tuple(probs.shape)} do not fit the labels {tuple(labels.shape)} "
+                            "(expected (classes, *labels.shape))")
+
+
+# -- tools ----------------------------------------------------------------------------------
+def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | None = None,
+             diameter: float | None = None, spatial_dims: int | None = None) -> Edit:
+    """A new object at ``point`` (see :func:`add_object`), as an :class:`Edit`."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    pt = _point(labels, point)
+    _check_probs(labels, probs)
+    sd = _spatial(labels, probs, spatial_dims)
+    if labels[pt]:
+        return _nothing(labels.ndim, f"object {int(labels[pt])} is already there", int(labels[pt]))
+    diameter = diameter or typical_diameter(labels, sd)
+    win = _window(labels.shape, pt, max(16, int(np.ceil(2 * diameter))), sd)
+    free = np.asarray(labels[win]) == 0
+    local = _local(pt, win)
+    p = {**DEFAULT_INSTANCE_PARAMS, **(params or {})}
+    region = None
+    if probs is not None:
+        interior, fg = _maps(probs, win)
+        here = float(fg[local])
+        if here >= 0.01:  # the model saw something here (maybe faint): bounded by its foreground
+            t = min(float(p["mask"]), 0.5 * here)
+            region = (fg > t) & free
+            markers, n = ndi.label((interior > p["seed"]) & region)
+            # seeds within half a typical radius of the click are the click's object's own
+            near = _disc(markers.shape, local, 0.25 * diameter, sd)
+            mine = np.isin(markers, np.unique(markers[near & (markers > 0)])) & (markers > 0)
+            click = mine.astype(markers.dtype)
+            click[local] = 1
+            others = np.where((markers > 0) & ~mine, markers + 1, 0)
+            ws = watershed(-interior, markers=np.maximum(click, others), mask=region)
+            region = _component(ws == 1, local)
+            region = _cells(region, [local], interior, diameter, sd) == 1
+    if region is None:
+        region = _grow_from_image(image, win, local, free, diameter, sd) if image is not None else None
+    if region is None or not region.any():  # nothing to go on: a disc of the usual size
+        region = _disc(free.shape, local, diameter / 2, sd) & free
+    region = _component(region, local)
+    new = _new_id(labels)
+    idx = _indices(region, win)
+    return Edit(idx, np.full(idx[0].size, new, labels.dtype), new, f"added object {new} ({idx[0].size} px)")
+
+
+def add_object(labels: np.ndarray, probs, point, **options) -> int:
+    """Draw a new object at ``point``; return its id (the existing one when the click is on
+    an object, which is then left as it is).
+
+    With probabilities, the object is seeded from the click and grown by a watershed over the
+    interior probability, bounded by the foreground (interior + boundary) above the mask
+    threshold (or above half the foreground probability at the click, where the model was
+    unsure) and by the other objects and seeds around it. Where there are no probabilities
+    (``probs`` None) or the model saw nothing, a region grows from ``image`` (pixels on the
+    click's side of the midpoint between its intensity and the local background); without
+    either, a disc of the objects' typical size. Only unlabelled pixels are taken.
+
+    ``options``: ``image``, ``params`` (watershed thresholds, as the model's
+    ``postprocess``), ``diameter`` (typical object diameter, default: measured on
+    ``labels``), ``spatial_dims`` (2 for a stack of 2D slices; default 3 for 3D labels).
+    """
+    edit = plan_add(labels, probs, point, **options)
+    edit.apply(labels)
+    return edit.label
+
+
+def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_dims: int) -> np.ndarray:
+    """``region`` cut into cells by a watershed from the clicks (ids 1, 2, ...) and from the
+    other object centres it holds (higher ids): maxima of the distance to its edge that stand
+    out of it by ``h`` (a neck between touching objects; ``h`` = 1.5 px or 0.15 of a typical
+    radius) and lie farther than 3/4 of a typical radius from every click."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(region.shape, np.int32)
+    for i, c in enumerate(clicks, 1):
+        markers[tuple(c)] = i
+    r = max(diameter / 2.0, 2.0)
+    lead = region.ndim - spatial_dims
+    if region.sum() > 4:
+        dist = ndi.distance_transform_edt(region)
+        h = max(1.5, 0.15 * r)
+        tops, n = ndi.label(h_maxima(dist, h) > 0)
+        for j, p in enumerate(ndi.maximum_position(dist, tops, range(1, n + 1)) if n else []):
+            near = min(np.hypot.reduce(np.subtract(p[lead:], c[lead:], dtype=float)) for c in clicks)
+            if near > 0.75 * r:
+                markers[tuple(int(v) for v in p)] = len(clicks) + 1 + j
+    # flat where the model is sure (interior in steps of 0.1): there the cells grow
+    # breadth-first from their markers, a geodesic Voronoi split; they meet where the
+    # interior dips (the model's boundaries between touching objects)
+    elevation = np.zeros(region.shape, np.float32) if interior is None else -np.round(interior * 10)
+    return watershed(elevation, markers=markers, mask=region)
+
+
+def _disc(shape, centre, radius: float, spatial_dims: int) -> np.ndarray:
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    d2 = sum((g - c) ** 2 for g, c in list(zip(grids, centre, strict=True))[len(shape) - spatial_dims:])
+    return np.broadcast_to(d2 <= max(radius, 1.0) ** 2, shape).copy()
+
+
+def _component(mask: np.ndarray, local) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    if not mask[local]:
+        mask = mask.copy()
+        mask[local] = True
+    comp, _ = ndi.label(mask)
+    return comp == comp[local]
+
+
+def _grow_from_image(image, win, local, free, diameter: float, spatial_dims: int) -> np.ndarray | None:
+    """Pixels around ``local`` that look like it: within one typical diameter of the click,
+    the connected region on the click's side of an Otsu threshold of its neighbourhood (two
+    diameters across), or of the midpoint between the click's intensity and the
+    neighbourhood's 10th/90th percentile when Otsu puts the click on the other side."""
+    from skimage.filters import threshold_otsu
+
+    img = np.asarray(image[win], dtype=np.float32)
+    if img.ndim == free.ndim + 1:  # RGB / channels last
+        img = img.mean(axis=-1)
+    if img.shape != free.shape:
+        return None
+    near = _disc(free.shape, local, diameter, spatial_dims)
+    vals = img[near]
+    v = float(np.median(img[tuple(slice(max(0, c - 1), c + 2) for c in local)]))
+    lo, hi = np.percentile(vals, [10, 90])
+    bright = abs(v - lo) >= abs(v - hi)  # brighter than its surroundings
+    t = float(threshold_otsu(vals)) if np.ptp(vals) > 0 else v
+    if bright != (v > t):  # Otsu splits elsewhere: the midpoint to the background
+        t = (v + lo) / 2 if bright else (v + hi) / 2
+    region = (img > t) if bright else (img < t)
+    region &= free & near
+    return _component(region, local) if region[local] else None
+
+
+def plan_delete(labels: np.ndarray, point) -> Edit:
+    """Remove the object under ``point`` (see :func:`delete_object`), as an :class:`Edit`."""
+    pt = _point(labels, point)
+    obj = int(labels[pt])
+    if not obj:
+        return _nothing(labels.ndim, "no object there")
+    idx = np.nonzero(labels == obj)
+    e = Edit(idx, np.zeros(idx[0].size, labels.dtype), 0, f"deleted object {obj}")
+    e.removed = [obj]
+    return e
+
+
+def delete_object(labels: np.ndarray, point) -> int:
+    """Set the object under ``point`` to 0; return its id (0: there was none)."""
+    edit = plan_delete(labels, point)
+    edit.apply(labels)
+    return edit.removed[0] if edit.removed else 0
+
+
+def plan_merge(labels: np.ndarray, point_a, point_b) -> Edit:
+    """Give the object under ``point_b`` the id of the one under ``point_a``, as an :class:`Edit`."""
+    a, b = _point(labels, point_a), _point(labels, point_b)
+    ia, ib = int(labels[a]), int(labels[b])
+    if not ia or not ib:
+        return _nothing(labels.ndim, "click two objects to merge (one click was on the background)")
+    if ia == ib:
+        return _nothing(labels.ndim, f"both clicks are on object {ia}", ia)
+    idx = np.nonzero(labels == ib)
+    e = Edit(idx, np.full(idx[0].size, ia, labels.dtype), ia, f"merged object {ib} into {ia}")
+    e.removed = [ib]
+    return e
+
+
+def merge_objects(labels: np.ndarray, point_a, point_b) -> int:
+    """Merge the object under ``point_b`` into the one under ``point_a``; return the kept id
+    (0 when a click was on the background)."""
+    edit = plan_merge(labels, point_a, point_b)
+    edit.apply(labels)
+    return edit.label
+
+
+def plan_split(labels: np.ndarray, probs, point_a, point_b, *, diameter: float | None = None,
+               spatial_dims: int | None = None) -> Edit:
+    """Split the object under both points in two (see :func:`split_object`), as an :class:`Edit`."""
+    a, b = _point(labels, point_a), _point(labels, point_b)
+    _check_probs(labels, probs)
+    obj = int(labels[a])
+    if not obj or int(labels[b]) != obj:
+        raise AnnotateError("click twice inside the same object to split it "
+                            f"(the clicks are on {'background' if not obj else f'object {obj}'} and "
+                            f"{'background' if not labels[b] else f'object {int(labels[b])}'})")
+    if a == b:
+        raise AnnotateError("click two different points of the object to split it")
+    where = np.nonzero(labels == obj)
+    box = _bbox(where, labels.shape)
+    mask = np.asarray(labels[box]) == obj
+    interior = _maps(probs, box)[0] if probs is not None else None
+    sd = _spatial(labels, probs, spatial_dims)
+    diameter = diameter or typical_diameter(labels, sd)
+    cells = _cells(mask, [_local(a, box), _local(b, box)], interior, diameter, sd)
+    new = _new_id(labels)
+    idx = _indices(mask & (cells != 1), box)
+    return Edit(idx, np.full(idx[0].size, new, labels.dtype), new, f"split object {obj}: new object {new}")
+
+
+def split_object(labels: np.ndarray, probs, point_a, point_b, **options) -> int:
+    """Split the object under ``point_a`` and ``point_b`` by a watershed seeded at the two
+    points, inside the object only, over the interior probability (where ``probs`` are
+    given; without, the parts grow equally fast from the two points). An object holding more
+    than two (maxima of the distance to its edge, behind a neck; ``diameter``, default:
+    measured on ``labels``, sets the scale) is cut around those other centres too, so that
+    ``point_a``'s part is one object.
+    The part of ``point_a`` keeps the id; the rest, with ``point_b``, gets a new id, which is
+    returned."""
+    edit = plan_split(labels, probs, point_a, point_b, **options)
+    edit.apply(labels)
+    return edit.label
+
+
+def plan_box(labels: np.ndarray, probs, corner_a, corner_b, *, params: dict | None = None,
+             spatial_dims: int | None = None) -> Edit:
+    """Re-segment only inside the box between two corners (inclusive), as an :class:`Edit`
+    (see :func:`box_segment`)."""
+    if probs is None:
+        raise AnnotateError("the box re-segments from the model's probabilities: run Segment first")
+    _check_probs(labels, probs)
+    a, b = (_point(labels, np.clip(np.ravel(c)[: labels.ndim], 0, np.asarray(labels.shape) - 1)
+                   if np.size(c) == labels.ndim else c) for c in (corner_a, corner_b))
+    box = tuple(slice(min(i, j), max(i, j) + 1) for i, j in zip(a, b, strict=True))
+    sd = min(_spatial(labels, probs, spatial_dims), labels.ndim)
+    old = np.asarray(labels[box])
+    sub = np.asarray(probs[(slice(None), *box)], dtype=np.float32)
+    # the box's leading (slice) axes are units of their own, as in the engine
+    fresh = instances_nd(sub, params, sd)
+    out = np.zeros_like(old)
+    counts = np.bincount(labels.ravel().astype(np.int64)) if labels.size else np.zeros(1, np.int64)
+    inside = np.bincount(old.ravel().astype(np.int64), minlength=counts.size)
+    crossing = (counts > inside[: counts.size]) & (inside[: counts.size] > 0)  # objects that leave the box
+    crossing[0] = False
+    border = np.zeros(old.shape, bool)
+    for ax in range(old.ndim - sd, old.ndim):
+        if old.shape[ax] > 1:
+            border[(slice(None),) * ax + (0,)] = True
+            border[(slice(None),) * ax + (-1,)] = True
+    taken: set[int] = set()
+    nxt = _new_id(labels)
+    for k in range(1, int(fresh.max()) + 1 if fresh.size else 1):
+        where = fresh == k
+        if not where.any():
+            continue
+        keep = 0
+        if (where & border).any():  # continues an object cut by the box's edge?
+            under = old[where & border]
+            under = under[crossing[under.astype(np.int64)]] if under.size else under
+            if under.size:
+                cand = int(np.bincount(under.astype(np.int64)).argmax())
+                if cand not in taken:
+                    keep = cand
+                    taken.add(cand)
+        if not keep:
+            keep, nxt = nxt, nxt + 1
+        out[where] = keep
+    changed = out != old
+    idx = _indices(changed, box)
+    n = len(np.unique(out[out > 0]))
+    return Edit(idx, out[changed].astype(labels.dtype), 0, f"box re-segmented: {n} objects")
+
+
+def box_segment(labels: np.ndarray, probs, corner_a, corner_b, **options) -> int:
+    """Re-segment only inside the box from ``corner_a`` to ``corner_b`` (inclusive, clipped to
+    the labels; for a stack, the corners' leading indices give the slices): the box's labels are replaced by
+    the instances the engine's post-processing finds in the cached probabilities there
+    (``params``: the thresholds). A new object touching the box's edge over an object that
+    goes on outside keeps that object's id; the rest get new ids. Returns the number of
+    pixels changed."""
+    edit = plan_box(labels, probs, corner_a, corner_b, **options)
+    edit.apply(labels)
+    return 0 if edit.empty else int(edit.indices[0].size)
+
+
+# -- live thresholds --------------------------------------------------------------------------
+def relabel(probs, params: dict | None = None, spatial_dims: int | None = None) -> np.ndarray:
+    """Instance labels from cached probabilities with other thresholds (``seed``, ``mask``,
+    ``min_size``): the engine's post-processing, unit by unit (each slice of a stack for a 2D
+    model), without running the network again."""
+    probs = np.asarray(probs)
+    if probs.shape[0] != 3:
+        raise AnnotateError(f"thresholds need an instance model's probabilities (3 classes), not {probs.shape[0]}")
+    sd = spatial_dims or probs.ndim - 1
+    if sd == probs.ndim - 1:
+        return instance_labels(probs, params)
+    return instances_nd(probs, params, sd)
+
+
+# -- review -----------------------------------------------------------------------------------
+def uncertainty(probs) -> np.ndarray:
+    """Normalised entropy of the class probabilities, ``-sum p log p / log C`` (0 = sure, 1 =
+    every class equally likely), shaped like the labels, float32."""
+    p = np.clip(np.asarray(probs, dtype=np.float32), 1e-6, 1.0)
+    c = p.shape[0]
+    if c < 2:
+        q = p[0]
+        h = -(q * np.log(q) + (1 - q) * np.log(np.clip(1 - q, 1e-6, 1.0))) / np.log(2.0)
+        return h.astype(np.float32)
+    h = np.zeros(p.shape[1:], np.float32)
+    for q in p:  # one class at a time: no (classes, *shape) temporaries
+        h -= q * np.log(q)
+    h /= np.float32(np.log(c))
+    return np.clip(h, 0.0, 1.0, out=h)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A slice/tile to review: ``lead`` (index on the leading axes), ``window`` (slices on
+    the last two axes), ``score`` (mean uncertainty)."""
+
+    lead: tuple[int, ...]
+    window: tuple[slice, slice]
+    score: float
+
+    @property
+    def key(self) -> tuple:
+        return (*self.lead, self.window[0].start, self.window[1].start)
+
+    @property
+    def centre(self) -> tuple[float, ...]:
+        return (*map(float, self.lead), *((s.start + s.stop - 1) / 2 for s in self.window))
+
+
+def uncertain_regions(unc: np.ndarray, tile: int = 256, skip=(), skip_lead=()) -> list[Region]:
+    """Tiles of ``tile`` x ``tile`` pixels of every slice (index of the leading axes) of an
+    uncertainty map, least certain first (highest mean uncertainty). ``skip``: keys
+    (:attr:`Region.key`) of tiles already reviewed; ``skip_lead``: first-axis indices of
+    reviewed slices."""
+    unc = np.asarray(unc, dtype=np.float32)
+    ny, nx = unc.shape[-2:]
+    ys, xs = np.arange(0, ny, tile), np.arange(0, nx, tile)
+    sums = np.add.reduceat(np.add.reduceat(unc, ys, axis=-2), xs, axis=-1)
+    hy = np.minimum(ys + tile, ny) - ys
+    hx = np.minimum(xs + tile, nx) - xs
+    means = sums / (hy[:, None] * hx[None, :])
+    skip, skip_lead = set(skip), {int(i) for i in skip_lead}
+    out = []
+    for idx in np.ndindex(*unc.shape[:-2]):
+        if idx and idx[0] in skip_lead:
+            continue
+        for i, y in enumerate(ys):
+            for j, x in enumerate(xs):
+                r = Region(tuple(int(v) for v in idx), (slice(int(y), int(y + hy[i])), slice(int(x), int(x + hx[j]))),
+                           float(means[(*idx, i, j)]))
+                if r.key not in skip:
+                    out.append(r)
+    out.sort(key=lambda r: -r.score)
+    return out
+
+
+def object_table(labels: np.ndarray, image=None, unc: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """One row per object: ``label``, ``area`` (pixels), ``mean_intensity`` (of ``image``,
+    channels averaged; NaN without one), ``certainty`` (1 - mean :func:`uncertainty` over the
+    object; NaN without one) and ``centroid`` (``(n, ndim)``, pixel coordinates)."""
+    lab = np.asarray(labels).ravel().astype(np.int64)
+    counts = np.bincount(lab)
+    ids = np.flatnonzero(counts)
+    ids = ids[ids > 0]
+    area = counts[ids]
+    n = lab.max() + 1 if lab.size else 1
+
+    def mean_of(values) -> np.ndarray:
+        return np.bincount(lab, weights=np.asarray(values, np.float64).ravel(), minlength=n)[ids] / area
+
+    intensity = np.full(ids.size, np.nan)
+    if image is not None:
+        img = np.asarray(image)
+        if img.ndim == labels.ndim + 1:
+            img = img.mean(axis=-1)
+        if img.shape == labels.shape:
+            intensity = mean_of(img)
+    certainty = np.full(ids.size, np.nan) if unc is None else 1.0 - mean_of(unc)
+    cent = np.zeros((ids.size, labels.ndim))
+    if ids.size:
+        for ax in range(labels.ndim):
+            shape = [1] * labels.ndim
+            shape[ax] = labels.shape[ax]
+            coord = np.broadcast_to(np.arange(labels.shape[ax]).reshape(shape), labels.shape)
+            cent[:, ax] = mean_of(coord)
+    return {"label": ids.astype(np.int64), "area": area.astype(np.int64), "mean_intensity": intensity,
+            "certainty": certainty, "centroid": cent}
+
+
+def save_thresholds(model: str, params: dict, *, activate: bool = True):
+    """Save ``model`` (a stored model's name or folder) as a new version ``<base>-ft-<N>``
+    whose instance thresholds (``seed``, ``mask``, ``min_size``, ``min_seed_size``) are
+    ``params``; the weights are the same. The card says where the thresholds came from and
+    that the parent's validation metrics were measured with other ones. Returns the folder.
+    """
+    import datetime as _dt
+    import os
+
+    from .model.store import load_model, reserve_version, save_model, set_active_model
+
+    net = load_model(model)
+    cfg = net.config
+    if cfg.output != "instances":
+        raise AnnotateError(f"model {cfg.name!r} is semantic: it has no instance thresholds")
+    keys = ("seed", "mask", "min_size", "min_seed_size")
+    old = {k: cfg.postprocess[k] for k in keys if k in cfg.postprocess}
+    new = {**cfg.postprocess, **{k: (int(params[k]) if "size" in k else round(float(params[k]), 4))
+                                 for k in keys if k in params}}
+    folder = reserve_version(cfg.name)
+    parent = cfg.name
+    now = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    cfg.name = folder.name
+    cfg.postprocess = new
+    card = dict(cfg.card)
+    metrics = card.pop("metrics", None)
+    if metrics:
+        card["metrics_before"] = metrics
+    card.update({
+        "parent": parent,
+        "created": now,
+        "postprocess_tuning": (f"set by hand in the Correct widget on {now}: "
+                               + ", ".join(f"{k} {new[k]}" for k in keys if k in new)
+                               + f" (were {', '.join(f'{k} {v}' for k, v in old.items())} in {parent}); "
+                               "weights unchanged"),
+        "notes": (f"Thresholds of {parent} changed by hand; its validation metrics (metrics_before) were "
+                  "measured with its own thresholds and do not hold for these."),
+    })
+    cfg.card = card
+    try:
+        save_model(net, folder)
+    except BaseException:
+        try:
+            os.rmdir(folder)  # the reserved folder, still empty
+        except OSError:
+            pass
+        raise
+    if activate:
+        set_active_model(folder.name)
+    return folder

@@ -46,9 +46,10 @@ def _keep_sizes(labels: np.ndarray, min_size: int, renumber: bool) -> np.ndarray
 
     Used on watershed output, whose ids are bounded by the number of seeds (so the
     ``bincount`` table stays small). Kept instead of scikit-image's ``remove_small_objects``
-    + ``relabel_sequential`` because one lookup-table pass does both: 39 vs 88 ms CPU for a
-    1024 x 1024 nuclei image (``benchmarks/bench_annotate.py`` reports the relabel time);
-    this runs on every move of the Correct widget's threshold sliders."""
+    + ``relabel_sequential`` because one lookup-table pass does both, same output: 53 vs
+    137 ms on 2048 x 2048 with 9000 objects, 72 vs 214 ms on 96 x 256 x 256
+    (``benchmarks/bench_postprocess_libs.py``); this runs after every watershed and on every
+    move of the Correct widget's threshold sliders."""
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_size
     keep[0] = False
@@ -60,31 +61,6 @@ def _keep_sizes(labels: np.ndarray, min_size: int, renumber: bool) -> np.ndarray
             return labels
         lut = np.where(keep, np.arange(sizes.size), 0).astype(labels.dtype)
     return lut[labels]
-
-
-def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Set labels with fewer than ``min_size`` pixels to 0 (scikit-image's
-    ``remove_small_objects`` on the label ids; as fast as our bincount version was,
-    ``benchmarks/bench_postprocess_libs.py``: 317 vs 298 ms on 2048 x 2048, 9000 objects)."""
-    import warnings
-
-    from skimage.morphology import remove_small_objects
-
-    if min_size <= 1:
-        return labels
-    with warnings.catch_warnings():  # "only one label": a single object is a valid labelling here
-        warnings.filterwarnings("ignore", message="Only one label was provided", category=UserWarning)
-        return remove_small_objects(labels, max_size=int(min_size) - 1)
-
-
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..n keeping the order of the old ids, as uint32 (0 stays 0);
-    scikit-image's ``relabel_sequential`` (faster than our ``np.unique`` version:
-    375 vs 533 ms on 2048 x 2048, 826 ms vs 6.1 s on 96 x 256 x 256,
-    ``benchmarks/bench_postprocess_libs.py``)."""
-    from skimage.segmentation import relabel_sequential as _relabel
-
-    return _relabel(labels)[0].astype(np.uint32, copy=False)
 
 
 def instances_nd(probabilities: np.ndarray, params: dict | None = None, spatial_dims: int | None = None) -> np.ndarray:

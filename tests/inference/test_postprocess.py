@@ -3,12 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_skipseg.inference.postprocess import (
-    instance_labels,
-    relabel_sequential,
-    remove_small,
-    semantic_labels,
-)
+from napari_skipseg.inference.postprocess import _keep_sizes, instance_labels, semantic_labels
 
 
 def two_touching_discs(shape=(40, 60), r=12):
@@ -75,24 +70,6 @@ def test_small_objects_dropped():
     assert labels.max() == 2
 
 
-def test_remove_small():
-    labels = np.array([[1, 1, 2, 0], [1, 3, 3, 3], [0, 0, 0, 3]])
-    out = remove_small(labels, 3)
-    np.testing.assert_array_equal(out, [[1, 1, 0, 0], [1, 3, 3, 3], [0, 0, 0, 3]])
-    assert labels[0, 2] == 2  # the input is left alone
-    assert remove_small(labels, 1) is labels
-
-
-def test_relabel_sequential():
-    labels = np.array([[0, 7, 7], [3, 0, 42]])
-    out = relabel_sequential(labels)
-    assert out.dtype == np.uint32
-    np.testing.assert_array_equal(out, [[0, 2, 2], [1, 0, 3]])  # order of old ids kept
-    # no background at all: ids still start at 1
-    np.testing.assert_array_equal(relabel_sequential(np.array([5, 9, 5])), [1, 2, 1])
-    assert relabel_sequential(np.zeros((2, 2), int)).max() == 0
-
-
 def test_semantic_labels():
     probs = np.array([[[0.7, 0.2]], [[0.2, 0.3]], [[0.1, 0.5]]], np.float32)  # 3 classes, 1x2
     np.testing.assert_array_equal(semantic_labels(probs), [[0, 2]])
@@ -113,25 +90,26 @@ def test_instance_labels_any_dimension(dims):
     assert (labels[inner] == 1).all()
 
 
-def test_library_versions_match_the_plain_numpy_rules():
-    """remove_small/relabel_sequential (scikit-image inside) give what the bincount and
-    np.unique rules give, with no warning for a single object."""
+def test_one_pass_equals_scikit_image():
+    """_keep_sizes (our one lookup-table pass, kept for speed) gives what scikit-image's
+    remove_small_objects + relabel_sequential give."""
     import warnings
+
+    from skimage.morphology import remove_small_objects
+    from skimage.segmentation import relabel_sequential
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 40, (30, 40)) * (rng.random((30, 40)) < 0.5) * 7
-    sizes = np.bincount(labels.ravel())
-    expected = labels.copy()
-    expected[(sizes < 6)[labels] & (labels > 0)] = 0
-    np.testing.assert_array_equal(remove_small(labels, 6), expected)
-    ids, inverse = np.unique(expected, return_inverse=True)
-    ref = (inverse if ids[0] == 0 else inverse + 1).reshape(expected.shape)
-    out = relabel_sequential(expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = relabel_sequential(remove_small_objects(labels, max_size=5))[0]
+    out = _keep_sizes(labels, 6, renumber=True)
     assert out.dtype == np.uint32
     np.testing.assert_array_equal(out, ref)
+    kept = _keep_sizes(labels, 6, renumber=False)  # ids kept, small ones gone
+    np.testing.assert_array_equal(kept > 0, ref > 0)
+    assert set(np.unique(kept)) <= set(np.unique(labels))
     one = np.zeros((8, 8), np.int32)
     one[2:5, 2:5] = 4
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert remove_small(one, 4).max() == 4 and remove_small(one, 10).max() == 0
-        assert relabel_sequential(one).max() == 1
+    assert _keep_sizes(one, 9, renumber=True).max() == 1 and _keep_sizes(one, 10, renumber=True).max() == 0
+    np.testing.assert_array_equal(_keep_sizes(one, 1, renumber=False), one)

@@ -329,7 +329,8 @@ def import_model(
                 trace_shape = fixed
         else:
             if arch is None:
-                raise ModelLoadError(f"{path}: weights need the network's class (--arch package.module.Class)")
+                raise ModelLoadError(f"{path}: weights need their network: --config CONFIG.json for a SkipUNet "
+                                     "(ours), --arch package.module.Class for another package's network")
             net = build_network(arch, arch_args)
             _load_weights(net, read_checkpoint(path), str(path))
     net = net.float().eval()

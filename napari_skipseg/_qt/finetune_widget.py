@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QMenu,
@@ -40,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from ._jobs import CANCELLED, Cancelled, cancellable, job
 from ._labels import WrapLabel
+from ._sections import Section, share_dock_height, vertical_scroll
 
 REVIEWED_KEY = "skipseg_reviewed"  # labels layer metadata: reviewed slice indices
 MARK_KEY = "r"
@@ -98,7 +98,12 @@ def _autosave_job(labels, name: str, kwargs: dict):
 
 
 class LossPlot(QWidget):
-    """Training loss (left axis) and held-out score (right axis) against the step."""
+    """Training loss (left axis) and held-out score (right axis) against the step, with the
+    starting model's held-out score and (after the job) that of the starting weights with
+    re-tuned post-processing as dashed and dotted lines. Colours follow napari's theme."""
+
+    #: line colours (loss, held-out score) that read on a dark and on a light background
+    LINES = {"dark": ("#4fc3f7", "#ffb74d"), "light": ("#0277bd", "#e65100")}
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -117,12 +122,29 @@ class LossPlot(QWidget):
         self.loss: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.before: float | None = None
+        self.retuned: float | None = None
+        self.colors = {"face": "#262930", "text": "#d0d0d0", "spine": "#8a8f98", "loss": self.LINES["dark"][0],
+                       "val": self.LINES["dark"][1]}
         self.draws = 0
         self._last = 0.0
         self.redraw(force=True)
 
     def clear(self) -> None:
-        self.loss, self.val, self.before = [], [], None
+        self.loss, self.val, self.before, self.retuned = [], [], None, None
+        self.redraw(force=True)
+
+    def set_theme(self, theme_id: str) -> None:
+        """Take the background, text and line colours from napari's theme ``theme_id``."""
+        from napari.utils.theme import get_theme
+
+        try:
+            theme = get_theme(theme_id)
+        except ValueError:
+            return
+        loss, val = self.LINES["light" if theme.type == "light" else "dark"]
+        self.colors = {"face": theme.background.as_hex(), "text": theme.text.as_hex(),
+                       "spine": theme.secondary.as_hex(), "loss": loss, "val": val}
+        self.figure.set_facecolor(self.colors["face"])
         self.redraw(force=True)
 
     def add(self, info: dict) -> None:
@@ -141,26 +163,31 @@ class LossPlot(QWidget):
         ax, ax2 = self.ax, self.ax2
         ax.clear()
         ax2.clear()
+        c = self.colors
         for a in (ax, ax2):
-            a.set_facecolor("#262930")
+            a.set_facecolor(c["face"])
             for spine in a.spines.values():
-                spine.set_color("#8a8f98")
-            a.tick_params(colors="#d0d0d0", labelsize=7)
-        ax.set_xlabel("step", fontsize=8, color="#d0d0d0")
-        ax.set_ylabel("training loss", fontsize=8, color="#4fc3f7")
-        ax2.set_ylabel("held-out score", fontsize=8, color="#ffb74d")
+                spine.set_color(c["spine"])
+            a.tick_params(colors=c["text"], labelsize=7)
+        ax.set_xlabel("step", fontsize=8, color=c["text"])
+        ax.set_ylabel("training loss", fontsize=8, color=c["loss"])
+        ax2.set_ylabel("held-out score", fontsize=8, color=c["val"])
         ax2.yaxis.set_label_position("right")
         ax2.yaxis.tick_right()
         if self.loss:
             s, v = zip(*self.loss, strict=True)
-            ax.plot(s, v, color="#4fc3f7", lw=1.2)
+            ax.plot(s, v, color=c["loss"], lw=1.2)
         if self.val:
             s, v = zip(*self.val, strict=True)
-            ax2.plot(s, v, "o-", color="#ffb74d", lw=1.2, ms=3)
+            ax2.plot(s, v, "o-", color=c["val"], lw=1.2, ms=3)
         if self.before is not None:
-            ax2.axhline(self.before, color="#ffb74d", lw=0.8, ls="--")
-            ax2.text(0.02, self.before, " starting model", color="#ffb74d", fontsize=7, va="bottom",
+            ax2.axhline(self.before, color=c["val"], lw=0.8, ls="--")
+            ax2.text(0.02, self.before, " starting model", color=c["val"], fontsize=7, va="top",
                      transform=ax2.get_yaxis_transform())
+        if self.retuned is not None:
+            ax2.axhline(self.retuned, color=c["val"], lw=0.8, ls=":")
+            ax2.text(0.98, self.retuned, "starting weights, re-tuned ", color=c["val"], fontsize=7, va="bottom",
+                     ha="right", transform=ax2.get_yaxis_transform())
         ax2.set_ylim(0, 1.02)
         self.canvas.draw_idle()
         self.draws += 1
@@ -187,6 +214,7 @@ class FinetuneWidget(QWidget):
         self.autosave_worker = None
         self._autosave_again = False  # the labels changed while a write was running
         self.last_autosave = None
+        self._height_shared = False
 
         self.image_combo = QComboBox()
         self.labels_combo = QComboBox()
@@ -236,6 +264,7 @@ class FinetuneWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("step %v / %m")
         self.plot = LossPlot(self)
+        self.plot.set_theme(self.viewer.theme)
         self.status = WrapLabel("")
         self.resegment_button = QPushButton("Re-segment with the new model")
         self.resegment_button.setEnabled(False)
@@ -265,13 +294,16 @@ class FinetuneWidget(QWidget):
         autosave_row.addWidget(self.autosave_label, 1)
         autosave_row.addWidget(self.restore_button)
         form.addRow("", autosave_row)
-        form.addRow("steps", self.steps_spin)
-        form.addRow("time budget", self.time_spin)
-        form.addRow("learning rate", self.lr_spin)
-        form.addRow("train", self.train_combo)
-        form.addRow("", self.augment_check)
-        form.addRow("", self.classes_check)
-        form.addRow("device", self.device_combo)
+        options_form = QFormLayout()  # folded by default (a digest shows in its title row)
+        options_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        options_form.addRow("steps", self.steps_spin)
+        options_form.addRow("time budget", self.time_spin)
+        options_form.addRow("learning rate", self.lr_spin)
+        options_form.addRow("train", self.train_combo)
+        options_form.addRow("", self.augment_check)
+        options_form.addRow("", self.classes_check)
+        options_form.addRow("device", self.device_combo)
+        self.options_section = Section("training options", options_form, expanded=False)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -279,17 +311,30 @@ class FinetuneWidget(QWidget):
         vbuttons = QHBoxLayout()
         vbuttons.addWidget(self.activate_button)
         vbuttons.addWidget(self.refresh_button)
-        layout = QVBoxLayout(self)
+        # in a scroll area, with foldable sections: fits under Segment on a 1280 x 800 screen
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
+        layout.addWidget(self.options_section)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
+        self.plot_section = Section("loss and held-out score", self.plot, expanded=False)  # unfolds on start
+        layout.addWidget(self.plot_section)
         layout.addWidget(self.status)
         layout.addWidget(self.resegment_button)
-        layout.addWidget(QLabel("versions (● active)"))
-        layout.addWidget(self.versions)
-        layout.addLayout(vbuttons)
+        self.versions_label = WrapLabel("")
+        versions = QVBoxLayout()
+        versions.setContentsMargins(0, 0, 0, 0)
+        versions.addWidget(self.versions_label)
+        versions.addWidget(self.versions)
+        versions.addLayout(vbuttons)
+        self.versions_section = Section("versions (● active)", versions)
+        layout.addWidget(self.versions_section)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.scroll = vertical_scroll(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
         self.mark_button.clicked.connect(self.mark_reviewed)
         self.unmark_button.clicked.connect(self.unmark_reviewed)
@@ -305,10 +350,16 @@ class FinetuneWidget(QWidget):
         self.image_combo.currentTextChanged.connect(self._on_image_chosen)
         self.classes_check.toggled.connect(self._on_classes_toggled)
         self.labels_combo.currentIndexChanged.connect(self._watch_labels)
+        for signal in (self.steps_spin.valueChanged, self.time_spin.valueChanged, self.lr_spin.valueChanged,
+                       self.train_combo.currentTextChanged, self.augment_check.toggled,
+                       self.classes_check.toggled, self.device_combo.currentTextChanged):
+            signal.connect(self._summarise_options)
+        self._summarise_options()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
             ev.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._show_reviewed)
+        self.viewer.events.theme.connect(self._on_theme)
 
         from ..model.store import on_active_changed
 
@@ -322,6 +373,41 @@ class FinetuneWidget(QWidget):
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
+
+    # -- layout -------------------------------------------------------------------------------
+    def _summarise_options(self, *args) -> None:
+        """The folded options' digest, e.g. '300 steps, 180 s, decoder+last, lr 0.0003'."""
+        budget = f"{self.time_spin.value()} s" if self.time_spin.value() else "no time limit"
+        parts = [f"{self.steps_spin.value()} steps", budget, self.train_combo.currentText(),
+                 f"lr {self.lr_spin.value():g}"]
+        if self.classes_check.isChecked():
+            parts.append("new classes")
+        if self.device_combo.currentText() != "auto":
+            parts.append(self.device_combo.currentText())
+        self.options_section.set_summary(", ".join(parts))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._height_shared:  # once docked: a fair share of the height, not what is left
+            self._height_shared = True
+            QTimer.singleShot(0, self._share_height)
+
+    def _share_height(self) -> None:
+        try:
+            share_dock_height(self)
+        except RuntimeError:  # closed meanwhile
+            pass
+
+    def _on_theme(self, event=None) -> None:
+        self.plot.set_theme(self.viewer.theme)
+
+    def reveal(self, widget) -> None:
+        """Unfold the section that holds ``widget`` and scroll it into view."""
+        for section in (self.options_section, self.plot_section, self.versions_section):
+            if section.isAncestorOf(widget):
+                section.set_expanded(True)
+        self.scroll.widget().adjustSize()
+        self.scroll.ensureWidgetVisible(widget, 0, 8)
 
     # -- layers and reviewed slices ---------------------------------------------------------
     def _bind_key(self) -> None:
@@ -455,19 +541,42 @@ class FinetuneWidget(QWidget):
         self.model_combo.blockSignals(False)
         current = self.model_combo.currentText()
         self.versions.clear()
-        if current:
-            for entry in list_versions(self._entries[current].name) if current in self._entries else []:
-                card = entry.config.card
-                metrics = card.get("metrics", {})
-                score = next((f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float))), "")
-                tag = "" if entry.source == "bundled" else (" accepted" if card.get("accepted") else
-                                                            " not better" if card.get("accepted") is False else "")
-                dot = "● " if active is not None and entry.name == current else "   "
-                item = QListWidgetItem(f"{dot}{entry.name}  {score}{tag}")
-                item.setData(Qt.ItemDataRole.UserRole, entry.name)
-                item.setToolTip(f"{entry.path}\n{card.get('created', '')} from {card.get('parent', '-')}\n"
-                                f"{card.get('guard', '')}")
-                self.versions.addItem(item)
+        entries = []
+        if current in self._entries:
+            try:
+                entries = list_versions(self._entries[current].name)
+            except OSError:
+                entries = []
+        from ..training.finetune import version_scores
+
+        on, scores = version_scores(entries)
+        if on:
+            self.versions_label.setText(f"held-out score of each on {on}")
+            self.versions_label.setToolTip("every version scored on the same held-out data: that of the newest "
+                                           "fine-tune (each with its own post-processing)")
+        elif entries:
+            self.versions_label.setText("each model's score from its card, on its own data: not comparable "
+                                        "until a fine-tune scores them all on your held-out data")
+            self.versions_label.setToolTip("")
+        else:
+            self.versions_label.setText("")
+        for entry in entries:
+            card = entry.config.card
+            score = scores.get(entry.name)
+            if score is not None:
+                text = f"{score[0]} {score[1]:.3f}"
+            else:  # made later, other classes, or no metrics
+                text = "not scored on these data" if on else ""
+            tag = "" if entry.source == "bundled" else (" accepted" if card.get("accepted") else
+                                                        " not better" if card.get("accepted") is False else "")
+            dot = "● " if active is not None and entry.name == current else "   "
+            item = QListWidgetItem(f"{dot}{entry.name}  {text}{tag}")
+            item.setData(Qt.ItemDataRole.UserRole, entry.name)
+            gain = card.get("gain") or {}
+            gain_text = ", ".join(f"{k} {v:+.3f}" for k, v in gain.items() if isinstance(v, (int, float)))
+            item.setToolTip(f"{entry.path}\n{card.get('created', '')} from {card.get('parent', '-')}\n"
+                            f"{card.get('guard', '')}" + (f"\ngain: {gain_text}" if gain_text else ""))
+            self.versions.addItem(item)
         self._update_buttons()
 
     def _model_ref(self) -> str:
@@ -586,6 +695,7 @@ class FinetuneWidget(QWidget):
         self._stop = threading.Event()  # new events per job: a late cancel cannot reach the next one
         self._cancel = threading.Event()
         self.plot.clear()
+        self.plot_section.set_expanded(True)
         self.last_result = None
         self.worker = create_worker(
             _finetune_job, self._model_ref(), data, options, self.device_combo.currentText(),
@@ -643,6 +753,7 @@ class FinetuneWidget(QWidget):
         self.last_thread = threading.get_ident()
         if result.before:
             self.plot.before = result.before.get("score")
+            self.plot.retuned = result.retuned.get("score") if result.retuned else None
             self.plot.redraw(force=True)
         name = result.path.name if result.path is not None else "?"
         if result.accepted:

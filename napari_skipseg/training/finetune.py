@@ -466,23 +466,23 @@ def retune(model, val: list[Sample], split: dict) -> dict:
     return _score(model, val, "cpu")
 
 
-def _retuned_what(norm: dict, base_cfg, tune: bool) -> str:
-    """What the starting weights were given in the re-tuned reference, in words."""
+def _retuned_what(norm: dict, base_cfg, tune: bool, split: dict) -> str:
+    """What the re-tuned reference changed of the starting model, in words ('' for nothing)."""
     parts = []
     if norm != dict(base_cfg.normalization or {}):
-        parts.append("the new input handling")
-    if tune and _tunable(base_cfg, {"kind": "units"}):
-        parts.append("re-tuned post-processing")
-    return " and ".join(parts) or "their own post-processing"
+        parts.append("the input handling")
+    if tune and _tunable(base_cfg, split):
+        parts.append("the post-processing")
+    return " and ".join(parts)
 
 
-def gain_text(before: dict, retuned: dict, after: dict, what: str = "re-tuned post-processing") -> str:
-    """The held-out gain split into re-tuning and training, e.g. ``'re-tuning +0.017
-    (starting weights with re-tuned post-processing 0.983), training +0.000'``."""
+def gain_text(before: dict, retuned: dict, after: dict, what: str = "the post-processing") -> str:
+    """The held-out gain split into re-tuning and training, e.g. ``'re-tuning the
+    post-processing +0.017 (starting weights: 0.983), training +0.000'``."""
     if not retuned or not before or "score" not in after:
         return ""
     tuning, training = retuned["score"] - before["score"], after["score"] - retuned["score"]
-    return (f"of which re-tuning {tuning:+.3f} (starting weights with {what}: {retuned['score']:.3f}), "
+    return (f"re-tuning {what or 'nothing'} {tuning:+.3f} (starting weights: {retuned['score']:.3f}), "
             f"training {training:+.3f}")
 
 
@@ -704,8 +704,7 @@ def finetune(
             if retuned["score"] >= after.get("score", -1.0):
                 new, after, cfg = ref, dict(retuned), ref.config
                 tres.best_step = 0
-                note = ("; training did not beat the starting weights with "
-                        f"{_retuned_what(norm, base.config, opts.tune)}: those are kept")
+                note = "; the starting weights are kept: training did not beat them"
         if head_change:
             accepted = True
             message = (f"new head for {cfg.num_classes} classes: held-out score {after.get('score', float('nan')):.3f} "
@@ -715,8 +714,8 @@ def finetune(
         else:
             accepted = after["score"] > before["score"]
             verdict = "better" if accepted else "not better: the starting model stays active"
-            message = f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict})"
-            message += "; " + gain_text(before, retuned, after, _retuned_what(norm, base.config, opts.tune))
+            message = (f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict}): "
+                       + gain_text(before, retuned, after, _retuned_what(norm, base.config, opts.tune, split)))
         message += note
         compared = {}
         if not head_change and val_s:

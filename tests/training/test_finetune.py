@@ -385,7 +385,7 @@ def test_gain_of_re_tuning_and_of_training_are_told_apart(model_home):
     assert trained.accepted and after > before
     # training did the work here: re-tuning the untrained weights' threshold gains less
     assert after - retuned > 0.05, trained.message
-    assert f"re-tuning {retuned - before:+.3f}" in trained.message
+    assert f"re-tuning the post-processing {retuned - before:+.3f} (starting weights: {retuned:.3f})" in trained.message
     assert f"training {after - retuned:+.3f}" in trained.message
     # the same trained weights with their decision threshold pushed off (logit - 1): re-tuning
     # alone wins it back, and training (none) adds nothing, which the result says

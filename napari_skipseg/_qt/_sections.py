@@ -140,7 +140,7 @@ def share_dock_height(widget: QWidget, least: int = 150) -> bool:
     main = parent
     area = main.dockWidgetArea(dock)
     docks = [d for d in main.findChildren(QDockWidget)  # stacked, not in tabs
-             if d.isVisible() and not d.isFloating() and main.dockWidgetArea(d) == area
+             if d.isVisibleTo(main) and not d.isFloating() and main.dockWidgetArea(d) == area
              and not main.tabifiedDockWidgets(d)]
     if dock not in docks or len(docks) < 2:
         return False

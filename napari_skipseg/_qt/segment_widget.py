@@ -462,8 +462,8 @@ class SegmentWidget(QWidget):
         cfg = entry.config
         metrics = ", ".join(f"{k} {v}" for k, v in list(cfg.card.get("metrics", {}).items())[:2])
         text = f"{cfg.spatial_dims}D, {cfg.output} ({entry.source})"
-        if metrics:
-            text += f"; validation: {metrics}"
+        if metrics:  # a fine-tuned version's metrics are on its held-out corrected labels
+            text += f"; {'held-out' if cfg.card.get('metrics_on') else 'validation'}: {metrics}"
         self.model_info.setText(text)
         self.model_info.setToolTip(cfg.card.get("task", ""))
         self.flips_check.setChecked(bool(cfg.inference.get("flips", False)))

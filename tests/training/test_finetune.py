@@ -387,6 +387,12 @@ def test_gain_of_re_tuning_and_of_training_are_told_apart(model_home):
     assert after - retuned > 0.05, trained.message
     assert f"re-tuning the post-processing {retuned - before:+.3f} (starting weights: {retuned:.3f})" in trained.message
     assert f"training {after - retuned:+.3f}" in trained.message
+    # training's part split again: the batch-norm statistics it gathered, on the starting weights, and the weights
+    stats = trained.restats["score"]
+    assert f"(batch-norm statistics {stats - retuned:+.3f}, weights {after - stats:+.3f})" in trained.message
+    card = json.loads((save_version(trained, data) / "config.json").read_text())["card"]
+    assert card["gain"]["of which batch-norm statistics"] + card["gain"]["of which weights"] == pytest.approx(
+        card["gain"]["training"], abs=2e-4)
     # the same trained weights with their decision threshold pushed off (logit - 1): re-tuning
     # alone wins it back, and training (none) adds nothing, which the result says
     shifted = trained.model
@@ -396,7 +402,7 @@ def test_gain_of_re_tuning_and_of_training_are_told_apart(model_home):
     save_model(shifted, model_home / "models" / "shifted")
     again = run_finetune("shifted", data, FinetuneOptions(steps=0, preprocess="keep"), device="cpu")
     assert again.retuned["score"] > again.before["score"] + 0.05
-    assert again.after == again.retuned and again.best_step == 0
+    assert again.after == again.retuned and again.best_step == 0 and again.restats == {}  # nothing trained
     assert "training +0.000" in again.message and "starting weights" in again.message
     folder = save_version(again, data)
     card = json.loads((folder / "config.json").read_text())["card"]
@@ -480,3 +486,30 @@ def test_every_version_is_scored_on_the_same_held_out_data(model_home):
     assert table == {"sem": ("mean_dice", compared["scores"]["sem"]["mean_dice"]),
                      "sem-ft-1": ("mean_dice", compared["scores"]["sem-ft-1"]["mean_dice"]),
                      "sem-ft-2": None, "sem-ft-3": ("mean_dice", compared["scores"]["sem-ft-3"]["mean_dice"])}
+
+
+def test_weights_that_learnt_nothing_are_not_kept(model_home):
+    """Trained at a learning rate of 1e-9 the weights stay put and only the batch-norm
+    statistics move: the version keeps the starting weights (with those statistics when they
+    help), and says so."""
+    import torch
+
+    from napari_skipseg.training.finetune import NORM_BUFFERS
+
+    image, labels = _stack(2, (64, 64))
+    data = [Annotated(image, (labels > 0).astype(np.uint8), None, name="a")]  # a band held out: no threshold
+    start = load_model(_semantic_tiny(model_home))
+    result = run_finetune("sem", data, FinetuneOptions(steps=10, lr=1e-9, val_every=5, patch=[48, 48],
+                                                       batch_size=4, train="all"), device="cpu")
+    kept, trained_stats = result.model.state_dict(), result.restats
+    for key, value in start.state_dict().items():
+        if not key.endswith(NORM_BUFFERS):
+            assert torch.equal(kept[key], value), key
+    assert trained_stats, "10 steps were trained: the statistics' part is measured"
+    if trained_stats["score"] > result.retuned["score"]:
+        assert "the starting weights with the new batch-norm statistics are kept" in result.message
+        assert result.after == trained_stats
+    else:
+        assert "the starting weights are kept" in result.message and result.best_step == 0
+        assert all(torch.equal(kept[k], v) for k, v in start.state_dict().items())
+    assert "weights +0.000" in result.message

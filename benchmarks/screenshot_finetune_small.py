@@ -35,7 +35,6 @@ def image_and_mask(size: int = 256):
     import tifffile
 
     names = json.loads((ROOT / "models" / "nuclei2d" / "validation_split.json").read_text())["validation"]
-    out = []
     for name in sorted(names):
         img = tifffile.imread(DATA / "nuclei2d" / "images" / name)
         mask = tifffile.imread(DATA / "nuclei2d" / "masks" / name)

@@ -157,6 +157,8 @@ class FinetuneResult:
     #: post-processing): ``restats - retuned`` is the gain of the statistics, ``after - restats``
     #: that of the weights (``{}`` when nothing was trained)
     restats: dict = field(default_factory=dict)
+    #: the trained model's held-out metrics, whether it was kept (``after``) or not
+    trained: dict = field(default_factory=dict)
     #: the other versions of the model scored on the same held-out data (:func:`score_versions`):
     #: ``{"on": "...", "scores": {name: metrics}}``; the new version is added when it is saved
     compared: dict = field(default_factory=dict)
@@ -486,8 +488,8 @@ def gain_text(before: dict, retuned: dict, after: dict, what: str = "the post-pr
               restats: dict | None = None) -> str:
     """The held-out gain split into re-tuning and training, e.g. ``'re-tuning the
     post-processing +0.000 (starting weights: 0.942), training +0.033 (batch-norm statistics
-    +0.033, weights +0.000)'``; ``restats``: the starting weights with training's batch-norm
-    statistics (re-tuned too)."""
+    +0.033, weights +0.000)'``. ``after``: the trained model (kept or not); ``restats``: the
+    starting weights with training's batch-norm statistics (re-tuned too)."""
     if not retuned or not before or "score" not in after:
         return ""
     tuning, training = retuned["score"] - before["score"], after["score"] - retuned["score"]
@@ -703,6 +705,7 @@ def finetune(
             after = _score(new, val_s, "cpu")
         retuned: dict = {}
         restats: dict = {}
+        trained = dict(after)  # the trained model's held-out metrics, kept or not
         note = ""
         if not head_change and val_s:
             # the starting weights, with this job's input handling and the post-processing
@@ -741,7 +744,7 @@ def finetune(
             accepted = after["score"] > before["score"]
             verdict = "better" if accepted else "not better: the starting model stays active"
             message = (f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict}): "
-                       + gain_text(before, retuned, after, _retuned_what(norm, base.config, opts.tune, split),
+                       + gain_text(before, retuned, trained, _retuned_what(norm, base.config, opts.tune, split),
                                    restats))
         message += note
         compared = {}
@@ -753,7 +756,7 @@ def finetune(
             accepted=accepted, message=message, history=tres.history, best_step=tres.best_step,
             steps=tres.history[-1]["step"] if tres.history else 0, seconds=time.perf_counter() - t0,
             stopped=stopped["v"], options=asdict(opts), split=split, normalization=norm,
-            retuned=retuned, restats=restats, compared=compared, device=describe(dev),
+            retuned=retuned, restats=restats, trained=trained, compared=compared, device=describe(dev),
         )
     finally:
         new.to("cpu")
@@ -887,11 +890,12 @@ def save_version(
         card["parameters"] = int(sum(p.numel() for p in model.parameters()))
     if retuned:
         card["metrics_retuned"] = retuned  # the starting weights with re-tuned post-processing
+        trained = (result.trained or result.after)["score"]
         card["gain"] = {"re-tuning": round(result.retuned["score"] - result.before["score"], 4),
-                        "training": round(result.after["score"] - result.retuned["score"], 4)}
+                        "training": round(trained - result.retuned["score"], 4)}
         if result.restats:
             card["gain"]["of which batch-norm statistics"] = round(result.restats["score"] - result.retuned["score"], 4)
-            card["gain"]["of which weights"] = round(result.after["score"] - result.restats["score"], 4)
+            card["gain"]["of which weights"] = round(trained - result.restats["score"], 4)
     if compared["scores"]:
         card["compared"] = compared
     card["notes"] = (f"Fine-tuned from {result.parent} on {now}. Held-out before: {before or 'n/a'}; "

@@ -8,7 +8,8 @@ as the "corrected" labels, docks Segment and Fine-tune, sizes the main window to
 1280 x 800 screen, marks the image reviewed (one image: the last 25 % along X is held out)
 and fine-tunes nuclei2d for ``--time`` seconds, as a new user would. Then it prints the main window's
 size, and for each control of the Fine-tune widget whether it can be scrolled into view, and
-saves ``finetune_1280x800_<theme>.png`` (the window after the fine-tune) and
+saves ``finetune_1280x800_<theme>.png`` (the window after the fine-tune),
+``finetune_1280x800_<theme>_curves.png`` (scrolled to the curves) and
 ``finetune_1280x800_<theme>_versions.png`` (scrolled to the versions list). The model store
 is a temporary folder (``SKIPSEG_HOME``). Exit code 1 when the window grew past the screen
 or a control cannot be reached.
@@ -84,7 +85,10 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication, QMainWindow, QScrollArea
 
+    from napari_skipseg.model.store import set_active_model
+
     image, labels = image_and_mask()
+    set_active_model("nuclei2d", persist=False)  # as chosen in Segment's model list
     viewer = napari.Viewer(title="napari-skipseg: fine-tune at 1280 x 800")
     viewer.theme = args.theme
     app = QApplication.instance()
@@ -98,7 +102,6 @@ def main() -> int:
     settle(app, 40)
     ft.image_combo.setCurrentText("nuclei")
     ft.labels_combo.setCurrentText("corrected")
-    ft.model_combo.setCurrentText("nuclei2d")
     ft.mark_reviewed()
     ft.time_spin.setValue(args.time)
     ft.steps_spin.setValue(100_000)
@@ -125,6 +128,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(out / f"finetune_1280x800_{args.theme}.png"), canvas_only=False)
     report["reachable"] = reachable(ft, scroll, app)
+    ft.reveal(ft.plot)
+    settle(app, 10)
+    viewer.screenshot(str(out / f"finetune_1280x800_{args.theme}_curves.png"), canvas_only=False)
     ft.reveal(ft.activate_button)
     settle(app, 10)
     viewer.screenshot(str(out / f"finetune_1280x800_{args.theme}_versions.png"), canvas_only=False)

@@ -737,7 +737,7 @@ class FinetuneWidget(QWidget):
             self.plot.add(info)
         elif "before" in info:
             self.plot.before = info["before"]
-        if info.get("phase") in ("prepare", "tune"):
+        if info.get("phase") in ("prepare", "tune", "compare"):
             self.status.setText(event.message)
 
     def _on_result(self, result) -> None:

@@ -527,7 +527,7 @@ def score_versions(
         name = Path(str(ref)).name
         yield Progress(i, len(models), f"scoring {name} on the held-out data", {"phase": "compare"})
         try:
-            model = load_model(ref)
+            model = load_model(ref, device=device)  # scored where it lies (a fine-tune's device)
         except (ModelLoadError, OSError, ValueError) as err:
             out["scores"][name] = {"error": " ".join(str(err).split())[:200]}
             continue
@@ -539,6 +539,7 @@ def score_versions(
         _, val, split = build_samples(data, c, val_fraction)
         out["on"] = held_out_text(data, split)
         out["scores"][name] = {k: round(float(v), 4) for k, v in _score(model, val, device).items()}
+        del model
     return out
 
 

@@ -450,9 +450,17 @@ def test_fits_under_segment_on_a_1280_x_800_screen(make_napari_viewer, model_hom
     assert isinstance(main, QMainWindow)
     main.setGeometry(0, 0, 1280, 800)
     # once shown, Fine-tune takes a fair share of the height, not the crumbs Segment leaves
-    qtbot.waitUntil(lambda: ft.height() >= 250, timeout=5000)
+    qtbot.waitUntil(lambda: ft.isVisible() and ft.height() >= 250, timeout=5000)
     assert main.height() <= 800 and main.minimumSizeHint().height() <= 800
     assert ft.minimumSizeHint().height() < 200  # was 824 px before it scrolled
+    # the training options are folded under a digest that follows them; the title unfolds them
+    assert not ft.options_section.is_expanded() and not ft.steps_spin.isVisible()
+    ft.steps_spin.setValue(120)
+    assert ft.options_section.summary.text() == "120 steps, 180 s, decoder+last, lr 0.0003"
+    assert ft.options_section.summary.isVisible()
+    ft.options_section.header.click()
+    assert ft.steps_spin.isVisible() and not ft.options_section.summary.isVisible()
+    ft.options_section.header.click()
     window_rect = QRect(main.mapToGlobal(main.rect().topLeft()), main.size())
     for widget in (ft.image_combo, ft.labels_combo, ft.mark_button, ft.steps_spin, ft.device_combo,
                    ft.start_button, ft.cancel_button, ft.plot, ft.status, ft.resegment_button, ft.versions,

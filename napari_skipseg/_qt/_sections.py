@@ -7,8 +7,12 @@ the screen (napari does not scroll dock widgets). Put the widget's content in
 
 from __future__ import annotations
 
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QEvent, QObject, QSize, Qt
 from qtpy.QtWidgets import (
+    QAbstractScrollArea,
+    QAbstractSpinBox,
+    QApplication,
+    QComboBox,
     QDockWidget,
     QFrame,
     QHBoxLayout,
@@ -112,9 +116,35 @@ class VerticalScroll(QScrollArea):
         return (content.sizeHint().height() if content is not None else 0) + 2 * self.frameWidth()
 
 
+class _WheelGuard(QObject):
+    """Lets the mouse wheel scroll the panel instead of changing the combo box or spin box
+    under the pointer, unless the user clicked into it first (it has the focus)."""
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        if event.type() != QEvent.Type.Wheel or not isinstance(obj, QWidget) or obj.hasFocus():
+            return False
+        area = obj.parentWidget()
+        while area is not None and not isinstance(area, QAbstractScrollArea):
+            area = area.parentWidget()
+        if area is not None:  # scroll the panel (the box never sees the wheel)
+            QApplication.sendEvent(area.verticalScrollBar(), event)
+        return True
+
+
+def guard_wheel(content: QWidget) -> None:
+    """Install the wheel guard on the combo boxes and spin boxes inside ``content`` (call it
+    again for controls added later)."""
+    guard = content.findChild(_WheelGuard) or _WheelGuard(content)
+    for box in content.findChildren(QComboBox) + content.findChildren(QAbstractSpinBox):
+        box.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # focus by click or tab, not by wheel
+        box.installEventFilter(guard)
+
+
 def vertical_scroll(content: QWidget) -> VerticalScroll:
     """``content`` in a :class:`VerticalScroll`, so that the widget asks for little height and
-    never pushes the main window taller than the screen."""
+    never pushes the main window taller than the screen; the wheel scrolls it (see
+    :func:`guard_wheel`)."""
+    guard_wheel(content)
     area = VerticalScroll()
     area.setWidget(content)
     area.setWidgetResizable(True)

@@ -473,3 +473,38 @@ def test_fits_under_segment_on_a_1280_x_800_screen(make_napari_viewer, model_hom
         assert window_rect.contains(top_left) and window_rect.contains(bottom_right), widget
     assert ft.options_section.is_expanded()  # revealing a folded control unfolds its section
     assert main.height() <= 800
+
+
+def test_the_wheel_scrolls_the_panel_not_the_box_under_the_pointer(setup, qtbot):
+    """In the scroll area the wheel over an unfocused combo box scrolls the panel; once the
+    box has the focus (clicked), the wheel changes it as usual."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer, seg, ft, layer, labels = setup
+    ft.options_section.set_expanded(True)
+    ft.resize(380, 200)
+    ft.show()
+    qtbot.waitUntil(ft.isVisible)
+    ft.reveal(ft.train_combo)
+    bar = ft.scroll.verticalScrollBar()
+    assert bar.maximum() > 0
+
+    def wheel(widget):
+        centre = QPointF(widget.rect().center())
+        event = QWheelEvent(centre, QPointF(widget.mapToGlobal(widget.rect().center())), QPoint(0, 0),
+                            QPoint(0, -120), Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                            Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(widget, event)
+
+    before_text, before_pos = ft.train_combo.currentText(), bar.value()
+    wheel(ft.train_combo)
+    assert ft.train_combo.currentText() == before_text
+    assert bar.value() > before_pos  # the panel scrolled down instead
+    ft.activateWindow()
+    qtbot.waitUntil(ft.isActiveWindow)
+    ft.train_combo.setFocus(Qt.FocusReason.MouseFocusReason)
+    qtbot.waitUntil(ft.train_combo.hasFocus)
+    wheel(ft.train_combo)
+    assert ft.train_combo.currentText() != before_text

@@ -90,6 +90,25 @@ def _finetune_job(model_ref: str, data: list, options, device: str, stop_event, 
     return result
 
 
+@job
+def _score_job(models: list, data: list, like_ref: str, device: str):
+    """Worker thread: score each model on the held-out part of ``data`` (the split a fine-tune
+    would use); models that predict other classes than ``like_ref`` are left out."""
+    from .._preload import ensure_loaded
+
+    ensure_loaded()
+    from ..inference.device import release, select_device
+    from ..model.store import load_config
+    from ..training.finetune import FinetuneOptions, score_versions
+
+    dev = select_device(device)
+    try:
+        return (yield from score_versions(models, data, FinetuneOptions().val_fraction, dev,
+                                          like=load_config(like_ref)))
+    finally:
+        release(dev)
+
+
 def _autosave_job(labels, name: str, kwargs: dict):
     """Worker thread: write one autosave (compressing a large array takes a while)."""
     from ..autosave import save_autosave
@@ -272,6 +291,11 @@ class FinetuneWidget(QWidget):
         self.versions.setMaximumHeight(120)
         self.activate_button = QPushButton("Make active")
         self.refresh_button = QPushButton("Refresh")
+        self.score_button = QPushButton("Score all")
+        self.score_button.setToolTip("score every version on the held-out part of the reviewed slices of the "
+                                     "chosen labels (the part a fine-tune would hold out), without training")
+        self.score_worker = None
+        self._scored = None  # {"on", "scores"} from "Score all", until the next fine-tune
         self.autosave_label = WrapLabel("")
         self.autosave_label.setToolTip("the corrected labels are saved a few seconds after each change "
                                        "(kept after napari closes or crashes)")
@@ -311,6 +335,7 @@ class FinetuneWidget(QWidget):
         vbuttons = QHBoxLayout()
         vbuttons.addWidget(self.activate_button)
         vbuttons.addWidget(self.refresh_button)
+        vbuttons.addWidget(self.score_button)
         # in a scroll area, with foldable sections: fits under Segment on a 1280 x 800 screen
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -345,6 +370,7 @@ class FinetuneWidget(QWidget):
         self.resegment_button.clicked.connect(self.resegment)
         self.activate_button.clicked.connect(self.make_active)
         self.refresh_button.clicked.connect(self.refresh_models)
+        self.score_button.clicked.connect(self.score_all)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.labels_combo.currentIndexChanged.connect(self._show_reviewed)
         self.image_combo.currentTextChanged.connect(self._on_image_chosen)
@@ -550,6 +576,8 @@ class FinetuneWidget(QWidget):
         from ..training.finetune import version_scores
 
         on, scores = version_scores(entries)
+        if self._scored is not None:  # "Score all" on the chosen labels, newer than any card
+            on, scores = version_scores(entries, self._scored)
         if on:
             self.versions_label.setText(f"held-out score of each on {on}")
             self.versions_label.setToolTip("every version scored on the same held-out data: that of the newest "
@@ -628,6 +656,7 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy and not self._cancel.is_set())
         self.cancel_button.setEnabled(busy and not self._cancel.is_set())
+        self.score_button.setEnabled(ready and not busy and getattr(self, "score_worker", None) is None)
         self.resegment_button.setEnabled(
             self.last_result is not None and self.last_result.path is not None
             and self._image_layer() is not None and self.seg_worker is None and not busy)
@@ -751,6 +780,7 @@ class FinetuneWidget(QWidget):
             return
         self.last_result = result
         self.last_thread = threading.get_ident()
+        self._scored = None  # the new version's card holds the newest comparison
         if result.before:
             self.plot.before = result.before.get("score")
             self.plot.retuned = result.retuned.get("score") if result.retuned else None
@@ -784,6 +814,43 @@ class FinetuneWidget(QWidget):
             self.refresh_models()
         elif self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
+        self._update_buttons()
+
+    # -- every version on the same held-out data --------------------------------------------
+    def score_all(self):
+        """Score every version of the chosen model on the held-out part of the reviewed slices
+        of the chosen labels, in a worker; the versions list then shows these scores."""
+        from napari.qt.threading import create_worker
+
+        from ..model.store import list_versions
+
+        if self.worker is not None or self.score_worker is not None:
+            return None
+        if self._image_layer() is None or self._labels_layer() is None or not self.reviewed():
+            self.status.setText("to score the versions: choose the image and labels, and mark reviewed slices (R)")
+            return None
+        name = self.model_combo.currentText()
+        entries = list_versions(self._entries[name].name) if name in getattr(self, "_entries", {}) else []
+        if not entries:
+            return None
+        self.score_worker = create_worker(_score_job, [str(e.path) for e in entries], self.training_data(),
+                                          self._model_ref(), self.device_combo.currentText(),
+                                          _start_thread=False, _ignore_errors=True)
+        self.score_worker.yielded.connect(lambda event: self.status.setText(event.message))
+        self.score_worker.returned.connect(self._on_scored)
+        self.score_worker.errored.connect(self._on_error)
+        self.score_worker.finished.connect(self._on_score_finished)
+        self._update_buttons()
+        self.score_worker.start()
+        return self.score_worker
+
+    def _on_scored(self, compared: dict) -> None:
+        self._scored = compared
+        self.refresh_models()
+        self.status.setText(f"scored {len(compared.get('scores', {}))} version(s) on {compared.get('on', '')}")
+
+    def _on_score_finished(self) -> None:
+        self.score_worker = None
         self._update_buttons()
 
     # -- re-segment -------------------------------------------------------------------------

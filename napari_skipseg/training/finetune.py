@@ -570,14 +570,16 @@ def _score_lineage(parent, parent_name: str, before: dict, data, cfg, opts, spli
     return {"on": on, "scores": scores}
 
 
-def version_scores(entries) -> tuple[str, dict]:
+def version_scores(entries, compared: dict | None = None) -> tuple[str, dict]:
     """The scores to show next to ``entries`` (model entries of one lineage, oldest first):
-    those of the newest version whose card holds a comparison (every version scored on that
-    version's held-out data), as ``(on, {name: (metric, value) or None})``; without one,
-    each model's own card metrics and ``on`` is ``''`` (then the scores are not comparable:
-    say so)."""
-    for entry in reversed(list(entries)):
-        compared = entry.config.card.get("compared")
+    those of ``compared`` (a :func:`score_versions` result) when given, else of the newest
+    version whose card holds a comparison (every version scored on that version's held-out
+    data), as ``(on, {name: (metric, value) or None})``; without one, each model's own card
+    metrics and ``on`` is ``''`` (then the scores are not comparable: say so)."""
+    entries = list(entries)
+    for entry in ([None] if compared is not None else reversed(entries)):
+        if entry is not None:
+            compared = entry.config.card.get("compared")
         if isinstance(compared, dict) and isinstance(compared.get("scores"), dict) and compared["scores"]:
             table = {}
             for e in entries:

@@ -508,3 +508,36 @@ def test_the_wheel_scrolls_the_panel_not_the_box_under_the_pointer(setup, qtbot)
     qtbot.waitUntil(ft.train_combo.hasFocus)
     wheel(ft.train_combo)
     assert ft.train_combo.currentText() != before_text
+
+
+def test_score_all_scores_every_version_on_the_chosen_labels(setup, qtbot):
+    """A version fine-tuned elsewhere lists scores on its own held-out data; *Score all*
+    scores every version on the chosen labels' held-out slice instead, and says so."""
+    from napari_skipseg.inference.engine import run
+    from napari_skipseg.model.store import list_versions
+    from napari_skipseg.training.finetune import (
+        Annotated,
+        run_finetune,
+        save_version,
+        score_versions,
+    )
+
+    viewer, seg, ft, layer, labels = setup
+    image, other = _stack(2, (48, 48))
+    elsewhere = [Annotated(image, other, None, name="elsewhere")]
+    save_version(run_finetune("tiny", elsewhere, _opts(), device="cpu"), elsewhere)
+    ft.refresh_models()
+    assert ft.versions_label.text().startswith("held-out score of each on elsewhere: ")
+    for z in (0, 1, 2):
+        viewer.dims.set_current_step(0, z)
+        ft.mark_reviewed()
+    worker = ft.score_all()
+    assert worker is not None and not ft.score_button.isEnabled()
+    qtbot.waitUntil(lambda: ft.score_worker is None, timeout=60_000)
+    expected = run(score_versions([e.path for e in list_versions("tiny")], ft.training_data()))
+    assert ft.versions_label.text() == f"held-out score of each on {expected['on']}"
+    assert expected["on"] == "corrected: held out 1 of 3 reviewed slices: corrected[1]"
+    texts = [ft.versions.item(i).text() for i in range(ft.versions.count())]
+    for text, name in zip(texts, ["tiny", "tiny-ft-1"], strict=True):
+        assert f"{name}  f1@0.5 {expected['scores'][name]['f1@0.5']:.3f}" in text
+    assert "scored 2 version(s) on corrected" in ft.status.text() and ft.score_button.isEnabled()

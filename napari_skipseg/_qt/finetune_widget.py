@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QListWidget,
     QListWidgetItem,
     QMenu,
@@ -40,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from ._jobs import CANCELLED, Cancelled, cancellable, job
 from ._labels import WrapLabel
+from ._sections import Section, share_dock_height, vertical_scroll
 
 REVIEWED_KEY = "skipseg_reviewed"  # labels layer metadata: reviewed slice indices
 MARK_KEY = "r"
@@ -90,6 +90,25 @@ def _finetune_job(model_ref: str, data: list, options, device: str, stop_event, 
     return result
 
 
+@job
+def _score_job(models: list, data: list, like_ref: str, device: str):
+    """Worker thread: score each model on the held-out part of ``data`` (the split a fine-tune
+    would use); models that predict other classes than ``like_ref`` are left out."""
+    from .._preload import ensure_loaded
+
+    ensure_loaded()
+    from ..inference.device import release, select_device
+    from ..model.store import load_config
+    from ..training.finetune import FinetuneOptions, score_versions
+
+    dev = select_device(device)
+    try:
+        return (yield from score_versions(models, data, FinetuneOptions().val_fraction, dev,
+                                          like=load_config(like_ref)))
+    finally:
+        release(dev)
+
+
 def _autosave_job(labels, name: str, kwargs: dict):
     """Worker thread: write one autosave (compressing a large array takes a while)."""
     from ..autosave import save_autosave
@@ -98,7 +117,9 @@ def _autosave_job(labels, name: str, kwargs: dict):
 
 
 class LossPlot(QWidget):
-    """Training loss (left axis) and held-out score (right axis) against the step."""
+    """Training loss (left axis) and held-out score (right axis) against the step, with the
+    starting model's held-out score and (after the job) that of the starting weights with
+    re-tuned post-processing as dashed and dotted lines. Colours follow napari's theme."""
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -120,12 +141,13 @@ class LossPlot(QWidget):
         self.loss: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
         self.before: float | None = None
+        self.retuned: float | None = None
         self.draws = 0
         self._last = 0.0
         self.redraw(force=True)
 
     def clear(self) -> None:
-        self.loss, self.val, self.before = [], [], None
+        self.loss, self.val, self.before, self.retuned = [], [], None, None
         self.redraw(force=True)
 
     def set_palette(self, palette) -> None:
@@ -173,6 +195,10 @@ class LossPlot(QWidget):
             ax2.axhline(self.before, color=score_color, lw=0.8, ls="--")
             ax2.text(0.02, self.before, " starting model", color=score_color, fontsize=7, va="bottom",
                      transform=ax2.get_yaxis_transform())
+        if self.retuned is not None:
+            ax2.axhline(self.retuned, color=score_color, lw=0.8, ls=":")
+            ax2.text(0.98, self.retuned, "starting weights, re-tuned ", color=score_color, fontsize=7, va="bottom",
+                     ha="right", transform=ax2.get_yaxis_transform())
         ax2.set_ylim(0, 1.02)
         if self.canvas.isVisible():
             self.canvas.draw_idle()
@@ -208,6 +234,7 @@ class FinetuneWidget(QWidget):
         self.autosave_worker = None
         self._autosave_again = False  # the labels changed while a write was running
         self.last_autosave = None
+        self._height_shared = False
 
         from napari.layers import Image, Labels
 
@@ -271,6 +298,11 @@ class FinetuneWidget(QWidget):
         self.versions.setMaximumHeight(120)
         self.activate_button = QPushButton("Make active")
         self.refresh_button = QPushButton("Refresh")
+        self.score_button = QPushButton("Score all")
+        self.score_button.setToolTip("score every version on the held-out part of the reviewed slices of the "
+                                     "chosen labels (the part a fine-tune would hold out), without training")
+        self.score_worker = None
+        self._scored = None  # {"on", "scores"} from "Score all", until the next fine-tune
         self.autosave_label = WrapLabel("")
         self.autosave_label.setToolTip("the corrected labels are saved a few seconds after each change "
                                        "(kept after napari closes or crashes)")
@@ -293,13 +325,16 @@ class FinetuneWidget(QWidget):
         autosave_row.addWidget(self.autosave_label, 1)
         autosave_row.addWidget(self.restore_button)
         form.addRow("", autosave_row)
-        form.addRow("steps", self.steps_spin)
-        form.addRow("time budget", self.time_spin)
-        form.addRow("learning rate", self.lr_spin)
-        form.addRow("train", self.train_combo)
-        form.addRow("", self.augment_check)
-        form.addRow("", self.classes_check)
-        form.addRow("device", self.device_combo)
+        options_form = QFormLayout()  # folded by default (a digest shows in its title row)
+        options_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        options_form.addRow("steps", self.steps_spin)
+        options_form.addRow("time budget", self.time_spin)
+        options_form.addRow("learning rate", self.lr_spin)
+        options_form.addRow("train", self.train_combo)
+        options_form.addRow("", self.augment_check)
+        options_form.addRow("", self.classes_check)
+        options_form.addRow("device", self.device_combo)
+        self.options_section = Section("training options", options_form, expanded=False)
         buttons = QHBoxLayout()
         buttons.addWidget(self.start_button)
         buttons.addWidget(self.stop_button)
@@ -307,17 +342,31 @@ class FinetuneWidget(QWidget):
         vbuttons = QHBoxLayout()
         vbuttons.addWidget(self.activate_button)
         vbuttons.addWidget(self.refresh_button)
-        layout = QVBoxLayout(self)
+        vbuttons.addWidget(self.score_button)
+        # in a scroll area, with foldable sections: fits under Segment on a 1280 x 800 screen
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
+        layout.addWidget(self.options_section)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
+        self.plot_section = Section("loss and held-out score", self.plot, expanded=False)  # unfolds on start
+        layout.addWidget(self.plot_section)
         layout.addWidget(self.status)
         layout.addWidget(self.resegment_button)
-        layout.addWidget(QLabel("versions (● active)"))
-        layout.addWidget(self.versions)
-        layout.addLayout(vbuttons)
+        self.versions_label = WrapLabel("")
+        versions = QVBoxLayout()
+        versions.setContentsMargins(0, 0, 0, 0)
+        versions.addWidget(self.versions_label)
+        versions.addWidget(self.versions)
+        versions.addLayout(vbuttons)
+        self.versions_section = Section("versions (● active)", versions)
+        layout.addWidget(self.versions_section)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.scroll = vertical_scroll(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.scroll)
 
         self.mark_button.clicked.connect(self.mark_reviewed)
         self.unmark_button.clicked.connect(self.unmark_reviewed)
@@ -328,11 +377,17 @@ class FinetuneWidget(QWidget):
         self.resegment_button.clicked.connect(self.resegment)
         self.activate_button.clicked.connect(self.make_active)
         self.refresh_button.clicked.connect(self.refresh_models)
+        self.score_button.clicked.connect(self.score_all)
         self.model_combo.activated.connect(self._on_model_chosen)
         self.labels_combo.currentIndexChanged.connect(self._show_reviewed)
         self.image_combo.currentTextChanged.connect(self._on_image_chosen)
         self.classes_check.toggled.connect(self._on_classes_toggled)
         self.labels_combo.currentIndexChanged.connect(self._watch_labels)
+        for signal in (self.steps_spin.valueChanged, self.time_spin.valueChanged, self.lr_spin.valueChanged,
+                       self.train_combo.currentTextChanged, self.augment_check.toggled,
+                       self.classes_check.toggled, self.device_combo.currentTextChanged):
+            signal.connect(self._summarise_options)
+        self._summarise_options()
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                    self.viewer.layers.events.reordered):
             ev.connect(self._refresh_layers)
@@ -355,6 +410,38 @@ class FinetuneWidget(QWidget):
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
+
+    # -- layout -------------------------------------------------------------------------------
+    def _summarise_options(self, *args) -> None:
+        """The folded options' digest, e.g. '300 steps, 180 s, decoder+last, lr 0.0003'."""
+        budget = f"{self.time_spin.value()} s" if self.time_spin.value() else "no time limit"
+        parts = [f"{self.steps_spin.value()} steps", budget, self.train_combo.currentText(),
+                 f"lr {self.lr_spin.value():g}"]
+        if self.classes_check.isChecked():
+            parts.append("new classes")
+        if self.device_combo.currentText() != "auto":
+            parts.append(self.device_combo.currentText())
+        self.options_section.set_summary(", ".join(parts))
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt API
+        super().showEvent(event)
+        if not self._height_shared:  # once docked: a fair share of the height, not what is left
+            self._height_shared = True
+            QTimer.singleShot(0, self._share_height)
+
+    def _share_height(self) -> None:
+        try:
+            share_dock_height(self)
+        except RuntimeError:  # closed meanwhile
+            pass
+
+    def reveal(self, widget) -> None:
+        """Unfold the section that holds ``widget`` and scroll it into view."""
+        for section in (self.options_section, self.plot_section, self.versions_section):
+            if section.isAncestorOf(widget):
+                section.set_expanded(True)
+        self.scroll.widget().adjustSize()
+        self.scroll.ensureWidgetVisible(widget, 0, 8)
 
     # -- layers and reviewed slices ---------------------------------------------------------
     def _bind_key(self) -> None:
@@ -477,19 +564,44 @@ class FinetuneWidget(QWidget):
         self.model_combo.blockSignals(False)
         current = self.model_combo.currentText()
         self.versions.clear()
-        if current:
-            for entry in list_versions(self._entries[current].name) if current in self._entries else []:
-                card = entry.config.card
-                metrics = card.get("metrics", {})
-                score = next((f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, (int, float))), "")
-                tag = "" if entry.source == "bundled" else (" accepted" if card.get("accepted") else
-                                                            " not better" if card.get("accepted") is False else "")
-                dot = "● " if active is not None and entry.name == current else "   "
-                item = QListWidgetItem(f"{dot}{entry.name}  {score}{tag}")
-                item.setData(Qt.ItemDataRole.UserRole, entry.name)
-                item.setToolTip(f"{entry.path}\n{card.get('created', '')} from {card.get('parent', '-')}\n"
-                                f"{card.get('guard', '')}")
-                self.versions.addItem(item)
+        entries = []
+        if current in self._entries:
+            try:
+                entries = list_versions(self._entries[current].name)
+            except OSError:
+                entries = []
+        from ..training.finetune import version_scores
+
+        on, scores = version_scores(entries)
+        if self._scored is not None:  # "Score all" on the chosen labels, newer than any card
+            on, scores = version_scores(entries, self._scored)
+        if on:
+            self.versions_label.setText(f"held-out score of each on {on}")
+            self.versions_label.setToolTip("every version scored on the same held-out data: that of the newest "
+                                           "fine-tune (each with its own post-processing)")
+        elif entries:
+            self.versions_label.setText("each model's score from its card, on its own data: not comparable "
+                                        "until a fine-tune scores them all on your held-out data")
+            self.versions_label.setToolTip("")
+        else:
+            self.versions_label.setText("")
+        for entry in entries:
+            card = entry.config.card
+            score = scores.get(entry.name)
+            if score is not None:
+                text = f"{score[0]} {score[1]:.3f}"
+            else:  # made later, other classes, or no metrics
+                text = "not scored on these data" if on else ""
+            tag = "" if entry.source == "bundled" else (" accepted" if card.get("accepted") else
+                                                        " not better" if card.get("accepted") is False else "")
+            dot = "● " if active is not None and entry.name == current else "   "
+            item = QListWidgetItem(f"{dot}{entry.name}  {text}{tag}")
+            item.setData(Qt.ItemDataRole.UserRole, entry.name)
+            gain = card.get("gain") or {}
+            gain_text = ", ".join(f"{k} {v:+.3f}" for k, v in gain.items() if isinstance(v, (int, float)))
+            item.setToolTip(f"{entry.path}\n{card.get('created', '')} from {card.get('parent', '-')}\n"
+                            f"{card.get('guard', '')}" + (f"\ngain: {gain_text}" if gain_text else ""))
+            self.versions.addItem(item)
         self._update_buttons()
 
     def _model_ref(self) -> str:
@@ -541,6 +653,7 @@ class FinetuneWidget(QWidget):
         self.start_button.setEnabled(ready and not busy)
         self.stop_button.setEnabled(busy and not self._cancel.is_set())
         self.cancel_button.setEnabled(busy and not self._cancel.is_set())
+        self.score_button.setEnabled(ready and not busy and getattr(self, "score_worker", None) is None)
         self.resegment_button.setEnabled(
             self.last_result is not None and self.last_result.path is not None
             and self._image_layer() is not None and self.seg_worker is None and not busy)
@@ -608,6 +721,7 @@ class FinetuneWidget(QWidget):
         self._stop = threading.Event()  # new events per job: a late cancel cannot reach the next one
         self._cancel = threading.Event()
         self.plot.clear()
+        self.plot_section.set_expanded(True)
         self.last_result = None
         self.worker = create_worker(
             _finetune_job, self._model_ref(), data, options, self.device_combo.currentText(),
@@ -649,7 +763,7 @@ class FinetuneWidget(QWidget):
             self.plot.add(info)
         elif "before" in info:
             self.plot.before = info["before"]
-        if info.get("phase") in ("prepare", "tune"):
+        if info.get("phase") in ("prepare", "tune", "compare"):
             self.status.setText(event.message)
 
     def _on_result(self, result) -> None:
@@ -663,8 +777,10 @@ class FinetuneWidget(QWidget):
             return
         self.last_result = result
         self.last_thread = threading.get_ident()
+        self._scored = None  # the new version's card holds the newest comparison
         if result.before:
             self.plot.before = result.before.get("score")
+            self.plot.retuned = result.retuned.get("score") if result.retuned else None
             self.plot.redraw(force=True)
         name = result.path.name if result.path is not None else "?"
         if result.accepted:
@@ -695,6 +811,43 @@ class FinetuneWidget(QWidget):
             self.refresh_models()
         elif self.progress.maximum() == 0:
             self.progress.setRange(0, 1)
+        self._update_buttons()
+
+    # -- every version on the same held-out data --------------------------------------------
+    def score_all(self):
+        """Score every version of the chosen model on the held-out part of the reviewed slices
+        of the chosen labels, in a worker; the versions list then shows these scores."""
+        from napari.qt.threading import create_worker
+
+        from ..model.store import list_versions
+
+        if self.worker is not None or self.score_worker is not None:
+            return None
+        if self._image_layer() is None or self._labels_layer() is None or not self.reviewed():
+            self.status.setText("to score the versions: choose the image and labels, and mark reviewed slices (R)")
+            return None
+        name = self.model_combo.currentText()
+        entries = list_versions(self._entries[name].name) if name in getattr(self, "_entries", {}) else []
+        if not entries:
+            return None
+        self.score_worker = create_worker(_score_job, [str(e.path) for e in entries], self.training_data(),
+                                          self._model_ref(), self.device_combo.currentText(),
+                                          _start_thread=False, _ignore_errors=True)
+        self.score_worker.yielded.connect(lambda event: self.status.setText(event.message))
+        self.score_worker.returned.connect(self._on_scored)
+        self.score_worker.errored.connect(self._on_error)
+        self.score_worker.finished.connect(self._on_score_finished)
+        self._update_buttons()
+        self.score_worker.start()
+        return self.score_worker
+
+    def _on_scored(self, compared: dict) -> None:
+        self._scored = compared
+        self.refresh_models()
+        self.status.setText(f"scored {len(compared.get('scores', {}))} version(s) on {compared.get('on', '')}")
+
+    def _on_score_finished(self) -> None:
+        self.score_worker = None
         self._update_buttons()
 
     # -- re-segment -------------------------------------------------------------------------

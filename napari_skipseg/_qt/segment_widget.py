@@ -31,6 +31,7 @@ from ..layers import (
 )
 from ._jobs import job
 from ._labels import WrapLabel
+from ._sections import vertical_scroll
 
 
 @job
@@ -230,7 +231,8 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        content = QWidget()  # scrolls: docked with Fine-tune, both fit a 1280 x 800 screen
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
@@ -242,6 +244,9 @@ class SegmentWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         layout.setAlignment(Qt.AlignmentFlag.AlignTop)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(vertical_scroll(content))
 
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -460,8 +465,8 @@ class SegmentWidget(QWidget):
         cfg = entry.config
         metrics = ", ".join(f"{k} {v}" for k, v in list(cfg.card.get("metrics", {}).items())[:2])
         text = f"{cfg.spatial_dims}D, {cfg.output} ({entry.source})"
-        if metrics:
-            text += f"; validation: {metrics}"
+        if metrics:  # a fine-tuned version's metrics are on its held-out corrected labels
+            text += f"; {'held-out' if cfg.card.get('metrics_on') else 'validation'}: {metrics}"
         self.model_info.setText(text)
         self.model_info.setToolTip(cfg.card.get("task", ""))
         self.flips_check.setChecked(bool(cfg.inference.get("flips", False)))

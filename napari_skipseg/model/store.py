@@ -1083,8 +1083,20 @@ def render_card(cfg: ModelConfig) -> str:
             lines.append(f"| {key} | {card[key]} |")
     metrics = card.get("metrics")
     if metrics:
-        lines += ["", "## Validation metrics", ""]
+        on = card.get("metrics_on")
+        lines += ["", f"## Metrics on {on}" if on else "## Validation metrics", ""]
         lines += [f"- {k}: {v}" for k, v in metrics.items()]
+    gain = card.get("gain")
+    if isinstance(gain, dict) and gain:
+        lines += ["", "Gain over the starting model on the same data: "
+                  + ", ".join(f"{k} {v:+.4f}" for k, v in gain.items() if isinstance(v, (int, float)))
+                  + f" (starting weights with re-tuned post-processing: {card.get('metrics_retuned', {})})"]
+    compared = card.get("compared")
+    if isinstance(compared, dict) and isinstance(compared.get("scores"), dict) and compared["scores"]:
+        lines += ["", f"## All versions on {compared.get('on') or 'the same held-out data'}", ""]
+        for name, m in compared["scores"].items():
+            shown = ", ".join(f"{k} {v}" for k, v in m.items() if k != "score") if isinstance(m, dict) else m
+            lines.append(f"- {name}: {shown}")
     if card.get("notes"):
         lines += ["", card["notes"]]
     return "\n".join(lines) + "\n"

@@ -50,6 +50,8 @@ CLASS_BALANCE_NEW = 1.0
 #: labels, so that a thin structure such as a membrane is not under-predicted)
 AUTO_TRAIN = {False: ("decoder+last", 3e-4, 0.0), True: ("all", 3e-3, CLASS_BALANCE_NEW)}
 LABELS_FILE = "labels.npz"
+#: the batch-norm buffers (statistics gathered in training, not learnt by the optimiser)
+NORM_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 #: Types and bounds of :class:`FinetuneOptions` (``model.schema``; :class:`TrainingError`
@@ -147,6 +149,20 @@ class FinetuneResult:
     normalization: dict
     path: Path | None = None
     extras: dict = field(default_factory=dict)
+    #: the starting weights with this job's input handling and post-processing re-tuned on the
+    #: same held-out data as the new weights (``{}`` with a new head or no held-out data):
+    #: ``retuned - before`` is the gain of re-tuning, ``after - retuned`` that of training
+    retuned: dict = field(default_factory=dict)
+    #: the starting weights with the batch-norm statistics training gathered (and re-tuned
+    #: post-processing): ``restats - retuned`` is the gain of the statistics, ``after - restats``
+    #: that of the weights (``{}`` when nothing was trained)
+    restats: dict = field(default_factory=dict)
+    #: the trained model's held-out metrics, whether it was kept (``after``) or not
+    trained: dict = field(default_factory=dict)
+    #: the other versions of the model scored on the same held-out data (:func:`score_versions`):
+    #: ``{"on": "...", "scores": {name: metrics}}``; the new version is added when it is saved
+    compared: dict = field(default_factory=dict)
+    device: str = ""
 
 
 # -- samples ------------------------------------------------------------------------------------
@@ -446,6 +462,150 @@ def tune_semantic_threshold(model, val: list[Sample], device: str = "cpu") -> tu
     return best_t, best
 
 
+
+def _tunable(cfg, split: dict) -> bool:
+    """Whether fine-tuning re-tunes this model's post-processing: the watershed thresholds of
+    an instance model; the decision threshold of a 2-class semantic model, but only on whole
+    held-out slices/blocks (a band of the training images is too like them: measured, it picks
+    thresholds above 0.5 that lose recall elsewhere)."""
+    return cfg.output == "instances" or (cfg.num_classes == 2 and split.get("kind") == "units")
+
+
+def retune(model, val: list[Sample], split: dict) -> dict:
+    """Re-tune ``model``'s post-processing on ``val`` in place (see :func:`_tunable`); returns
+    the held-out metrics with it."""
+    from .loop import tune_postprocess
+
+    cfg = model.config
+    if cfg.output == "instances":
+        cfg.postprocess, metrics = tune_postprocess(model, cfg, val, "cpu")
+        return metrics
+    if _tunable(cfg, split):
+        t, metrics = tune_semantic_threshold(model, val, "cpu")
+        return {**metrics, "threshold": t}
+    return _score(model, val, "cpu")
+
+
+def _retuned_what(norm: dict, base_cfg, tune: bool, split: dict) -> str:
+    """What the re-tuned reference changed of the starting model, in words ('' for nothing)."""
+    parts = []
+    if norm != dict(base_cfg.normalization or {}):
+        parts.append("the input handling")
+    if tune and _tunable(base_cfg, split):
+        parts.append("the post-processing")
+    return " and ".join(parts)
+
+
+def gain_text(before: dict, retuned: dict, after: dict, what: str = "the post-processing",
+              restats: dict | None = None) -> str:
+    """The held-out gain split into re-tuning and training, e.g. ``'re-tuning the
+    post-processing +0.000 (starting weights: 0.942), training +0.033 (batch-norm statistics
+    +0.033, weights +0.000)'``. ``after``: the trained model (kept or not); ``restats``: the
+    starting weights with training's batch-norm statistics (re-tuned too)."""
+    if not retuned or not before or "score" not in after:
+        return ""
+    tuning, training = retuned["score"] - before["score"], after["score"] - retuned["score"]
+    text = (f"re-tuning {what or 'nothing'} {tuning:+.3f} (starting weights: {retuned['score']:.3f}), "
+            f"training {training:+.3f}")
+    if restats:
+        stats = restats["score"] - retuned["score"]
+        text += f" (batch-norm statistics {stats:+.3f}, weights {after['score'] - restats['score']:+.3f})"
+    return text
+
+
+def held_out_text(data: Sequence[Annotated], split: dict) -> str:
+    """Which held-out data a score is on, in words (the layers' names and the split)."""
+    names = ", ".join(dict.fromkeys(item.name for item in data))
+    return f"{names}: {split.get('text', 'held-out part')}"
+
+
+def score_versions(
+    models: Sequence[str | Path],
+    data: Sequence[Annotated],
+    val_fraction: float = 0.25,
+    device: str = "cpu",
+    like=None,
+) -> Generator[Progress, None, dict]:
+    """Score each of ``models`` (names or folders) on the same held-out part of ``data`` (the
+    split of :func:`build_samples`, which depends on the data only), each with its own input
+    handling and post-processing. A generator (one progress event per model); returns
+    ``{"on": text, "scores": {name: metrics}}``. A model that predicts something else than
+    ``like`` (a config: other output, classes or dimensionality) is left out, with the reason
+    (``{"skipped": why}``); so is one that does not load (``{"error": why}``)."""
+    from ..model.store import ModelLoadError, load_model
+
+    out: dict = {"on": "", "scores": {}}
+    for i, ref in enumerate(models):
+        name = Path(str(ref)).name
+        yield Progress(i, len(models), f"scoring {name} on the held-out data", {"phase": "compare"})
+        try:
+            model = load_model(ref, device=device)  # scored where it lies (a fine-tune's device)
+        except (ModelLoadError, OSError, ValueError) as err:
+            out["scores"][name] = {"error": " ".join(str(err).split())[:200]}
+            continue
+        c = model.config
+        if like is not None and (c.output, c.num_classes, c.spatial_dims) != (like.output, like.num_classes,
+                                                                             like.spatial_dims):
+            out["scores"][name] = {"skipped": "predicts other classes"}
+            continue
+        _, val, split = build_samples(data, c, val_fraction)
+        out["on"] = held_out_text(data, split)
+        out["scores"][name] = {k: round(float(v), 4) for k, v in _score(model, val, device).items()}
+        del model
+    return out
+
+
+def _score_lineage(parent, parent_name: str, before: dict, data, cfg, opts, split, dev, budget_left,
+                   limit: int = 8) -> Generator[Progress, None, dict]:
+    """The other versions of the starting model (the base and its ``-ft-N``, the newest
+    ``limit``) scored on this job's held-out data; the starting model's score is ``before``.
+    Versions are left out (and named) once the job's time budget is spent."""
+    from ..model.store import list_versions
+
+    on = held_out_text(data, split)
+    start = Path(str(parent)).resolve() if parent else None
+    scores: dict = {parent_name: {k: round(float(v), 4) for k, v in before.items()
+                                  if isinstance(v, (int, float))}}
+    try:
+        entries = list_versions(parent_name)
+    except OSError:
+        entries = []
+    others = [e for e in entries if e.name != parent_name and (start is None or e.path.resolve() != start)]
+    others = (others[:1] + others[1:][-(limit - 1):]) if len(others) > limit else others  # the base, the newest
+    for entry in others:
+        left = budget_left()
+        if left is not None and left <= 0:
+            scores[entry.name] = {"skipped": "time budget spent"}
+            continue
+        part = yield from score_versions([entry.path], data, opts.val_fraction, dev, like=cfg)
+        scores.update(part["scores"])
+    return {"on": on, "scores": scores}
+
+
+def version_scores(entries, compared: dict | None = None) -> tuple[str, dict]:
+    """The scores to show next to ``entries`` (model entries of one lineage, oldest first):
+    those of ``compared`` (a :func:`score_versions` result) when given, else of the newest
+    version whose card holds a comparison (every version scored on that version's held-out
+    data), as ``(on, {name: (metric, value) or None})``; without one, each model's own card
+    metrics and ``on`` is ``''`` (then the scores are not comparable: say so)."""
+    entries = list(entries)
+    for entry in ([None] if compared is not None else reversed(entries)):
+        if entry is not None:
+            compared = entry.config.card.get("compared")
+        if isinstance(compared, dict) and isinstance(compared.get("scores"), dict) and compared["scores"]:
+            table = {}
+            for e in entries:
+                metrics = compared["scores"].get(e.name)
+                table[e.name] = _first_metric(metrics) if isinstance(metrics, dict) else None
+            return str(compared.get("on", "")), table
+    return "", {e.name: _first_metric(e.config.card.get("metrics", {})) for e in entries}
+
+
+def _first_metric(metrics: dict) -> tuple[str, float] | None:
+    return next(((k, float(v)) for k, v in metrics.items()
+                 if k != "score" and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+
+
 def finetune(
     model,
     data: Sequence[Annotated],
@@ -463,7 +623,7 @@ def finetune(
     """
     from ..inference.device import describe, release, select_device
     from ..model.store import load_model
-    from .loop import TrainConfig, train, tune_postprocess
+    from .loop import TrainConfig, train
 
     t0 = time.perf_counter()
     opts = options or FinetuneOptions()
@@ -554,30 +714,41 @@ def finetune(
         new.to("cpu").eval()
         after = dict(tres.metrics)
         yield Progress(tres.best_step, max(tres.best_step, 1), "tuning on the held-out data", {"phase": "tune"})
-        if opts.tune and val_s:
-            if cfg.output == "instances":
-                cfg.postprocess, after = tune_postprocess(new, cfg, val_s, "cpu")
-            elif cfg.num_classes == 2 and split.get("kind") == "units":
-                # only on whole held-out slices/blocks: a band of the training images is too
-                # like them (measured: it picks thresholds above 0.5 that lose recall elsewhere)
-                t, after = tune_semantic_threshold(new, val_s, "cpu")
-                after["threshold"] = t
+        if opts.tune and val_s and _tunable(cfg, split):
+            after = retune(new, val_s, split)
         if not after and val_s:
             after = _score(new, val_s, "cpu")
+        retuned: dict = {}
+        restats: dict = {}
+        trained = dict(after)  # the trained model's held-out metrics, kept or not
         note = ""
-        if not head_change and val_s and norm != dict(base.config.normalization or {}):
-            # the starting weights with the new input handling are a candidate too: keep them
-            # when training did not beat them on the held-out data
+        if not head_change and val_s:
+            # the starting weights, with this job's input handling and the post-processing
+            # re-tuned on the same held-out data as the new weights: what re-tuning alone gives,
+            # so that the gain of training is told apart from it (and training that does not
+            # beat it is not kept)
+            yield Progress(tres.best_step, max(tres.best_step, 1),
+                           "scoring the starting weights with re-tuned post-processing", {"phase": "tune"})
             ref = adapt_model(base.to("cpu"))
             ref.config.normalization = norm
-            if opts.tune and cfg.output == "instances":
-                ref.config.postprocess, ref_after = tune_postprocess(ref, ref.config, val_s, "cpu")
-            else:
-                ref_after = _score(ref, val_s, "cpu")
-            if ref_after["score"] >= after.get("score", -1.0):
-                new, after, cfg = ref, ref_after, ref.config
+            tuned_ref = opts.tune and _tunable(ref.config, split)
+            retuned = retune(ref, val_s, split) if tuned_ref else _score(ref, val_s, "cpu")
+            # and with the batch-norm statistics training gathered on the user's patches (the
+            # weights as they were): a few steps adapt these to the image (measured: 5 steps at
+            # a learning rate of 1e-9 gave the whole gain of a 5-step run)
+            buffers = {k: v for k, v in new.state_dict().items() if k.endswith(NORM_BUFFERS)}
+            if buffers and tres.best_step > 0:
+                stats = adapt_model(base.to("cpu"))
+                stats.config.normalization = norm
+                stats.load_state_dict(buffers, strict=False)
+                restats = retune(stats, val_s, split) if tuned_ref else _score(stats, val_s, "cpu")
+                if restats["score"] >= after.get("score", -1.0) and restats["score"] > retuned["score"]:
+                    new, after, cfg = stats, dict(restats), stats.config
+                    note = "; the starting weights with the new batch-norm statistics are kept: training the weights did not beat them"
+            if retuned["score"] >= after.get("score", -1.0):
+                new, after, cfg = ref, dict(retuned), ref.config
                 tres.best_step = 0
-                note = "; the new input handling alone did best: the starting weights are kept with it"
+                note = "; the starting weights are kept: training did not beat them"
         if head_change:
             accepted = True
             message = (f"new head for {cfg.num_classes} classes: held-out score {after.get('score', float('nan')):.3f} "
@@ -587,13 +758,20 @@ def finetune(
         else:
             accepted = after["score"] > before["score"]
             verdict = "better" if accepted else "not better: the starting model stays active"
-            message = f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict})"
+            message = (f"held-out score {before['score']:.3f} -> {after['score']:.3f} ({verdict}): "
+                       + gain_text(before, retuned, trained, _retuned_what(norm, base.config, opts.tune, split),
+                                   restats))
         message += note
+        compared = {}
+        if not head_change and val_s:
+            compared = yield from _score_lineage(parent, parent_name, before, data, cfg, opts, split, dev,
+                                                 budget_left)
         return FinetuneResult(
             model=new, parent=str(parent) if parent else parent_name, before=before, after=after,
             accepted=accepted, message=message, history=tres.history, best_step=tres.best_step,
             steps=tres.history[-1]["step"] if tres.history else 0, seconds=time.perf_counter() - t0,
             stopped=stopped["v"], options=asdict(opts), split=split, normalization=norm,
+            retuned=retuned, restats=restats, trained=trained, compared=compared, device=describe(dev),
         )
     finally:
         new.to("cpu")
@@ -686,7 +864,19 @@ def save_version(
     described = "; ".join(
         f"{d.name} {tuple(np.asarray(d.labels).shape)}"
         + ("" if d.reviewed is None else f", reviewed {list(d.reviewed)}") for d in data)
-    card = dict(cfg.card)
+    card = inherited_card(cfg.card, result.parent)
+    retuned = {k: round(v, 4) for k, v in result.retuned.items() if isinstance(v, (int, float)) and k != "score"}
+    compared = {"on": result.compared.get("on", ""), "scores": dict(result.compared.get("scores", {}))}
+    if compared["scores"]:
+        compared["scores"][cfg.name] = {k: round(float(v), 4) for k, v in result.after.items()
+                                        if isinstance(v, (int, float))}
+    held_out = f"the held-out part of the corrected labels ({result.split.get('text', '')})"
+    tuned = result.options.get("tune", True) and _tunable(cfg, result.split)
+    if tuned:
+        what = ("watershed thresholds" if cfg.output == "instances" else "decision threshold")
+        card["postprocess_tuning"] = f"{what} re-tuned on {held_out} when fine-tuning on {now[:10]}"
+    elif card.get("postprocess_tuning"):
+        card["postprocess_tuning"] = f"not re-tuned; as in {_short_name(result.parent)}: {card['postprocess_tuning']}"
     card.update({
         "task": card.get("task", ""),
         "parent": result.parent,
@@ -703,11 +893,26 @@ def save_version(
                      f"batch {result.options['batch_size']}, augment {result.options['augment']}, "
                      f"{result.seconds:.0f} s{', stopped by the user' if result.stopped else ''}"),
         "metrics": after,
+        "metrics_on": held_out,
         "metrics_before": before,
         "accepted": result.accepted,
         "guard": result.message,
         "labels": f"{LABELS_FILE} (the corrected labels this version was trained on)",
     })
+    if result.device:
+        card["hardware"] = f"fine-tuned on {result.device}"
+    if "parameters" in card:  # a new head has another count
+        card["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    if retuned:
+        card["metrics_retuned"] = retuned  # the starting weights with re-tuned post-processing
+        trained = (result.trained or result.after)["score"]
+        card["gain"] = {"re-tuning": round(result.retuned["score"] - result.before["score"], 4),
+                        "training": round(trained - result.retuned["score"], 4)}
+        if result.restats:
+            card["gain"]["of which batch-norm statistics"] = round(result.restats["score"] - result.retuned["score"], 4)
+            card["gain"]["of which weights"] = round(trained - result.restats["score"], 4)
+    if compared["scores"]:
+        card["compared"] = compared
     card["notes"] = (f"Fine-tuned from {result.parent} on {now}. Held-out before: {before or 'n/a'}; "
                      f"after: {after}. {result.message}.")
     cfg.card = card
@@ -718,6 +923,7 @@ def save_version(
             "parent": result.parent, "created": now, "options": result.options, "split": result.split,
             "before": result.before, "after": result.after, "accepted": result.accepted,
             "message": result.message, "normalization": result.normalization,
+            "retuned": result.retuned, "restats": result.restats, "compared": compared,
         }, indent=1, default=str) + "\n",
     }
     save_model(model, folder, half=False, extra_files=extras, exclusive=True)
@@ -725,6 +931,30 @@ def save_version(
     if activate if activate is not None else result.accepted:
         activate_version(folder)
     return folder
+
+
+#: Card entries that describe the parent's own training and measurements: a fine-tuned
+#: version keeps them only as the parent's (so that its card never claims them as its own)
+PARENT_ONLY = ("flips_effect", "training_scale", "speed", "metrics_retuned", "gain", "compared", "metrics_on",
+               "hardware")
+
+
+def _short_name(parent: str) -> str:
+    return Path(str(parent)).name or str(parent)
+
+
+def inherited_card(card: dict, parent: str) -> dict:
+    """The card a fine-tuned version starts from: the parent's, with what was measured on the
+    parent (test-time flips' effect, speed, training scale) said to be measured on it, and its
+    hardware and comparison tables dropped. The caller writes its own data, split,
+    training, metrics and post-processing tuning over it."""
+    card = copy.deepcopy(dict(card))
+    name = _short_name(parent)
+    for key in PARENT_ONLY:
+        value = card.pop(key, None)
+        if key in ("flips_effect", "training_scale", "speed") and isinstance(value, str) and value:
+            card[key] = value if value.startswith("measured on ") else f"measured on {name}: {value}"
+    return card
 
 
 def activate_version(folder: str | Path) -> None:

@@ -89,7 +89,11 @@ def test_finetune_plots_saves_lists_and_resegments(setup, qtbot):
         viewer.dims.set_current_step(0, z)
         ft.mark_reviewed()
     draws = ft.plot.draws
+    # before any fine-tune the list cannot compare: it says so
+    assert "not comparable" in ft.versions_label.text()
+    assert not ft.plot_section.is_expanded()
     worker = ft.start(_opts())
+    assert ft.plot_section.is_expanded()  # the curves unfold when training starts
     assert worker is not None and not ft.start_button.isEnabled() and ft.stop_button.isEnabled()
     qtbot.waitUntil(lambda: ft.worker is None, timeout=60_000)
     result = ft.last_result
@@ -100,6 +104,18 @@ def test_finetune_plots_saves_lists_and_resegments(setup, qtbot):
     assert layer.data.tobytes() == original  # the user's labels are untouched, byte for byte
     versions = [ft.versions.item(i).data(256) for i in range(ft.versions.count())]
     assert versions == ["tiny", "tiny-ft-1"]
+    # every version scored on the same held-out data (one held-out slice), and the list says which
+    compared = result.model.config.card["compared"]
+    assert ft.versions_label.text() == f"held-out score of each on {compared['on']}"
+    assert compared["on"] == "corrected: held out 1 of 3 reviewed slices: corrected[1]"
+    texts = [ft.versions.item(i).text() for i in range(ft.versions.count())]
+    for text, name in zip(texts, versions, strict=True):
+        assert f"{name}  f1@0.5 {compared['scores'][name]['f1@0.5']:.3f}" in text
+    assert compared["scores"]["tiny"]["f1@0.5"] == round(result.before["f1@0.5"], 4)
+    # the gain is split into re-tuning the post-processing and training, in the status and the plot
+    assert re.search(r"re-tuning the post-processing [+-]\d\.\d{3} \(starting weights: \d\.\d{3}\), "
+                     r"training [+-]\d\.\d{3}", ft.status.text()), ft.status.text()
+    assert ft.plot.retuned == result.retuned["score"]
     # the Segment widget lists the new version (refresh, or the active-model notice)
     seg.refresh_button.click()
     assert "tiny-ft-1" in [seg.model_combo.itemText(i) for i in range(seg.model_combo.count())]
@@ -415,3 +431,113 @@ def test_new_classes_make_a_new_head_in_the_widget(setup, qtbot):
     big[0, :3, :3] = 200
     layer.data = big
     assert ft.start() is None and "ids up to 200" in ft.status.text()
+
+
+def test_fits_under_segment_on_a_1280_x_800_screen(make_napari_viewer, model_home, qtbot):
+    """Docked under Segment in a 1280 x 800 main window: the window stays 800 px tall (both
+    widgets scroll), Fine-tune gets a fair share of the height, and every control of it can
+    be scrolled into view inside the window."""
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QMainWindow
+
+    viewer = make_napari_viewer(show=True)
+    image, labels = _stack()
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="corrected")
+    viewer.window.add_plugin_dock_widget("napari-skipseg", "Segment")
+    _, ft = viewer.window.add_plugin_dock_widget("napari-skipseg", "Fine-tune")
+    main = ft.window()
+    assert isinstance(main, QMainWindow)
+    main.setGeometry(0, 0, 1280, 800)
+    # once shown, Fine-tune takes a fair share of the height, not the crumbs Segment leaves
+    qtbot.waitUntil(lambda: ft.isVisible() and ft.height() >= 250, timeout=5000)
+    assert main.height() <= 800 and main.minimumSizeHint().height() <= 800
+    assert ft.minimumSizeHint().height() < 200  # was 824 px before it scrolled
+    # the training options are folded under a digest that follows them; the title unfolds them
+    assert not ft.options_section.is_expanded() and not ft.steps_spin.isVisible()
+    ft.steps_spin.setValue(120)
+    assert ft.options_section.summary.text() == "120 steps, 180 s, decoder+last, lr 0.0003"
+    assert ft.options_section.summary.isVisible()
+    ft.options_section.header.click()
+    assert ft.steps_spin.isVisible() and not ft.options_section.summary.isVisible()
+    ft.options_section.header.click()
+    window_rect = QRect(main.mapToGlobal(main.rect().topLeft()), main.size())
+    for widget in (ft.image_combo, ft.labels_combo, ft.mark_button, ft.steps_spin, ft.device_combo,
+                   ft.start_button, ft.cancel_button, ft.plot, ft.status, ft.resegment_button, ft.versions,
+                   ft.activate_button, ft.refresh_button):
+        ft.reveal(widget)
+        qtbot.wait(20)
+        top_left = widget.mapToGlobal(widget.rect().topLeft())
+        bottom_right = widget.mapToGlobal(widget.rect().bottomRight())
+        assert widget.isVisible() and not widget.visibleRegion().isEmpty(), widget
+        assert window_rect.contains(top_left) and window_rect.contains(bottom_right), widget
+    assert ft.options_section.is_expanded()  # revealing a folded control unfolds its section
+    assert main.height() <= 800
+
+
+def test_the_wheel_scrolls_the_panel_not_the_box_under_the_pointer(setup, qtbot):
+    """In the scroll area the wheel over an unfocused combo box scrolls the panel; once the
+    box has the focus (clicked), the wheel changes it as usual."""
+    from qtpy.QtCore import QPoint, QPointF, Qt
+    from qtpy.QtGui import QWheelEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer, seg, ft, layer, labels = setup
+    ft.options_section.set_expanded(True)
+    ft.resize(380, 200)
+    ft.show()
+    qtbot.waitUntil(ft.isVisible)
+    ft.reveal(ft.train_combo)
+    bar = ft.scroll.verticalScrollBar()
+    assert bar.maximum() > 0
+
+    def wheel(widget):
+        centre = QPointF(widget.rect().center())
+        event = QWheelEvent(centre, QPointF(widget.mapToGlobal(widget.rect().center())), QPoint(0, 0),
+                            QPoint(0, -120), Qt.MouseButton.NoButton, Qt.KeyboardModifier.NoModifier,
+                            Qt.ScrollPhase.NoScrollPhase, False)
+        QApplication.sendEvent(widget, event)
+
+    before_text, before_pos = ft.train_combo.currentText(), bar.value()
+    wheel(ft.train_combo)
+    assert ft.train_combo.currentText() == before_text
+    assert bar.value() > before_pos  # the panel scrolled down instead
+    ft.activateWindow()
+    qtbot.waitUntil(ft.isActiveWindow)
+    ft.train_combo.setFocus(Qt.FocusReason.MouseFocusReason)
+    qtbot.waitUntil(ft.train_combo.hasFocus)
+    wheel(ft.train_combo)
+    assert ft.train_combo.currentText() != before_text
+
+
+def test_score_all_scores_every_version_on_the_chosen_labels(setup, qtbot):
+    """A version fine-tuned elsewhere lists scores on its own held-out data; *Score all*
+    scores every version on the chosen labels' held-out slice instead, and says so."""
+    from napari_skipseg.inference.engine import run
+    from napari_skipseg.model.store import list_versions
+    from napari_skipseg.training.finetune import (
+        Annotated,
+        run_finetune,
+        save_version,
+        score_versions,
+    )
+
+    viewer, seg, ft, layer, labels = setup
+    image, other = _stack(2, (48, 48))
+    elsewhere = [Annotated(image, other, None, name="elsewhere")]
+    save_version(run_finetune("tiny", elsewhere, _opts(), device="cpu"), elsewhere)
+    ft.refresh_models()
+    assert ft.versions_label.text().startswith("held-out score of each on elsewhere: ")
+    for z in (0, 1, 2):
+        viewer.dims.set_current_step(0, z)
+        ft.mark_reviewed()
+    worker = ft.score_all()
+    assert worker is not None and not ft.score_button.isEnabled()
+    qtbot.waitUntil(lambda: ft.score_worker is None, timeout=60_000)
+    expected = run(score_versions([e.path for e in list_versions("tiny")], ft.training_data()))
+    assert ft.versions_label.text() == f"held-out score of each on {expected['on']}"
+    assert expected["on"] == "corrected: held out 1 of 3 reviewed slices: corrected[1]"
+    texts = [ft.versions.item(i).text() for i in range(ft.versions.count())]
+    for text, name in zip(texts, ["tiny", "tiny-ft-1"], strict=True):
+        assert f"{name}  f1@0.5 {expected['scores'][name]['f1@0.5']:.3f}" in text
+    assert "scored 2 version(s) on corrected" in ft.status.text() and ft.score_button.isEnabled()

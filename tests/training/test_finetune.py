@@ -302,7 +302,10 @@ def test_stop_keeps_the_best_so_far(model_home):
     vals = [h["val"]["score"] for h in result.history if "val" in h]
     best = max(range(len(vals)), key=lambda i: vals[i])
     kept = [h for h in result.history if "val" in h][best]["step"]
-    assert result.best_step == kept
+    if result.best_step == 0:  # training (3 steps) did not beat the starting weights, re-tuned: they are kept
+        assert "starting weights" in result.message and result.retuned["score"] >= vals[best] - 1e-9
+    else:
+        assert result.best_step == kept
 
 
 def test_public_api_finetune(model_home):
@@ -361,3 +364,152 @@ def test_a_new_head_fine_tune_repeats_exactly_with_the_same_seed(model_home):
     adapted = [adapt_model(make_tiny_model("tiny"), 2, new_head=True, seed=s).state_dict()["head.weight"]
                for s in (0, 0, 1)]
     assert torch.equal(adapted[0], adapted[1]) and not torch.equal(adapted[0], adapted[2])
+
+
+# -- what a gain comes from, and versions compared on the same data --------------------------------
+
+
+def _trained_semantic(home):
+    """``sem`` fine-tuned 40 steps on four reviewed slices (one held out): a model that segments."""
+    image, labels = _stack(4, (64, 64))
+    data = [Annotated(image, (labels > 0).astype(np.uint8), None, name="a")]
+    opts = FinetuneOptions(steps=40, lr=1e-2, val_every=10, patch=[48, 48], batch_size=4, train="all")
+    return run_finetune(_semantic_tiny(home), data, opts, device="cpu"), data
+
+
+def test_gain_of_re_tuning_and_of_training_are_told_apart(model_home):
+    from napari_skipseg.model.store import render_card, save_model
+
+    trained, data = _trained_semantic(model_home)
+    before, retuned, after = (trained.before["score"], trained.retuned["score"], trained.after["score"])
+    assert trained.accepted and after > before
+    # training did the work here: re-tuning the untrained weights' threshold gains less
+    assert after - retuned > 0.05, trained.message
+    assert f"re-tuning the post-processing {retuned - before:+.3f} (starting weights: {retuned:.3f})" in trained.message
+    assert f"training {after - retuned:+.3f}" in trained.message
+    # training's part split again: the batch-norm statistics it gathered, on the starting weights, and the weights
+    stats = trained.restats["score"]
+    assert f"(batch-norm statistics {stats - retuned:+.3f}, weights {after - stats:+.3f})" in trained.message
+    card = json.loads((save_version(trained, data) / "config.json").read_text())["card"]
+    assert card["gain"]["of which batch-norm statistics"] + card["gain"]["of which weights"] == pytest.approx(
+        card["gain"]["training"], abs=2e-4)
+    # the same trained weights with their decision threshold pushed off (logit - 1): re-tuning
+    # alone wins it back, and training (none) adds nothing, which the result says
+    shifted = trained.model
+    with __import__("torch").no_grad():
+        shifted.head.bias[1] -= 1.0
+    shifted.config.name = "shifted"
+    save_model(shifted, model_home / "models" / "shifted")
+    again = run_finetune("shifted", data, FinetuneOptions(steps=0, preprocess="keep"), device="cpu")
+    assert again.retuned["score"] > again.before["score"] + 0.05
+    assert again.after == again.retuned and again.best_step == 0 and again.restats == {}  # nothing trained
+    assert "training +0.000" in again.message and "starting weights" in again.message
+    folder = save_version(again, data)
+    card = json.loads((folder / "config.json").read_text())["card"]
+    assert card["gain"]["training"] == 0.0
+    assert card["gain"]["re-tuning"] == pytest.approx(again.retuned["score"] - again.before["score"], abs=1e-4)
+    assert card["metrics_retuned"]["mean_dice"] == pytest.approx(again.retuned["mean_dice"], abs=1e-4)
+    text = render_card(load_model(folder.name).config)
+    assert "re-tuning +" in text and "training +0.0000" in text
+
+
+def test_a_fine_tuned_card_claims_nothing_of_its_parent(model_home):
+    from napari_skipseg.model.store import render_card, save_model
+
+    parent = make_tiny_model("bundled")
+    parent.config.card.update({
+        "postprocess_tuning": "tuned on 81 images of the validation split",
+        "flips_effect": "validation F1@0.5 0.90 with them, 0.89 without",
+        "hardware": "cpu (1 threads, float32), x86_64", "speed": "2.3 s per 512 x 512 slice",
+        "metrics": {"f1@0.5": 0.9007}, "data": "nuclei2d: 541 images (460 train, 81 validation)",
+    })
+    save_model(parent, model_home / "models" / "bundled")
+    image, labels = _stack(2)
+    data = [Annotated(image, labels, None, name="mine")]
+    result = run_finetune("bundled", data, FinetuneOptions(steps=2, val_every=1, patch=[32, 32], batch_size=1),
+                          device="cpu")
+    card = json.loads((save_version(result, data) / "config.json").read_text())["card"]
+    assert "81" not in card["postprocess_tuning"]
+    assert card["postprocess_tuning"].startswith("watershed thresholds re-tuned on the held-out part of the corrected")
+    assert card["flips_effect"] == "measured on bundled: validation F1@0.5 0.90 with them, 0.89 without"
+    assert card["speed"] == "measured on bundled: 2.3 s per 512 x 512 slice"
+    assert card["hardware"].startswith("fine-tuned on cpu")
+    assert "81" not in card["data"] and "mine" in card["data"]
+    assert card["metrics_on"].startswith("the held-out part of the corrected labels (")
+    assert "f1@0.5" in card["metrics"] and card["metrics"]["f1@0.5"] == round(result.after["f1@0.5"], 4)
+    text = render_card(load_model("bundled-ft-1").config)
+    assert "## Metrics on the held-out part of the corrected labels" in text and "Validation metrics" not in text
+    # a version of that version: still says whose measurement it is
+    result = run_finetune("bundled-ft-1", data, FinetuneOptions(steps=1, val_every=1, patch=[32, 32], batch_size=1,
+                                                               tune=False), device="cpu")
+    card = json.loads((save_version(result, data) / "config.json").read_text())["card"]
+    assert card["flips_effect"] == "measured on bundled: validation F1@0.5 0.90 with them, 0.89 without"
+    # not re-tuned: the thresholds are the parent's, and the card says whose
+    assert card["postprocess_tuning"].startswith("not re-tuned; as in bundled-ft-1: watershed thresholds re-tuned")
+
+
+def test_every_version_is_scored_on_the_same_held_out_data(model_home):
+    from napari_skipseg.inference.engine import run
+    from napari_skipseg.training.finetune import score_versions, version_scores
+
+    trained, data = _trained_semantic(model_home)
+    save_version(trained, data)  # sem-ft-1: segments; sem does not
+    # a version with other classes (a new head) cannot be scored on these labels
+    image, labels = _stack(3, (64, 64))
+    classes = np.clip(labels, 0, 2).astype(np.uint8)
+    save_version(run_finetune("sem", [Annotated(image, classes, None, name="c")],
+                              FinetuneOptions(steps=1, patch=[32, 32], batch_size=1, num_classes=3, new_head=True),
+                              device="cpu"), [Annotated(image, classes, None, name="c")])  # sem-ft-2
+    # the newest comparison is sem-ft-1's (a new head compares with nothing): sem and sem-ft-1 on a
+    on, table = version_scores(list_versions("sem"))
+    assert on == "a: held out 1 of 4 reviewed slices: a[2]"
+    assert table["sem"][0] == "mean_dice" and table["sem-ft-1"] == ("mean_dice", round(trained.after["mean_dice"], 4))
+    assert table["sem-ft-2"] is None
+    # no comparison at all: each model's own card metrics, and no "on" (they are not comparable)
+    assert version_scores(list_versions("sem")[:1]) == ("", {"sem": None})
+    # a fine-tune of sem-ft-1 on other images scores every version on its held-out data
+    other = [Annotated(image, (labels > 0).astype(np.uint8), [0, 1, 2], name="other")]
+    result = run_finetune("sem-ft-1", other, FinetuneOptions(steps=2, val_every=1, patch=[32, 32], batch_size=1),
+                          device="cpu")
+    folder = save_version(result, other)
+    compared = json.loads((folder / "config.json").read_text())["card"]["compared"]
+    assert compared["on"].startswith("other: held out 1 of 3 reviewed slices")
+    assert set(compared["scores"]) == {"sem", "sem-ft-1", "sem-ft-2", "sem-ft-3"}
+    assert compared["scores"]["sem-ft-2"] == {"skipped": "predicts other classes"}
+    direct = run(score_versions(["sem"], other))
+    assert compared["scores"]["sem"] == direct["scores"]["sem"] and direct["on"] == compared["on"]
+    assert compared["scores"]["sem-ft-1"]["mean_dice"] == round(result.before["mean_dice"], 4)
+    assert compared["scores"]["sem-ft-3"]["mean_dice"] == round(result.after["mean_dice"], 4)
+    assert compared["scores"]["sem-ft-1"]["mean_dice"] > compared["scores"]["sem"]["mean_dice"] + 0.05
+    on, table = version_scores(list_versions("sem"))
+    assert on == compared["on"]
+    assert table == {"sem": ("mean_dice", compared["scores"]["sem"]["mean_dice"]),
+                     "sem-ft-1": ("mean_dice", compared["scores"]["sem-ft-1"]["mean_dice"]),
+                     "sem-ft-2": None, "sem-ft-3": ("mean_dice", compared["scores"]["sem-ft-3"]["mean_dice"])}
+
+
+def test_weights_that_learnt_nothing_are_not_kept(model_home):
+    """Trained at a learning rate of 1e-9 the weights stay put and only the batch-norm
+    statistics move: the version keeps the starting weights (with those statistics when they
+    help), and says so."""
+    import torch
+
+    from napari_skipseg.training.finetune import NORM_BUFFERS
+
+    image, labels = _stack(2, (64, 64))
+    data = [Annotated(image, (labels > 0).astype(np.uint8), None, name="a")]  # a band held out: no threshold
+    start = load_model(_semantic_tiny(model_home))
+    result = run_finetune("sem", data, FinetuneOptions(steps=10, lr=1e-9, val_every=5, patch=[48, 48],
+                                                       batch_size=4, train="all"), device="cpu")
+    kept, trained_stats = result.model.state_dict(), result.restats
+    for key, value in start.state_dict().items():
+        if not key.endswith(NORM_BUFFERS):
+            assert torch.equal(kept[key], value), key
+    assert trained_stats, "10 steps were trained: the statistics' part is measured"
+    if trained_stats["score"] > result.retuned["score"]:
+        assert "the starting weights with the new batch-norm statistics are kept" in result.message
+        assert result.after == trained_stats
+    else:
+        assert "the starting weights are kept" in result.message and result.best_step == 0
+        assert all(torch.equal(kept[k], v) for k, v in start.state_dict().items())
+    assert "weights +0.000" in result.message

@@ -67,10 +67,10 @@ def show_panel_titles(viewer, result, source, what: str, side_by_side: bool, met
     points, titles = panel_titles(result, source, what, side_by_side)
     if PANEL_TITLES in viewer.layers:
         viewer.layers.remove(PANEL_TITLES)
-    ndim = viewer.dims.ndim
-    pts = [[*([0.0] * (ndim - len(p))), *p] for p in points] if ndim > len(points[0]) else points
+    # (y, x) only: a 2D points layer is drawn on every slice of a stack
+    pts = [list(p[-2:]) for p in points]
     height = result.input.shape[-2] * float(source.scale[-2])
-    lift = [0.0] * (len(pts[0]) - 2) + [-0.12 * height, 0.0]  # above the panel, on the canvas
+    lift = [-0.12 * height, 0.0]  # above the panel, on the canvas
     try:
         color = get_theme(viewer.theme).text.as_hex()
     except (KeyError, ValueError):
@@ -78,7 +78,6 @@ def show_panel_titles(viewer, result, source, what: str, side_by_side: bool, met
     viewer.add_points(
         pts, name=PANEL_TITLES, size=0.0, features={"title": titles}, metadata={META_KEY: meta},
         text={"string": "{title}", "anchor": "lower_left", "size": 11, "color": color, "translation": lift},
-        out_of_slice_display=True,
     )
 
 

@@ -276,8 +276,8 @@ def test_explorer_starts_with_segments_model_and_shows_the_gradient_plot(make_na
 def test_gradient_plot_follows_the_theme(widget):
     viewer, w = widget
     viewer.theme = "light"
-    from napari.utils.theme import get_theme
+    from napari_skipseg._qt.theme import palette_for
 
-    assert w.gradient_plot.colors["face"] == get_theme("light").background.as_hex()
+    assert w.gradient_plot.palette_ == palette_for("light")
     viewer.theme = "dark"
-    assert w.gradient_plot.colors["text"] == get_theme("dark").text.as_hex()
+    assert w.gradient_plot.palette_ == palette_for("dark")

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_skipseg._qt import camera_of
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -106,8 +108,8 @@ def main(argv=None) -> int:
     pair = merged_pair(truth, layer.data)
     if pair is not None:
         a, b = pair
-        viewer.camera.center = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
-        viewer.camera.zoom = 6.0
+        camera_of(viewer).center = ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+        camera_of(viewer).zoom = 6.0
         w.set_tool("split")
         w.click(a)
         w.click(b)
@@ -122,8 +124,8 @@ def main(argv=None) -> int:
     # 2. a box being dragged
     h, wd = layer.data.shape
     y0, x0 = h // 3, wd // 3
-    viewer.camera.center = (y0 + 40, x0 + 40)
-    viewer.camera.zoom = 3.0
+    camera_of(viewer).center = (y0 + 40, x0 + 40)
+    camera_of(viewer).zoom = 3.0
     w.set_tool("box")
     w.preview_box(layer, (y0, x0), (y0 + 80, x0 + 80))
     viewer.layers.selection.active = layer
@@ -135,7 +137,7 @@ def main(argv=None) -> int:
 
     # 3. review: uncertainty, next region, table
     w.show_uncertainty()
-    viewer.camera.zoom = 1.5  # the whole 256 x 256 tile in the canvas
+    camera_of(viewer).zoom = 1.5  # the whole 256 x 256 tile in the canvas
     w.next_uncertain()
     worker = w.refresh_table()
     while worker.is_running:

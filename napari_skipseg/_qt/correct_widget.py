@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import annotate as ann
+from . import camera_of
 from ._labels import WrapLabel
 
 #: tool -> (key on the Labels layer, button text, clicks it needs, what the status says)
@@ -701,9 +702,9 @@ class CorrectWidget(QWidget):
         step[-n:] = list(world)
         for axis in range(len(step) - n, len(step) - 2):
             self.viewer.dims.set_point(axis, step[axis])
-        centre = list(self.viewer.camera.center)
+        centre = list(camera_of(self.viewer).center)
         centre[-2:] = list(world[-2:])
-        self.viewer.camera.center = tuple(centre)
+        camera_of(self.viewer).center = tuple(centre)
 
     def refresh_table(self):
         """Fill the object table (id, area, mean intensity, certainty) of the chosen layer;

@@ -29,6 +29,7 @@ from ..layers import (
     result_stores,
     source_from_layer,
 )
+from . import camera_of
 from ._jobs import job
 from ._labels import WrapLabel
 from ._sections import vertical_scroll
@@ -625,7 +626,7 @@ class SegmentWidget(QWidget):
         ry, rx = (d[-2:] if d.size >= 2 else np.repeat(d, 2)) / 2.0
         scale, translate = np.asarray(layer.scale, float), np.asarray(layer.translate, float)
         point = np.asarray(layer.world_to_data(self.viewer.dims.point), float)
-        centre = np.asarray(self.viewer.camera.center, float)[-2:]
+        centre = np.asarray(camera_of(self.viewer).center, float)[-2:]
         point[-2:] = (centre - translate[-2:]) / scale[-2:]
         cy, cx = point[-2:]
         corners = np.array([[cy - ry, cx - rx], [cy - ry, cx + rx], [cy + ry, cx + rx], [cy + ry, cx - rx]])

@@ -41,7 +41,7 @@ from ..feature_layers import (
 )
 from ..layers import source_from_layer
 from ._jobs import job
-from .study_link import study_label
+from .study_link import StudyLabel
 from .theme import DEFAULT, hint
 
 KINDS = ("encoder", "decoder", "fused")
@@ -365,7 +365,7 @@ class SkipWidget(QWidget):
         grad_box.addLayout(grad_form)
         grad_box.addWidget(self.gradient_button)
         grad_box.addWidget(self.gradient_plot)
-        grad_box.addWidget(study_label(napari_viewer))  # link to the skip study (docs/skip_connections.md)
+        grad_box.addWidget(StudyLabel())  # link to the skip study (docs/skip_connections.md)
 
         content = QWidget()
         outer = QVBoxLayout(content)

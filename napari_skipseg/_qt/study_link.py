@@ -23,32 +23,18 @@ def study_note(link_colour: str | None = None) -> str:
     return f"More gradient with every skip zeroed is no contradiction on a trained network: {where}."
 
 
-def study_label(viewer=None) -> QLabel:
+class StudyLabel(QLabel):
     """A word-wrapped label with :func:`study_note`; the link opens in the browser and takes
-    the text colour of the ``viewer``'s napari theme (and follows theme changes)."""
-    label = QLabel()
-    label.setTextFormat(Qt.TextFormat.RichText)
-    label.setOpenExternalLinks(True)
-    label.setWordWrap(True)
-    label.setObjectName("skipStudyNote")
+    the text colour of napari's theme through :meth:`set_palette` (called by
+    :func:`.theme.follow_theme` on the widget that holds it, now and on theme changes)."""
 
-    def refresh(event=None) -> None:
-        colour = None
-        if viewer is not None:
-            from napari.utils.theme import get_theme
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.RichText)
+        self.setOpenExternalLinks(True)
+        self.setWordWrap(True)
+        self.setObjectName("skipStudyNote")
+        self.setText(study_note(None))
 
-            try:
-                colour = get_theme(viewer.theme).text.as_hex()
-            except (KeyError, ValueError):  # a theme napari does not know: Qt's colours
-                colour = None
-        label.setText(study_note(colour))
-
-    refresh()
-    if viewer is not None:
-        viewer.events.theme.connect(refresh)
-
-        def forget(*_) -> None:
-            viewer.events.theme.disconnect(refresh)
-
-        label.destroyed.connect(forget)
-    return label
+    def set_palette(self, palette) -> None:
+        self.setText(study_note(palette.text))

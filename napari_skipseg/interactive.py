@@ -216,3 +216,14 @@ def _full(where: tuple, shape: Sequence[int]) -> list[slice]:
         else:
             out.append(slice(int(w), int(w) + 1))
     return out
+
+
+def same_labels(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images are the same segmentation up to the numbering of their
+    objects: background (0) where the other has background, and a one-to-one pairing of
+    ids. (A progressive or live run numbers objects in the order it finds them.)"""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]

@@ -274,7 +274,7 @@ def predict(
             yield Progress(0, total, message, {"device": desc, "backend": backend_info, "units": len(todo),
                                                **scale_info})
             done = yield from _stream(plans, reader, TileBatches(pool, runner), Blender(classes, window),
-                                      finisher, total, message)
+                                      finisher, total, message, first_alone=near is not None)
             yield Progress(done, total, "done", _finished(finisher))
     finally:
         uses_original = runner is None or runner.uses_original
@@ -299,10 +299,12 @@ def predict(
 
 
 def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, blender: Blender,
-            finisher: Finisher, total: int, message: str) -> Generator[Progress, None, int]:
+            finisher: Finisher, total: int, message: str, first_alone: bool = False) -> Generator[Progress, None, int]:
     """Drive the stages over ``plans``: read a unit, queue its tiles; whenever the workers
     are saturated, blend what came back and finish the units that are complete. Yields
-    progress after each batch absorbed; returns the number of tiles done."""
+    progress after each batch absorbed; returns the number of tiles done. ``first_alone``:
+    the first unit's tiles make batches of their own (not shared with the next unit's), so
+    that it is finished as early as it can be (the unit in view)."""
     done = 0
 
     def absorb() -> int:
@@ -322,6 +324,8 @@ def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, ble
                 while batches.saturated:
                     done += absorb()
                     yield Progress(done, total, message, _finished(finisher))
+        if first_alone and unit is plans[0]:
+            batches.flush()
         del data
     batches.flush()
     while batches.pending:

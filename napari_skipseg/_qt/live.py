@@ -215,6 +215,7 @@ class LiveMode(QWidget):
         self.running: tuple | None = None  # (key, point) of the request in the worker
         self.waiting: tuple | None = None  # (key, point) to start when the worker is free
         self.shown: list[tuple] = []  # (point, perf_counter, "cached" | "computed", ms) per slice shown
+        self.last_shown: tuple | None = None  # (key, point) of the slice shown last
         self._last_move: float | None = None
         self._interval: float | None = None
         self.timer = QTimer(self)
@@ -251,6 +252,7 @@ class LiveMode(QWidget):
             self.viewer.layers.remove(self.layer)
         self.layer = None
         self.cache.clear()
+        self.last_shown = None
         self.status.setText("")
 
     def options_changed(self, *_args) -> None:
@@ -324,6 +326,8 @@ class LiveMode(QWidget):
         if self.context is not None and self.context.key == key:
             todo = self.context.units_in_view(point)
             if self.cache.has(todo):
+                if self.last_shown == (key, point) and self.layer in self.viewer.layers:
+                    return  # nothing changed (e.g. a layer was added to the viewer)
                 self.cache.touch(todo)
                 self._show(point, "cached", t0)
                 return
@@ -397,6 +401,7 @@ class LiveMode(QWidget):
         now = time.perf_counter()
         ms = 1000 * (seconds if seconds is not None else now - (t0 or now))
         self.shown.append((point, now, how, ms))
+        self.last_shown = (self.cache.key, point)
         if how == "cached":
             self.status.setText(f"live: {self._where(point)} cached ({ms:.0f} ms)")
         else:

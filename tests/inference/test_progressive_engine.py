@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from engine_toys import BlobModel, discs
 
-from napari_skipseg.inference.engine import SegmentationError, order_units, plan, predict, run, tile_voxels, unit_list
+from napari_skipseg.inference.engine import (
+    SegmentationError,
+    order_units,
+    plan,
+    predict,
+    run,
+    tile_voxels,
+    unit_list,
+)
 from napari_skipseg.interactive import same_labels
 
 

@@ -87,7 +87,16 @@ def main() -> None:
     if run is not None:
         for name in ("on_event", "_add_next", "_redraw"):
             setattr(run, name, timed(getattr(run, name), f"progressive.{name}"))
-    worker.yielded.connect(lambda e: marks.append((time.perf_counter(), f"progress {e.done}/{e.total}")))
+    firsts: dict[str, float] = {}
+
+    def on_yielded(e):
+        now = time.perf_counter()
+        marks.append((now, f"progress {e.done}/{e.total}"))
+        for key in ("layers", "regions"):
+            if key in e.info:
+                firsts.setdefault(key, now - t_press)
+
+    worker.yielded.connect(on_yielded)
     t_returned: list[float] = []
     worker.returned.connect(lambda v: marks.append((time.perf_counter(), "returned")) or t_returned.append(
         time.perf_counter()))
@@ -112,6 +121,9 @@ def main() -> None:
         "end_max_stall_ms": round(float(max(end_gaps)), 1) if end_gaps else None,
         "first_slice_shown_s": (round(run.first_shown - t_press, 2) if run is not None and run.first_shown
                                 else None),
+        "layers_event_s": round(firsts["layers"], 2) if "layers" in firsts else None,
+        "first_unit_done_s": round(firsts["regions"], 2) if "regions" in firsts else None,
+        "load_average": [round(v, 2) for v in __import__("os").getloadavg()],
         "p99_stall_ms": round(float(np.percentile(gaps, 99)), 1), "status": widget.status.text(),
         "preload_seconds": round(open_seconds, 2), "preload_max_stall_ms": round(float(open_gaps.max()), 1),
         "worst": stalls,

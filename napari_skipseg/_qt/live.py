@@ -217,6 +217,7 @@ class LiveMode(QWidget):
         self.shown: list[tuple] = []  # (point, perf_counter, "cached" | "computed", ms) per slice shown
         self.last_shown: tuple | None = None  # (key, point) of the slice shown last
         self._last_move: float | None = None
+        self._moved = False  # request() runs within a dims move (napari has sliced the layers)
         self._interval: float | None = None
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
@@ -268,7 +269,20 @@ class LiveMode(QWidget):
             self._interval = None
         else:
             self._interval = gap if self._interval is None else 0.5 * (self._interval + gap)
+        if self._cached_in_view():
+            self.timer.stop()
+            self._moved = True
+            self.request()  # from the cache: no reason to wait
+            self._moved = False
+            return
         self.timer.start(debounce_ms(self._interval))
+
+    def _cached_in_view(self) -> bool:
+        layer = self.segment._current_layer()  # noqa: SLF001
+        if self.context is None or layer is None:
+            return False
+        point = self.view_point(layer)
+        return point is not None and self.cache.has(self.context.units_in_view(point))
 
     # -- requests --------------------------------------------------------------------------
     def _source(self):
@@ -382,7 +396,8 @@ class LiveMode(QWidget):
         lead = [f"{a.lower()}={p}" for a, p in zip(axes, point, strict=False) if a in "TZ"]
         return ", ".join(lead) or "image"
 
-    def _ensure_layer(self) -> None:
+    def _ensure_layer(self, refresh: bool = True) -> None:
+        """Add the live layer, or point it at the cache, or redraw it (``refresh``)."""
         ctx = self.context
         data = CachedLabels(self.cache, ctx.result_shape, ctx.dtype)
         if self.layer is None or self.layer not in self.viewer.layers:
@@ -393,11 +408,14 @@ class LiveMode(QWidget):
         elif self.layer.data.shape != data.shape or self.layer.data.dtype != data.dtype or self.layer.name != ctx.name:
             self.layer.data = data
             self.layer.name = ctx.name
-        else:
+        elif refresh:
             self.layer.refresh()
 
     def _show(self, point, how: str, t0: float | None, seconds: float | None = None) -> None:
-        self._ensure_layer()
+        # a cached slice reached by a move: napari sliced the layer (the cache) for the move
+        # already, before this handler ran; a redraw would slice it again
+        self._ensure_layer(refresh=not (how == "cached" and self._moved))
+        self._moved = False
         now = time.perf_counter()
         ms = 1000 * (seconds if seconds is not None else now - (t0 or now))
         self.shown.append((point, now, how, ms))

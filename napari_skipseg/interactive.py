@@ -227,3 +227,66 @@ def same_labels(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a, b]), axis=1)
     return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+class ChoiceMemo:
+    """Values worked out once per image array and settings, e.g. the resampling of a run
+    with ``diameter="auto"`` (the estimate runs the network twice on a crop): a Segment run
+    after live mode, or a second run with the same settings, reuses it.
+
+    An entry holds a weak reference to the array it was made for: it is used only while
+    that very array (the layer's data) is alive, and never for another array that happens
+    to be equal. Arrays that cannot be weakly referenced are not remembered.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = int(size)
+        self.entries: OrderedDict = OrderedDict()  # key -> (weakref to the array, value)
+
+    def get(self, data, key, compute):
+        """The value for ``data`` and ``key`` (hashable): remembered, or ``compute()``."""
+        import weakref
+
+        full = (id(data), key)
+        hit = self.entries.get(full)
+        if hit is not None and hit[0]() is data:
+            self.entries.move_to_end(full)
+            return hit[1]
+        value = compute()
+        try:
+            ref = weakref.ref(data)
+        except TypeError:
+            return value
+        self.entries[full] = (ref, value)
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+        return value
+
+
+#: Resampling choices (``ScaleChoice``) of Segment runs and live mode in this process.
+SCALES = ChoiceMemo()
+
+
+def model_stamp(model_ref) -> int | None:
+    """When the files of the model folder ``model_ref`` last changed (None: not a folder):
+    a model saved again under the same name is another model."""
+    import os
+
+    try:
+        return max(os.stat(os.path.join(model_ref, f)).st_mtime_ns for f in os.listdir(model_ref))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def remembered_scale(model, model_ref, layer_data, data, *, channel_axis, mode: str, device: str, settings: tuple,
+                     size: dict):
+    """The resampling of a run (:func:`~napari_skipseg.inference.engine.resolve_run_scale`
+    of ``data``, the engine's view of the layer's ``layer_data``, with the object-size
+    options ``size``), worked out once per layer array, model and ``settings`` (axes,
+    channel: what else changes ``data``) in this process (:data:`SCALES`)."""
+    from .inference.engine import resolve_run_scale
+
+    key = (str(model_ref), model_stamp(model_ref), mode, str(device), settings,
+           tuple(sorted((k, repr(v)) for k, v in size.items())))
+    return SCALES.get(layer_data, key, lambda: resolve_run_scale(model, data, channel_axis=channel_axis, mode=mode,
+                                                                   device=device, **size))

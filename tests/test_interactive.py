@@ -91,3 +91,17 @@ def test_unit_sink_keeps_what_is_written():
     sink = UnitSink((3, 8, 8), np.uint8)
     sink[(1, slice(0, 8), slice(0, 8))] = np.ones((8, 8), np.uint8)
     assert sink.shape == (3, 8, 8) and len(sink.blocks) == 1 and sink.blocks[0][0][0] == 1
+
+
+def test_choice_memo_is_per_array_object():
+    from napari_skipseg.interactive import ChoiceMemo
+
+    memo = ChoiceMemo(size=2)
+    calls = []
+    a, b = np.zeros(3), np.zeros(3)  # equal arrays, different objects
+    assert memo.get(a, "k", lambda: calls.append("a") or 1) == 1
+    assert memo.get(a, "k", lambda: calls.append("a2") or 2) == 1  # remembered
+    assert memo.get(b, "k", lambda: calls.append("b") or 3) == 3  # not taken for a's
+    assert memo.get(a, "other", lambda: calls.append("a3") or 4) == 4  # other settings
+    assert calls == ["a", "b", "a3"] and len(memo.entries) == 2
+    assert memo.get([1, 2], "k", lambda: 5) == 5 and len(memo.entries) == 2  # a list: not remembered

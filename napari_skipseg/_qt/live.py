@@ -17,7 +17,6 @@ aside: they are numbered per request).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +28,8 @@ from ..interactive import (
     CachedLabels,
     UnitCache,
     UnitSink,
+    model_stamp,
+    remembered_scale,
     result_point,
     to_engine_point,
     to_file_where,
@@ -97,8 +98,7 @@ def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
         image_intensity_range,
         plan,
         predict,
-        resolve_run_scale,
-        tile_voxels,
+            tile_voxels,
     )
     from ..layers import arrange_source, restore_result
     from ..model.store import load_model
@@ -124,7 +124,8 @@ def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
                             explicit=explicit)
     data, channel_axis = engine_source.data, engine_source.channel_axis
     device = select_device(opts.get("device", "auto"))
-    choice = resolve_run_scale(model, data, channel_axis=channel_axis, mode=mode, device=device, **size)
+    choice = remembered_scale(model, model_ref, source.data, data, channel_axis=channel_axis, mode=mode,
+                              device=device, settings=(axes, channel), size=size)
     lo_hi = image_intensity_range(cfg, data, channel_axis=channel_axis)
     geometry = dict(channel_axis=channel_axis, mode=mode, tile=opts.get("tile"), block=opts.get("block"),
                     overlap=opts.get("overlap", 0.125), scale=choice)
@@ -296,10 +297,7 @@ class LiveMode(QWidget):
     def _key(self, layer, model_ref: str, options: dict) -> tuple:
         """What the labels depend on: the image (layer and data), the model (its files'
         times: a new version of it is another model) and every option."""
-        try:
-            stamp = max(os.stat(os.path.join(model_ref, f)).st_mtime_ns for f in os.listdir(model_ref))
-        except OSError:
-            stamp = None
+        stamp = model_stamp(model_ref)
         opts = tuple(sorted((k, v) for k, v in options.items() if k not in ("link", "keep_probabilities")))
         return (layer.name, id(layer.data), tuple(layer.data.shape), model_ref, stamp, opts)
 

@@ -17,9 +17,12 @@ import time
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
-from ..interactive import intersects, result_point, to_engine_point, to_file_where
+from ..interactive import intersects, remembered_scale, result_point, to_engine_point, to_file_where
 from ._jobs import job
 
+#: Pause between adding one result layer and the next (ms): napari takes a while to build
+#: each (vispy visuals, layer controls); the viewer answers in between.
+LAYER_GAP_MS = 40
 #: Texts of the cancel choice, and whether each keeps the finished part.
 CANCEL_CHOICES = {"on cancel: remove the results": False, "on cancel: keep what is done": True}
 
@@ -75,10 +78,18 @@ def progressive_job(model_name: str, source, options: dict, near=None):
         diameter = default_diameter(cfg)
     engine_source, arranged = arrange_source(source, cfg, axes=axes, channel=channel,
                                              mode=options.get("mode", "auto"))
+    size = {}
     if arranged is not None:
-        options.update(size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
-                                    unit=arranged.meta.unit, explicit=explicit))
+        size = size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
+                            unit=arranged.meta.unit, explicit=explicit)
     data, channel_axis = engine_source.data, engine_source.channel_axis
+    # the resampling (diameter "auto": estimated) once per layer, model and settings
+    from ..inference.device import select_device
+
+    options["scale"] = remembered_scale(model, model_name, source.data, data, channel_axis=channel_axis,
+                                        mode=options.get("mode", "auto"),
+                                        device=select_device(options.get("device", "auto")),
+                                        settings=(axes, channel), size=size)
     geo = plan(cfg, tuple(data.shape), channel_axis=channel_axis, mode=options.get("mode", "auto"),
                tile=options.get("tile"), block=options.get("block"), overlap=options.get("overlap", 0.125))
     shape, output = geo["shape"], options.get("output", "instances")
@@ -214,7 +225,7 @@ class ProgressiveRun:
             if self.first_shown is None and any(self._in_view(w) for w in self.regions):
                 self.first_shown = time.perf_counter()
         if self.pending:
-            QTimer.singleShot(0, self._add_next)
+            QTimer.singleShot(LAYER_GAP_MS, self._add_next)  # let the viewer paint and take input between
 
     # -- end ------------------------------------------------------------------------------
     def finish(self, result) -> list:
@@ -241,6 +252,9 @@ class ProgressiveRun:
         layers. Returns the status line."""
         if self.ended:
             return ""
+        if keep and self.regions:  # the layers not added yet hold finished parts too
+            while self.pending:
+                self._add_next()
         self.ended = True
         self.pending = []
         alive = [layer for layer in self.layers if layer in self.viewer.layers]

@@ -83,13 +83,6 @@ def progressive_job(model_name: str, source, options: dict, near=None):
         size = size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
                             unit=arranged.meta.unit, explicit=explicit)
     data, channel_axis = engine_source.data, engine_source.channel_axis
-    # the resampling (diameter "auto": estimated) once per layer, model and settings
-    from ..inference.device import select_device
-
-    options["scale"] = remembered_scale(model, model_name, source.data, data, channel_axis=channel_axis,
-                                        mode=options.get("mode", "auto"),
-                                        device=select_device(options.get("device", "auto")),
-                                        settings=(axes, channel), size=size)
     geo = plan(cfg, tuple(data.shape), channel_axis=channel_axis, mode=options.get("mode", "auto"),
                tile=options.get("tile"), block=options.get("block"), overlap=options.get("overlap", 0.125))
     shape, output = geo["shape"], options.get("output", "instances")
@@ -112,6 +105,13 @@ def progressive_job(model_name: str, source, options: dict, near=None):
     yield Progress(0, 1, "result layers", {"layers": layers, "shape": tuple(shell.labels.shape if labels is not None
                                                                           else shell.probabilities.shape[1:])})
 
+    # the resampling (diameter "auto": estimated), once per layer, model and settings
+    from ..inference.device import select_device
+
+    options["scale"] = remembered_scale(model, model_name, source.data, data, channel_axis=channel_axis,
+                                        mode=options.get("mode", "auto"),
+                                        device=select_device(options.get("device", "auto")),
+                                        settings=(axes, channel), size=size)
     near_engine = to_engine_point(order, near) if near is not None else None
     outputs = {"probabilities_out": probs} if keep else {}
     if labels is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QWidget
+from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from ..interactive import (
     CachedLabels,
@@ -36,6 +36,7 @@ from ..interactive import (
     units_at,
 )
 from ._jobs import job
+from ._labels import WrapLabel
 
 #: Units kept in the cache (slices of a 2D run, blocks of a 3D run).
 CACHE_UNITS = 64
@@ -203,12 +204,13 @@ class LiveMode(QWidget):
                               "around it) at once; slices done are kept in a small cache until the image, model "
                               "or an option changes")
         self.check.setChecked(False)
-        self.status = QLabel("")
+        self.status = WrapLabel("")  # its own line: a long status does not widen the dock
         self.status.setStyleSheet("color: #9aa0a6;")
-        row = QHBoxLayout(self)
-        row.setContentsMargins(0, 0, 0, 0)
-        row.addWidget(self.check)
-        row.addWidget(self.status, 1)
+        column = QVBoxLayout(self)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(2)
+        column.addWidget(self.check)
+        column.addWidget(self.status)
         self.cache = UnitCache(CACHE_UNITS)
         self.context: LiveContext | None = None
         self.layer = None

@@ -159,10 +159,13 @@ class ProgressiveRun:
         The layer segmented (the view point is read over it).
     axes : str
         Its axes as the run takes them (default: :func:`napari_skipseg.layers.layer_axes`).
+    status : QLabel, optional
+        Where to say how many slices (blocks) are done.
     """
 
-    def __init__(self, viewer, image_layer, axes: str = "") -> None:
+    def __init__(self, viewer, image_layer, axes: str = "", status=None) -> None:
         self.viewer = viewer
+        self.status = status  # a label for "n of m slices done"
         self.image_layer = image_layer
         self.started = time.perf_counter()
         self.layers: list = []  # added, labels first
@@ -192,6 +195,10 @@ class ProgressiveRun:
         regions = event.info.get("regions")
         if regions:
             self.regions.extend(regions)
+            if self.status is not None and self.units:
+                unit = "slices" if all(not isinstance(w[0], slice) for w in self.regions) else "parts"
+                self.status.setText(f"segmenting: {len(self.regions)} of {self.units} {unit} done "
+                                    "(the one in view first)")
             if self.layers and any(self._in_view(w) for w in regions):
                 self._redraw()
 
@@ -217,11 +224,11 @@ class ProgressiveRun:
         data, kwargs, kind = self.pending.pop()
         layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
         self.layers.append(layer)
-        if len(self.layers) > 1:  # keep the labels, added first, on top
+        if len(self.layers) > 1:  # keep the labels, added first, on top and selected
             layers = self.viewer.layers
             layers.move(layers.index(layer), layers.index(self.layers[0]))
+        self.viewer.layers.selection.active = self.layers[0]
         if len(self.layers) == 1:
-            self.viewer.layers.selection.active = layer
             if self.first_shown is None and any(self._in_view(w) for w in self.regions):
                 self.first_shown = time.perf_counter()
         if self.pending:

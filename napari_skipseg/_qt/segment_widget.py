@@ -559,7 +559,7 @@ class SegmentWidget(QWidget):
         self._job_done = False
         # in-memory images: result layers made at once and filled as slices finish (progressive.py)
         self._progressive = None if is_lazy(source.data) else ProgressiveRun(
-            self.viewer, self.viewer.layers[name], options["axes"] or "")
+            self.viewer, self.viewer.layers[name], options["axes"] or "", self.status)
         self.worker = create_worker(
             _segment_job if self._progressive is None else progressive_job, model_ref, source,
             {**options, **({"results_folder": self.results_folder} if self.results_folder else {})},

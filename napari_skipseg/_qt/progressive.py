@@ -176,6 +176,10 @@ class ProgressiveRun:
         self.first_shown: float | None = None  # perf_counter when the slice in view was first drawn
         self.complete = False
         self.ended = False  # cancelled and dealt with
+        self.worker = None
+        # the selection before the run, put back when its layers are removed
+        self.selected = list(viewer.layers.selection)
+        self.active = viewer.layers.selection.active
         data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
         self.axes = axes or _axes(image_layer)
         self.near = None
@@ -184,7 +188,14 @@ class ProgressiveRun:
             self.near, _ = view_point(viewer, image_layer, rshape, self.axes)
 
     # -- events from the worker ----------------------------------------------------------
+    def attach(self, worker) -> None:
+        """Follow ``worker``'s events (before the widget's own handlers)."""
+        self.worker = worker
+        worker.yielded.connect(self.on_event)
+
     def on_event(self, event) -> None:
+        if self.ended or (self.worker is not None and self.worker.abort_requested):
+            return  # cancelled: events still queued add nothing
         if "layers" in event.info:
             self.pending = list(event.info["layers"])
             self.shape = tuple(event.info["shape"])
@@ -222,7 +233,18 @@ class ProgressiveRun:
         if self.ended or not self.pending:
             return
         data, kwargs, kind = self.pending.pop()
-        layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        try:
+            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        except Exception as err:  # noqa: BLE001 - undo, report, stop the run, keep the viewer working
+            from napari.utils.notifications import show_error
+
+            self.cancel(keep=False)
+            if self.status is not None:
+                self.status.setText(f"failed to add the result: {err}")
+            show_error(f"Segment failed to add the result: {err}")
+            if self.worker is not None:
+                self.worker.quit()
+            return
         self.layers.append(layer)
         if len(self.layers) > 1:  # keep the labels, added first, on top and selected
             layers = self.viewer.layers
@@ -285,6 +307,11 @@ class ProgressiveRun:
         for layer in alive:
             self.viewer.layers.remove(layer)
         self.layers = []
+        kept = [layer for layer in self.selected if layer in self.viewer.layers]
+        self.viewer.layers.selection.clear()
+        self.viewer.layers.selection.update(kept)
+        if self.active in self.viewer.layers:
+            self.viewer.layers.selection.active = self.active
         return "cancelled; no layer was changed"
 
 

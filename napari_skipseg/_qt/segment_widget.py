@@ -280,11 +280,17 @@ class SegmentWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
+        # rebuilt quietly: a layer added or removed elsewhere (e.g. a run's result layers) is
+        # no change of the image chosen; listeners hear of it only when the choice changes
+        self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         names = [layer.name for layer in self._image_layers()]
         self.layer_combo.addItems(names)
         if current in names:
             self.layer_combo.setCurrentText(current)
+        self.layer_combo.blockSignals(False)
+        if self.layer_combo.currentText() != current:
+            self.layer_combo.currentTextChanged.emit(self.layer_combo.currentText())
         self.run_button.setEnabled(bool(names) and self.worker is None)
 
     def refresh_models(self, select: str | None = None) -> None:
@@ -567,7 +573,7 @@ class SegmentWidget(QWidget):
             _start_thread=False, _ignore_errors=True,
         )
         if self._progressive is not None:
-            self.worker.yielded.connect(self._progressive.on_event)
+            self._progressive.attach(self.worker)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)

@@ -194,8 +194,10 @@ class ProgressiveRun:
         worker.yielded.connect(self.on_event)
 
     def on_event(self, event) -> None:
-        if self.ended or (self.worker is not None and self.worker.abort_requested):
-            return  # cancelled: events still queued add nothing
+        stopping = self.ended or (self.worker is not None and self.worker.abort_requested)
+        if stopping:  # cancelled: events still queued add no layer and draw nothing, but
+            self.regions.extend(event.info.get("regions", []))  # what they name is written
+            return
         if "layers" in event.info:
             self.pending = list(event.info["layers"])
             self.shape = tuple(event.info["shape"])

@@ -76,6 +76,28 @@ def test_instances_over_a_zyx_layer_with_axes_in_file_order(widget, qtbot, model
         assert same_labels(labels.data[:, :, z], whole.labels[z])
 
 
+def _slow_slices(request, seconds=0.1):
+    """Each slice's labels take ``seconds`` longer (the real post-processing, then a pause),
+    so that Cancel lands while the run is under way, whatever the machine's speed. Returns
+    the patch (``undo()`` ends it; so does the test's end)."""
+    import time
+
+    import pytest
+
+    import napari_skipseg.inference.engine as engine
+
+    real = engine.semantic_labels
+
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return real(*args, **kwargs)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(engine, "semantic_labels", slow)
+    request.addfinalizer(patch.undo)
+    return patch
+
+
 def _cancel_after_two(w, worker, regions):
     def on_event(event):
         regions.extend(event.info.get("regions", []))
@@ -84,8 +106,9 @@ def _cancel_after_two(w, worker, regions):
     worker.yielded.connect(on_event)
 
 
-def test_cancel_in_the_middle_keeps_the_done_slices_marked_partial(widget, qtbot, model_home):
+def test_cancel_in_the_middle_keeps_the_done_slices_marked_partial(widget, qtbot, model_home, request):
     viewer, w = widget
+    slow = _slow_slices(request)
     stack = _stack(30, 96, seed=1)
     viewer.add_image(stack, name="stack")
     w.model_combo.setCurrentText("tiny")
@@ -100,6 +123,7 @@ def test_cancel_in_the_middle_keeps_the_done_slices_marked_partial(widget, qtbot
     assert 2 <= part["done"] < part["of"] == 30
     done = sorted({r[0] for r in part["regions"]})
     assert len(done) == part["done"]
+    slow.undo()
     whole = run(predict(load_model(str(model_home / "models" / "tiny")), stack, output="semantic", device="cpu"))
     for z in range(30):
         if z in done:
@@ -111,8 +135,10 @@ def test_cancel_in_the_middle_keeps_the_done_slices_marked_partial(widget, qtbot
     assert w.run_button.isEnabled() and not w.cancel_button.isEnabled()
 
 
-def test_cancel_in_the_middle_can_remove_the_results(widget, qtbot):
+def test_cancel_in_the_middle_can_remove_the_results(widget, qtbot, request):
     viewer, w = widget
+    _slow_slices(request)
+    w.output_combo.setCurrentText("semantic")
     viewer.add_image(_stack(30, 96, seed=1), name="stack")
     w.model_combo.setCurrentText("tiny")
     assert not w.cancel_choice.keep  # the default: cancel changes nothing

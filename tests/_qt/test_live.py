@@ -113,3 +113,44 @@ def test_live_cache_is_emptied_when_the_model_or_an_option_changes(widget, qtbot
     point, _, how, _ = _shown(qtbot, w, 4)
     assert how == "computed" and len(w.live.cache) == 1
     w.live.check.setChecked(False)
+
+
+def test_live_mode_with_a_3d_model_shows_the_block_in_view(widget, qtbot, model_home):
+    viewer, w = widget
+    volume = np.random.default_rng(8).random((10, 32, 32), dtype=np.float32)
+    viewer.add_image(volume, name="vol")
+    _choose_model(w, "tiny3d")
+    w.output_combo.setCurrentText("semantic")
+    w.output_combo.activated.emit(w.output_combo.currentIndex())
+    viewer.dims.set_current_step(0, 6)
+    w.live.check.setChecked(True)
+    point, _, how, _ = _shown(qtbot, w, 1)
+    assert point[0] == 6 and how == "computed"
+    full = _full(model_home, "tiny3d", volume)
+    layer = _live_layer(viewer)
+    np.testing.assert_array_equal(np.asarray(layer.data), full)  # one block: the whole volume
+    viewer.dims.set_current_step(0, 2)  # same block: cached
+    point, _, how, _ = _shown(qtbot, w, 2)
+    assert how == "cached"
+    w.live.check.setChecked(False)
+
+
+def test_live_mode_over_time_and_z(widget, qtbot, model_home):
+    viewer, w = widget
+    movie = np.random.default_rng(9).random((3, 4, 40, 40), dtype=np.float32)  # T, Z, Y, X
+    viewer.add_image(movie, name="movie")
+    w.axes_edit.setText("TZYX")
+    w.axes_edit.editingFinished.emit()
+    _choose_model(w, "tiny")
+    w.output_combo.setCurrentText("semantic")
+    w.output_combo.activated.emit(w.output_combo.currentIndex())
+    viewer.dims.set_current_step(0, 2)
+    viewer.dims.set_current_step(1, 1)
+    w.live.check.setChecked(True)
+    point, _, how, _ = _shown(qtbot, w, 1)
+    assert point[:2] == (2, 1) and "t=2, z=1" in w.live.status.text()
+    full = _full(model_home, "tiny", movie.reshape(12, 40, 40)).reshape(3, 4, 40, 40)
+    layer = _live_layer(viewer)
+    np.testing.assert_array_equal(np.asarray(layer.data[2, 1]), full[2, 1])
+    assert not np.asarray(layer.data[1, 1]).any()
+    w.live.check.setChecked(False)

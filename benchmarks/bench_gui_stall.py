@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--output", default="instances", choices=["instances", "semantic", "probabilities"])
+    parser.add_argument("--diameter", default="", help="the diameter field (default empty: the model's default, "
+                        "for nuclei2d 'auto', estimated before the first slice)")
     args = parser.parse_args()
 
     import napari
@@ -60,6 +62,7 @@ def main() -> None:
     viewer.window.add_dock_widget(widget)
     widget.model_combo.setCurrentText(args.model)
     widget.output_combo.setCurrentText(args.output)
+    widget.diameter_edit.setText(args.diameter)
     while not wait(0):
         app.processEvents()
         time.sleep(0.001)
@@ -116,7 +119,8 @@ def main() -> None:
         near = [m for t, m in marks if start - 0.05 <= t <= end + 0.05]
         stalls.append({"ms": round(float(gaps[i]), 1), "at_s": round(start - t0, 2), "events": near[:6]})
     result = {
-        "model": args.model, "stack": [args.slices, args.size, args.size], "seconds": round(seconds, 2),
+        "model": args.model, "stack": [args.slices, args.size, args.size], "diameter": args.diameter or "default",
+        "seconds": round(seconds, 2),
         "ticks": len(ticks), "max_stall_ms": round(float(gaps.max()), 1),
         "end_max_stall_ms": round(float(max(end_gaps)), 1) if end_gaps else None,
         "first_slice_shown_s": (round(run.first_shown - t_press, 2) if run is not None and run.first_shown

@@ -232,8 +232,10 @@ def reopen_committed(targets) -> dict:
     return out
 
 
-def result_layers(result, source: LayerSource) -> list[tuple]:
-    """Layer data tuples for a segmentation of ``source``: Labels and probability Images."""
+def result_layers(result, source: LayerSource, maps: list[tuple[str, object]] | None = None) -> list[tuple]:
+    """Layer data tuples for a segmentation of ``source``: Labels and probability Images
+    (``maps``: the probability images as ``(name, array)``, default
+    :func:`probability_maps`; the labels come last)."""
     meta = {"skipseg": {"source": source.name, "model": result.model_name, "device": result.device,
                         "seconds": round(result.seconds, 3)}}
     stored = source.skipseg or {}
@@ -253,7 +255,7 @@ def result_layers(result, source: LayerSource) -> list[tuple]:
     layers: list[tuple] = []
     if result.probabilities is not None:
         show = result.output == "probabilities"
-        for name, prob in probability_maps(result):
+        for name, prob in probability_maps(result) if maps is None else maps:
             layers.append((
                 prob,
                 {"name": f"{source.name} [{result.model_name}] p({name})", **placed, "metadata": meta,

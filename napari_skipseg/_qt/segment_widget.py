@@ -33,6 +33,8 @@ from . import camera_of
 from ._jobs import job
 from ._labels import WrapLabel
 from ._sections import vertical_scroll
+from .live import LiveMode
+from .progressive import CancelChoice, ProgressiveRun, progressive_job
 
 
 @job
@@ -124,6 +126,7 @@ class SegmentWidget(QWidget):
         self._cancelled = False  # cancel asked for the running job: its result is dropped
         self._job_done = True  # the worker has finished (its result layers may still be coming)
         self._adding = None  # result layers still to add, one per event-loop turn
+        self._progressive = None  # ProgressiveRun of the running job (in-memory images)
         self._extra_models = {}  # name -> ModelEntry of model folders chosen with "…"
         self._models = {}  # name -> ModelEntry offered in the model list
         self._model_chosen = False  # the user picked a model here: no default by dimensionality
@@ -200,6 +203,7 @@ class SegmentWidget(QWidget):
         self.run_button = QPushButton("Segment")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.cancel_choice = CancelChoice()
         self.progress = QProgressBar()
         self.progress.setFormat("%v / %m tiles")
         self.progress.setRange(0, 1)
@@ -232,6 +236,9 @@ class SegmentWidget(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.cancel_choice)
+        self.live = LiveMode(self)  # off by default; segments the slice in view as the user moves
+        form.addRow("", self.live)
         content = QWidget()  # scrolls: docked with Fine-tune, both fit a 1280 x 800 screen
         layout = QVBoxLayout(content)
         layout.addLayout(form)
@@ -564,11 +571,17 @@ class SegmentWidget(QWidget):
             return None
         self._cancelled = False
         self._job_done = False
+        # in-memory images: result layers made at once and filled as slices finish (progressive.py)
+        self._progressive = None if is_lazy(source.data) else ProgressiveRun(
+            self.viewer, self.viewer.layers[name], options["axes"] or "", self.status)
         self.worker = create_worker(
-            _segment_job, model_ref, source,
+            _segment_job if self._progressive is None else progressive_job, model_ref, source,
             {**options, **({"results_folder": self.results_folder} if self.results_folder else {})},
+            *(() if self._progressive is None else (self._progressive.near,)),
             _start_thread=False, _ignore_errors=True,
         )
+        if self._progressive is not None:
+            self._progressive.attach(self.worker)
         self.worker.yielded.connect(self._on_progress)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
@@ -667,6 +680,10 @@ class SegmentWidget(QWidget):
             return
         result, source, self.last_thread = value
         self.last_result = result
+        if self._progressive is not None:  # its layers are in the viewer, filled: finish up
+            self._adding = {"pending": [], "added": self._progressive.finish(result), "result": result}
+            self._add_next_layer()
+            return
         # napari takes a while to build each new layer (vispy visuals, layer controls): add
         # them one per event-loop turn, the labels first, so the viewer never freezes for
         # the sum of them. The job counts as running (``worker`` set) until all are added.
@@ -725,11 +742,18 @@ class SegmentWidget(QWidget):
         from napari.utils.notifications import show_error
 
         message = " ".join(str(err).split("\n")) or type(err).__name__
+        if self._progressive is not None:  # layers made at the start: kept partial or removed
+            self._progressive.cancel(self.cancel_choice.keep)
         self.status.setText(f"failed: {message}")
         show_error(f"Segment failed: {message}")
 
     def _on_aborted(self) -> None:
-        self.status.setText("cancelled; no layer was changed")
+        if self._progressive is not None:
+            text = self._progressive.cancel(self.cancel_choice.keep)
+            if text:
+                self.status.setText(text)
+        else:
+            self.status.setText("cancelled; no layer was changed")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
 

@@ -123,6 +123,7 @@ def predict(
     diameter=None,
     spacing: Sequence[float] | None = None,
     unit: str | None = None,
+    near: Sequence[int] | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``image`` with ``model``, tile by tile; yields progress, returns the result.
 
@@ -204,6 +205,10 @@ def predict(
         The image's pixel size per spatial axis, in ``unit`` (passed to ``resolve_scale``).
     unit : str, optional
         Unit of ``spacing`` (e.g. ``"um"``).
+    near : sequence of int, optional
+        A point of the output (its leading axes, optionally followed by spatial
+        coordinates): the units nearest to it are done first, then outward
+        (:func:`order_units`), e.g. the slice in view first. Instance ids follow that order.
 
     Returns
     -------
@@ -213,7 +218,7 @@ def predict(
         ``scale`` (zoom per spatial axis), ``diameter`` (object diameter in image pixels, when
         given or estimated), ``scale_message`` (one line for the user; empty when the image
         was not resampled) and ``scale_source``. The first progress event's ``info`` holds
-        ``device``, ``backend``, ``scale``, ``diameter`` and ``scale_message``.
+        ``device``, ``backend``, ``units`` (how many), ``scale``, ``diameter`` and ``scale_message``.
     """
     from ..model.store import load_model
     from .device import autocast_dtype, release, select_device
@@ -236,6 +241,8 @@ def predict(
     geo = _geometry(cfg, layout.shape, layout.ndim, tile=tile, block=block, overlap=overlap,
                     scale=choice.scale)
     todo = list(range(len(geo.units))) if units is None else [int(i) for i in units]
+    if near is not None:
+        todo = order_units(geo.units, todo, near)
     plans = [geo.unit_plan(u) for u in todo]
     total = sum(len(p.tiles) for p in plans)
 
@@ -264,10 +271,11 @@ def predict(
         desc = _describe(dev, runner)
         message = f"{cfg.name} on {desc}"
         with bk.worker_threads(runner, dev) as pool:
-            yield Progress(0, total, message, {"device": desc, "backend": backend_info, **scale_info})
+            yield Progress(0, total, message, {"device": desc, "backend": backend_info, "units": len(todo),
+                                               **scale_info})
             done = yield from _stream(plans, reader, TileBatches(pool, runner), Blender(classes, window),
-                                      finisher, total, message)
-            yield Progress(done, total, "done")
+                                      finisher, total, message, first_alone=near is not None)
+            yield Progress(done, total, "done", _finished(finisher))
     finally:
         uses_original = runner is None or runner.uses_original
         runner = None  # drop an accelerator copy before its memory is released
@@ -291,10 +299,12 @@ def predict(
 
 
 def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, blender: Blender,
-            finisher: Finisher, total: int, message: str) -> Generator[Progress, None, int]:
+            finisher: Finisher, total: int, message: str, first_alone: bool = False) -> Generator[Progress, None, int]:
     """Drive the stages over ``plans``: read a unit, queue its tiles; whenever the workers
     are saturated, blend what came back and finish the units that are complete. Yields
-    progress after each batch absorbed; returns the number of tiles done."""
+    progress after each batch absorbed; returns the number of tiles done. ``first_alone``:
+    the first unit's tiles make batches of their own (not shared with the next unit's), so
+    that it is finished as early as it can be (the unit in view)."""
     done = 0
 
     def absorb() -> int:
@@ -313,16 +323,53 @@ def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, ble
             if batches.add((unit.index, src, dst), np.ascontiguousarray(data[(slice(None), *tile_sl)])):
                 while batches.saturated:
                     done += absorb()
-                    yield Progress(done, total, message)
+                    yield Progress(done, total, message, _finished(finisher))
+        if first_alone and unit is plans[0]:
+            batches.flush()
         del data
     batches.flush()
     while batches.pending:
         done += absorb()
         if batches.pending:
-            yield Progress(done, total, message)
+            yield Progress(done, total, message, _finished(finisher))
     for u in blender.complete():
         finisher(by_index[u], blender.take(u))
     return done
+
+
+def _finished(finisher: Finisher) -> dict:
+    """A progress event's ``info`` naming the units finished since the last event."""
+    where = finisher.drain()
+    return {"units_done": where} if where else {}
+
+
+def order_units(units: list, todo: Sequence[int], near: Sequence[int]) -> list[int]:
+    """``todo`` (indices into ``units``, see :func:`unit_list`) sorted nearest to ``near``
+    first: by the distance of each unit's leading index to ``near``'s first entries
+    (summed over the leading axes), then by the distance from the rest of ``near`` (spatial
+    coordinates, e.g. the Z in view of a 3D run) to the unit's block; ties keep their order.
+
+    Raises
+    ------
+    SegmentationError
+        ``near`` has more entries than the output has axes.
+    """
+    if not units:
+        return list(todo)
+    n_lead, n_spatial = len(units[0][0]), len(units[0][1])
+    point = [int(v) for v in near]
+    if len(point) > n_lead + n_spatial:
+        raise SegmentationError(f"near must have at most {n_lead + n_spatial} coordinates, got {len(point)}")
+    lead_pt, spatial_pt = point[:n_lead], point[n_lead:]
+
+    def key(pos_index):
+        pos, i = pos_index
+        lead, block = units[i]
+        d_lead = sum(abs(a - b) for a, b in zip(lead, lead_pt, strict=False))
+        d_space = sum(max(s.start - p, 0, p - (s.stop - 1)) for s, p in zip(block, spatial_pt, strict=False))
+        return d_lead, d_space, pos
+
+    return [i for _, i in sorted(enumerate(todo), key=key)]
 
 
 # == stage 1: plan ================================================================================
@@ -424,6 +471,25 @@ def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None
     SegmentationError
         The same one-line errors :func:`predict` raises for these options.
     """
+    geo = _plan_geometry(model_config, image_shape, channel_axis=channel_axis, mode=mode, tile=tile, block=block,
+                         overlap=overlap, scale=scale)
+    return {"shape": geo.shape, "lead_shape": geo.lead_shape, "spatial": geo.spatial, "tile": geo.tile,
+            "overlap": geo.overlap, "block": geo.block, "units": geo.units, "chunks": geo.chunks,
+            "scale": geo.resampling.scale, "working": geo.working}
+
+
+def tile_voxels(model_config, image_shape: tuple[int, ...], **options) -> int:
+    """Voxels the network gets in a whole :func:`predict` run (tiles times tile size) for
+    the geometry :func:`plan` describes with the same ``options``: what ``backend="auto"``
+    decides by (:func:`napari_skipseg.inference.backends.choose_backend`). A run of a few of
+    its units that must give what the whole run gives passes the backend this chooses."""
+    geo = _plan_geometry(model_config, image_shape, **options)
+    tiles = sum(len(geo.unit_plan(u).tiles) for u in range(len(geo.units)))
+    return tiles * math.prod(geo.window_shape)
+
+
+def _plan_geometry(model_config, image_shape, *, channel_axis=None, mode="auto", tile=None, block=None,
+                   overlap=0.125, scale=None) -> Geometry:
     mode_ = _check_mode(mode)
     overlap = _check_overlap(overlap)
     image_shape = tuple(int(s) for s in image_shape)
@@ -437,10 +503,7 @@ def plan(model_config, image_shape: tuple[int, ...], *, channel_axis: int | None
                          + (" (with a channel axis)" if channel_axis is not None else ""))
     scale = getattr(scale, "scale", scale)  # a ScaleChoice, or the zooms
     nd_scale = (1.0,) * ndim if scale is None else _parse_scale(scale, ndim)
-    geo = _geometry(model_config, shape, ndim, tile=tile, block=block, overlap=overlap, scale=nd_scale)
-    return {"shape": geo.shape, "lead_shape": geo.lead_shape, "spatial": geo.spatial, "tile": geo.tile,
-            "overlap": geo.overlap, "block": geo.block, "units": geo.units, "chunks": geo.chunks,
-            "scale": geo.resampling.scale, "working": geo.working}
+    return _geometry(model_config, shape, ndim, tile=tile, block=block, overlap=overlap, scale=nd_scale)
 
 
 def unit_list(lead_shape: tuple[int, ...], spatial: tuple[int, ...], block: tuple[int, ...]) -> list[tuple]:
@@ -859,10 +922,17 @@ class Finisher:
         self.probs_out, self.labels_out, self.resampling = probs_out, labels_out, resampling
         self.next_label = 0
         self.counts: list[int] = []
+        self.finished: list[tuple] = []  # where units were written, since the last drain()
+
+    def drain(self) -> list[tuple]:
+        """Where the units finished since the last call were written (``(*lead, *block)``)."""
+        out, self.finished = self.finished, []
+        return out
 
     def __call__(self, unit: UnitPlan, probs: np.ndarray) -> None:
         probs = self.resampling.to_input(probs, unit.working, unit.block)
         where = (*unit.lead, *unit.block)
+        self.finished.append(where)
         if self.probs_out is not None:
             self.probs_out[(slice(None), *where)] = probs
         if self.output == "semantic":

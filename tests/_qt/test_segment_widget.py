@@ -60,10 +60,11 @@ def test_cancel_while_the_result_layers_are_added_takes_them_back(widget, qtbot)
     w.model_combo.setCurrentText("tiny")
     worker = w.run()
     seen = []
-    # runs right after the widget's own handler has added the first (labels) layer
+    # runs right after the widget's own handler has finished the run (its layers were made
+    # when it started and filled as it went), before the job counts as done
     worker.returned.connect(lambda _: seen.append(len(viewer.layers)) or w.cancel())
     _wait_done(qtbot, w)
-    assert seen == [2]  # the labels layer was in the viewer when Cancel came
+    assert seen == [3]  # the result layers were in the viewer when Cancel came
     assert [layer.name for layer in viewer.layers] == ["cells"]
     assert "cancelled" in w.status.text() and w.run_button.isEnabled()
     assert not w.cancel_button.isEnabled()

@@ -167,14 +167,14 @@ def test_cancel_after_the_result_was_computed_drops_it(widget, qtbot, monkeypatc
     viewer.add_image(np.random.default_rng(6).random((32, 32), dtype=np.float32), name="img")
     w.model_combo.setCurrentText("tiny")
     finished = threading.Event()
-    real_job = sw._segment_job
+    real_job = sw.progressive_job  # the job for in-memory images (layers made as it starts)
 
     def job(*args, **kwargs):
         value = yield from real_job(*args, **kwargs)
         finished.set()
         return value
 
-    monkeypatch.setattr(sw, "_segment_job", job)
+    monkeypatch.setattr(sw, "progressive_job", job)
     before = _snapshot(viewer, w)
     worker = w.run()
     returned = []

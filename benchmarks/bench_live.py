@@ -1,0 +1,154 @@
+"""Live mode: from stopping on a slice to its labels shown (goal: p95 <= 0.5 s, cached <= 100 ms).
+
+A scripted user scrolls through a stack in the Segment widget's live mode at ``--rate``
+slices per second, in stretches of ``--stretch`` slices, and stops after each stretch until
+the slice stopped on is shown; then jumps back to each slice stopped on (now cached). For
+every stop it records the time from the last move to the live layer showing that slice
+(``LiveMode.shown``: the layer refreshed with it), and checks that every slice shown is what
+a full run of the whole stack (the Segment button, same options) gives for it (instance
+ids aside: :func:`~napari_skipseg.interactive.same_labels`). It
+also reports the longest GUI-thread stall (a 5 ms QTimer) while scrolling. The first
+request (loading the model, normalisation range, backend; an ONNX export if not cached) is
+reported apart (``first_request_s``). Run under a display (or xvfb-run) on an idle machine:
+
+    xvfb-run -a python benchmarks/bench_live.py [--model nuclei2d] [--slices 64] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="nuclei2d")
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rate", type=float, default=5.0, help="slices per second while scrolling")
+    parser.add_argument("--stretch", type=int, default=8, help="slices scrolled between stops")
+    parser.add_argument("--flips", action="store_true", help="test-time flips (default: off)")
+    parser.add_argument("--no-check", action="store_true", help="skip the full run the shown slices are checked against")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_skipseg._preload import wait
+    from napari_skipseg._qt.segment_widget import SegmentWidget
+    from napari_skipseg._sample_data import synthetic_nuclei
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    image, _ = synthetic_nuclei((args.slices, args.size, args.size), radius=9.0, seed=5)
+    viewer.add_image(image, name="stack")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    index = widget.model_combo.findText(args.model)
+    widget.model_combo.setCurrentIndex(index)
+    widget.model_combo.activated.emit(index)  # as a user picks it
+    widget.output_combo.setCurrentText("instances")
+    widget.flips_check.setChecked(args.flips)
+    while not wait(0):
+        app.processEvents()
+        time.sleep(0.001)
+    live = widget.live
+
+    def pump(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            app.processEvents()
+            time.sleep(0.001)
+
+    def wait_shown(z: int, since: float, timeout: float = 120.0) -> tuple[float, str]:
+        end = time.perf_counter() + timeout
+        while time.perf_counter() < end:
+            app.processEvents()
+            for point, t, how, _ms in live.shown:
+                if point[0] == z and t >= since:
+                    return t - since, how
+            time.sleep(0.001)
+        raise TimeoutError(f"slice {z} not shown within {timeout} s")
+
+    viewer.dims.set_current_step(0, 0)
+    t = time.perf_counter()
+    live.check.setChecked(True)
+    first, _ = wait_shown(0, t, timeout=300)
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(5)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    pump(0.5)
+
+    stops, computed, shown_slices = [], [], {0}
+    z = 0
+    step = 1.0 / args.rate
+    while z < args.slices - 1:
+        target = min(z + args.stretch, args.slices - 1)
+        while z < target:  # scroll at the given rate
+            z += 1
+            t_move = time.perf_counter()
+            viewer.dims.set_current_step(0, z)
+            pump(max(0.0, step - (time.perf_counter() - t_move)))
+        latency, how = wait_shown(z, t_move)
+        stops.append(z)
+        computed.append({"slice": z, "s": round(latency, 3), "how": how})
+        shown_slices.add(z)
+        pump(0.3)
+    requests = sum(1 for p in live.shown if p[2] == "computed")
+    cached = []
+    for z in stops:  # jump back to each slice stopped on, after a pause: a single move
+        pump(0.6)
+        t_move = time.perf_counter()
+        viewer.dims.set_current_step(0, z)
+        latency, how = wait_shown(z, t_move)
+        cached.append({"slice": z, "s": round(latency, 3), "how": how})
+    timer.stop()
+    gaps = np.diff(ticks) * 1000 if len(ticks) > 1 else np.zeros(1)
+
+    check = None
+    if not args.no_check:  # what the Segment button gives for the whole stack, same options
+        from napari_skipseg.interactive import same_labels
+
+        t = time.perf_counter()
+        widget.run()
+        while widget.worker is not None:
+            app.processEvents()
+            time.sleep(0.005)
+        full = widget.last_result
+        layer = live.layer
+        bad = [z for z in sorted(shown_slices) if not same_labels(np.asarray(layer.data[z]), full.labels[z])]
+        check = {"slices_checked": len(shown_slices), "differ": bad, "full_run_s": round(time.perf_counter() - t, 1),
+                 "full_run_backend": full.info["backend"]}
+
+    def stats(rows):
+        values = np.array([r["s"] for r in rows])
+        return {"n": len(values), "p50_s": round(float(np.percentile(values, 50)), 3),
+                "p95_s": round(float(np.percentile(values, 95)), 3), "max_s": round(float(values.max()), 3)}
+
+    result = {
+        "model": args.model, "stack": [args.slices, args.size, args.size], "flips": args.flips,
+        "rate_slices_per_s": args.rate, "stretch": args.stretch,
+        "load_average": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
+        "first_request_s": round(first, 2),
+        "stop_to_shown": stats(computed), "stop_to_shown_cached": stats(cached),
+        "stops": computed, "revisits": cached,
+        "computed_requests": requests, "slices_moved_through": int(stops[-1]) if stops else 0,
+        "max_gui_stall_ms": round(float(gaps.max()), 1),
+        "p99_gui_stall_ms": round(float(np.percentile(gaps, 99)), 1),
+        "equal_to_full_run": check,
+        "status": live.status.text(),
+    }
+    print(json.dumps(result, indent=1))
+    live.check.setChecked(False)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

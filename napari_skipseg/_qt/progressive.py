@@ -1,0 +1,328 @@
+"""Results as they come: a Segment run whose layers appear when it starts and fill up.
+
+:func:`progressive_job` (worker thread) makes the result arrays, hands them to the GUI in
+its first event, then drives the engine with them as its outputs, nearest the slice in
+view first; every later event names the regions finished (``info["regions"]``, in the
+layer's axis order). :class:`ProgressiveRun` (GUI thread) adds the layers, one per
+event-loop turn, and redraws them only when a finished region is in view; on cancel it
+keeps what is done, marked as partial, or removes it, as :class:`CancelChoice` says. The
+GUI thread never copies or scans the stack: the worker writes into the arrays the layers
+show, and the GUI asks napari to redraw the slice in view.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox
+
+from ..interactive import intersects, remembered_scale, result_point, to_engine_point, to_file_where
+from ._jobs import job
+
+#: Pause between adding one result layer and the next (ms): napari takes a while to build
+#: each (vispy visuals, layer controls); the viewer answers in between.
+LAYER_GAP_MS = 40
+#: Texts of the cancel choice, and whether each keeps the finished part.
+CANCEL_CHOICES = {"on cancel: remove the results": False, "on cancel: keep what is done": True}
+
+
+class CancelChoice(QComboBox):
+    """What Cancel does with a run's layers: remove them (default: nothing changes) or
+    keep the finished slices/blocks, the layers named and marked partial."""
+
+    def __init__(self, parent=None) -> None:
+        super().__init__(parent)
+        self.addItems(list(CANCEL_CHOICES))
+        self.setToolTip("Cancel removes the layers of the run, or keeps the slices (blocks) already done; "
+                        "kept layers are named '(partial)' and their metadata says which parts are done")
+
+    @property
+    def keep(self) -> bool:
+        return CANCEL_CHOICES.get(self.currentText(), False)
+
+    def set_keep(self, keep: bool) -> None:
+        self.setCurrentText(next(t for t, k in CANCEL_CHOICES.items() if k == bool(keep)))
+
+
+def _is_foreground(class_names) -> bool:
+    return len(class_names) == 3 and list(class_names[1:]) == ["interior", "boundary"]
+
+
+@job
+def progressive_job(model_name: str, source, options: dict, near=None):
+    """Like the Segment widget's batch job for in-memory images, but the result arrays are
+    made first and handed to the GUI (first event: ``info["layers"]``, layer data tuples
+    over them), then filled unit by unit from the slice at ``near`` (a pixel of the result
+    in the source's axis order) outward. Returns ``(result, placed, thread id)``."""
+    import threading
+
+    from .._preload import ensure_loaded
+
+    ensure_loaded()
+    from ..inference.axes import link_frames, size_options
+    from ..inference.engine import Progress, Segmentation, plan, predict
+    from ..layers import arrange_source, restore_result, result_layers
+    from ..model.store import load_model
+
+    model = load_model(model_name)
+    cfg = model.config
+    options = dict(options)
+    options.pop("results_folder", None)
+    axes, channel = options.pop("axes", None), options.pop("channel", None)
+    link, diameter = options.pop("link", False), options.pop("diameter", None)
+    explicit = diameter not in (None, "auto")
+    if diameter is None:
+        from ..inference.scale import default_diameter
+
+        diameter = default_diameter(cfg)
+    engine_source, arranged = arrange_source(source, cfg, axes=axes, channel=channel,
+                                             mode=options.get("mode", "auto"))
+    size = {}
+    if arranged is not None:
+        size = size_options(predict, diameter=diameter, spacing=arranged.spatial_spacing,
+                            unit=arranged.meta.unit, explicit=explicit)
+    data, channel_axis = engine_source.data, engine_source.channel_axis
+    geo = plan(cfg, tuple(data.shape), channel_axis=channel_axis, mode=options.get("mode", "auto"),
+               tile=options.get("tile"), block=options.get("block"), overlap=options.get("overlap", 0.125))
+    shape, output = geo["shape"], options.get("output", "instances")
+    keep = bool(options.get("keep_probabilities")) or output == "probabilities"
+    # np.zeros takes no time and no memory until written: the worker writes each unit once
+    labels = None if output == "probabilities" else np.zeros(shape, np.uint32 if output == "instances" else np.uint8)
+    probs = np.zeros((cfg.num_classes, *shape), np.float32) if keep else None
+    names = list(cfg.class_names) or [f"class {i}" for i in range(cfg.num_classes)]
+    fg = np.zeros(shape, np.float32) if keep and _is_foreground(names) else None
+    order = arranged.order if arranged is not None else None
+    shell = Segmentation(labels, probs, output, cfg.name, "", 0.0, names)
+    shell, placed = restore_result(shell, arranged, source)
+    if probs is None:
+        maps = None
+    elif fg is not None:
+        maps = [("foreground", arranged.to_file_order(fg) if arranged is not None else fg)]
+    else:
+        maps = [(names[i], shell.probabilities[i]) for i in range(1 if len(names) > 1 else 0, len(names))]
+    layers = result_layers(shell, placed, maps=maps)
+    yield Progress(0, 1, "result layers", {"layers": layers, "shape": tuple(shell.labels.shape if labels is not None
+                                                                          else shell.probabilities.shape[1:])})
+
+    # the resampling (diameter "auto": estimated), once per layer, model and settings
+    from ..inference.device import select_device
+
+    options["scale"] = remembered_scale(model, model_name, source.data, data, channel_axis=channel_axis,
+                                        mode=options.get("mode", "auto"),
+                                        device=select_device(options.get("device", "auto")),
+                                        settings=(axes, channel), size=size)
+    near_engine = to_engine_point(order, near) if near is not None else None
+    outputs = {"probabilities_out": probs} if keep else {}
+    if labels is not None:
+        outputs["labels_out"] = labels
+    gen = predict(model, data, channel_axis=channel_axis, near=near_engine, **options, **outputs)
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        done = event.info.get("units_done")
+        if done:
+            if fg is not None:  # the foreground map of an instance model, for these units only
+                for where in done:
+                    fg[where] = probs[(1, *where)] + probs[(2, *where)]
+            event.info["regions"] = [to_file_where(order, w) for w in done]
+        yield event
+    if link and result.labels is not None and arranged is not None and "T" in arranged.lead_axes:
+        result.info["objects"] = link_frames(result.labels, arranged.axes.index("T"))
+        result.info["linked"] = True
+    result, placed = restore_result(result, arranged, source)
+    return result, placed, threading.get_ident()
+
+
+def view_point(viewer, layer, shape, axes: str = "") -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The pixel of a result of ``shape`` (source order, no channels) in view over
+    ``layer`` (whose axes are ``axes``, see :func:`napari_skipseg.layers.layer_axes`), and
+    the result's axes shown on screen: ``(point, displayed)``."""
+    data_point = layer.world_to_data(viewer.dims.point)
+    point = result_point(axes, data_point, shape)
+    offset = viewer.dims.ndim - len(shape)
+    displayed = tuple(d - offset for d in viewer.dims.displayed if d - offset >= 0)
+    return point, displayed
+
+
+class ProgressiveRun:
+    """The GUI side of one progressive run: adds its layers, redraws them as regions in
+    view finish, and keeps or removes them on cancel.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    image_layer : napari.layers.Image
+        The layer segmented (the view point is read over it).
+    axes : str
+        Its axes as the run takes them (default: :func:`napari_skipseg.layers.layer_axes`).
+    status : QLabel, optional
+        Where to say how many slices (blocks) are done.
+    """
+
+    def __init__(self, viewer, image_layer, axes: str = "", status=None) -> None:
+        self.viewer = viewer
+        self.status = status  # a label for "n of m slices done"
+        self.image_layer = image_layer
+        self.started = time.perf_counter()
+        self.layers: list = []  # added, labels first
+        self.pending: list = []  # layer data tuples still to add (labels last)
+        self.regions: list[tuple] = []  # finished, in the layers' axis order
+        self.units = 0
+        self.shape: tuple[int, ...] | None = None
+        self.first_shown: float | None = None  # perf_counter when the slice in view was first drawn
+        self.complete = False
+        self.ended = False  # cancelled and dealt with
+        self.worker = None
+        # the selection before the run, put back when its layers are removed
+        self.selected = list(viewer.layers.selection)
+        self.active = viewer.layers.selection.active
+        data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+        self.axes = axes or _axes(image_layer)
+        self.near = None
+        if len(self.axes) == len(data.shape):
+            rshape = tuple(n for a, n in zip(self.axes, data.shape, strict=True) if a not in "CS")
+            self.near, _ = view_point(viewer, image_layer, rshape, self.axes)
+
+    # -- events from the worker ----------------------------------------------------------
+    def attach(self, worker) -> None:
+        """Follow ``worker``'s events (before the widget's own handlers)."""
+        self.worker = worker
+        worker.yielded.connect(self.on_event)
+
+    def on_event(self, event) -> None:
+        stopping = self.ended or (self.worker is not None and self.worker.abort_requested)
+        if stopping:  # cancelled: events still queued add no layer and draw nothing, but
+            self.regions.extend(event.info.get("regions", []))  # what they name is written
+            return
+        if "layers" in event.info:
+            self.pending = list(event.info["layers"])
+            self.shape = tuple(event.info["shape"])
+            self._add_next()
+            return
+        if "units" in event.info:
+            self.units = int(event.info["units"])
+        regions = event.info.get("regions")
+        if regions:
+            self.regions.extend(regions)
+            if self.status is not None and self.units:
+                unit = "slices" if all(not isinstance(w[0], slice) for w in self.regions) else "parts"
+                self.status.setText(f"segmenting: {len(self.regions)} of {self.units} {unit} done "
+                                    "(the one in view first)")
+            if self.layers and any(self._in_view(w) for w in regions):
+                self._redraw()
+
+    def _in_view(self, where) -> bool:
+        if self.shape is None:
+            return False
+        point, displayed = view_point(self.viewer, self.image_layer, self.shape, self.axes)
+        return intersects(where, point, displayed)
+
+    def _redraw(self) -> None:
+        for layer in self.layers:
+            if layer in self.viewer.layers and layer.visible:
+                layer.refresh()
+        if self.first_shown is None and self.layers:
+            self.first_shown = time.perf_counter()
+
+    def _add_next(self) -> None:
+        """Add one layer (labels first) and come back on the next event-loop turn."""
+        from qtpy.QtCore import QTimer
+
+        if self.ended or not self.pending:
+            return
+        data, kwargs, kind = self.pending.pop()
+        try:
+            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        except Exception as err:  # noqa: BLE001 - undo, report, stop the run, keep the viewer working
+            from napari.utils.notifications import show_error
+
+            self.cancel(keep=False)
+            if self.status is not None:
+                self.status.setText(f"failed to add the result: {err}")
+            show_error(f"Segment failed to add the result: {err}")
+            if self.worker is not None:
+                self.worker.quit()
+            return
+        self.layers.append(layer)
+        if len(self.layers) > 1:  # keep the labels, added first, on top and selected
+            layers = self.viewer.layers
+            layers.move(layers.index(layer), layers.index(self.layers[0]))
+        self.viewer.layers.selection.active = self.layers[0]
+        if len(self.layers) == 1:
+            if self.first_shown is None and any(self._in_view(w) for w in self.regions):
+                self.first_shown = time.perf_counter()
+        if self.pending:
+            QTimer.singleShot(LAYER_GAP_MS, self._add_next)  # let the viewer paint and take input between
+
+    # -- end ------------------------------------------------------------------------------
+    def finish(self, result) -> list:
+        """The run is complete: add what was not added yet, record its time, redraw; returns
+        the layers (labels first)."""
+        while self.pending:
+            self._add_next()
+        self.complete = True
+        for layer in self.layers:
+            meta = dict(layer.metadata or {})
+            info = dict(meta.get("skipseg") or {})
+            info.update(device=result.device, seconds=round(result.seconds, 3))
+            meta["skipseg"] = info
+            layer.metadata = meta
+        if result.info.get("linked"):  # ids changed in place all over the stack
+            for layer in self.layers:
+                layer.refresh()
+        else:
+            self._redraw()
+        return list(self.layers)
+
+    def cancel(self, keep: bool) -> str:
+        """The run was cancelled: keep its finished part (marked partial) or remove its
+        layers. Returns the status line."""
+        if self.ended:
+            return ""
+        if keep and self.regions:  # the layers not added yet hold finished parts too
+            while self.pending:
+                self._add_next()
+        self.ended = True
+        self.pending = []
+        alive = [layer for layer in self.layers if layer in self.viewer.layers]
+        if self.complete:
+            if keep:
+                return "cancelled after the run had finished: its result is kept"
+        if keep and alive and self.regions:
+            total = max(self.units, len(self.regions))
+            for layer in alive:
+                meta = dict(layer.metadata or {})
+                info = dict(meta.get("skipseg") or {})
+                info["partial"] = {"done": len(self.regions), "of": total,
+                                   "regions": [_plain(w) for w in self.regions]}
+                meta["skipseg"] = info
+                layer.metadata = meta
+                if not layer.name.endswith("(partial)"):
+                    layer.name = f"{layer.name} (partial)"
+                layer.refresh()
+            unit = "slices" if all(not isinstance(w[0], slice) for w in self.regions) else "parts"
+            return f"cancelled; kept {len(self.regions)} of {total} {unit} done (layers marked partial)"
+        for layer in alive:
+            self.viewer.layers.remove(layer)
+        self.layers = []
+        kept = [layer for layer in self.selected if layer in self.viewer.layers]
+        self.viewer.layers.selection.clear()
+        self.viewer.layers.selection.update(kept)
+        if self.active in self.viewer.layers:
+            self.viewer.layers.selection.active = self.active
+        return "cancelled; no layer was changed"
+
+
+def _axes(layer) -> str:
+    from ..layers import layer_axes
+
+    return layer_axes(layer)[0]
+
+
+def _plain(where: tuple) -> list:
+    """A region as JSON-friendly numbers: ints, and [start, stop] for slices."""
+    return [[w.start or 0, w.stop] if isinstance(w, slice) else int(w) for w in where]

@@ -237,7 +237,8 @@ def predict(
                     scale=choice.scale)
     todo = list(range(len(geo.units))) if units is None else [int(i) for i in units]
     plans = [geo.unit_plan(u) for u in todo]
-    total = sum(len(p.tiles) for p in plans)
+    jobs = share_tiles(plans)
+    total = sum(len(j) for j in jobs)
 
     if intensity_range is not None:
         lo, hi = (float(v) for v in intensity_range)
@@ -265,7 +266,7 @@ def predict(
         message = f"{cfg.name} on {desc}"
         with bk.worker_threads(runner, dev) as pool:
             yield Progress(0, total, message, {"device": desc, "backend": backend_info, **scale_info})
-            done = yield from _stream(plans, reader, TileBatches(pool, runner), Blender(classes, window),
+            done = yield from _stream(plans, jobs, reader, TileBatches(pool, runner), Blender(classes, window),
                                       finisher, total, message)
             yield Progress(done, total, "done")
     finally:
@@ -290,27 +291,33 @@ def predict(
     )
 
 
-def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, blender: Blender,
-            finisher: Finisher, total: int, message: str) -> Generator[Progress, None, int]:
-    """Drive the stages over ``plans``: read a unit, queue its tiles; whenever the workers
-    are saturated, blend what came back and finish the units that are complete. Yields
-    progress after each batch absorbed; returns the number of tiles done."""
+def _stream(plans: list[UnitPlan], jobs: list[list], reader: UnitReader, batches: TileBatches,
+            blender: Blender, finisher: Finisher, total: int, message: str) -> Generator[Progress, None, int]:
+    """Drive the stages over ``plans`` and their tiles (``jobs``, :func:`share_tiles`): read a
+    unit, queue the tiles it computes; whenever the workers are saturated, blend what came
+    back (into every unit a tile touches) and finish the units that are complete, in order.
+    Yields progress after each batch absorbed; returns the number of tiles done."""
     done = 0
+    by_index = {p.index: p for p in plans}
 
     def absorb() -> int:
         meta, probs = batches.collect()
-        for (u, src, dst), p in zip(meta, probs, strict=True):
-            blender.add(u, src, dst, p)
+        for targets, p in zip(meta, probs, strict=True):
+            for u, src, dst in targets:
+                blender.add(u, src, dst, p)
         for u in blender.complete():
             finisher(by_index[u], blender.take(u))
         return len(meta)
 
-    by_index = {p.index: p for p in plans}
-    for unit in plans:
-        data = reader(unit)
+    for unit, tiles in zip(plans, jobs, strict=True):
         blender.open(unit)
-        for tile_sl, src, dst in unit.tiles:
-            if batches.add((unit.index, src, dst), np.ascontiguousarray(data[(slice(None), *tile_sl)])):
+        if not tiles:  # every tile of this unit was computed for an earlier one
+            continue
+        data = reader(unit)
+        for tile_sl, targets in tiles:
+            for u, _, _ in targets:
+                blender.open(by_index[u])
+            if batches.add(targets, np.ascontiguousarray(data[(slice(None), *tile_sl)])):
                 while batches.saturated:
                     done += absorb()
                     yield Progress(done, total, message)
@@ -323,6 +330,40 @@ def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, ble
     for u in blender.complete():
         finisher(by_index[u], blender.take(u))
     return done
+
+
+def share_tiles(plans: list[UnitPlan], span: int = 1) -> list[list]:
+    """Which unit computes each tile, and which units it is blended into.
+
+    Neighbouring blocks of a volume need some of the same tiles (those across their
+    border). A tile is computed once, by the first unit that needs it, and blended into
+    that unit and every unit up to ``span`` places later in ``plans`` that needs it too
+    (those units' sums are then open at once: ``span + 1`` units' memory at most); a unit
+    further on computes it again. Returns, per plan, a list of ``(tile slices within that
+    unit's region, [(unit index, part of the tile, where it goes in that unit), ...])``.
+    Probabilities are the same as with every unit computing all its tiles, up to the order
+    of the sums.
+    """
+    def key(plan: UnitPlan, tile_sl: tuple[slice, ...]) -> tuple:
+        return plan.lead, tuple(r.start + t.start for r, t in zip(plan.region, tile_sl, strict=True))
+
+    users: dict[tuple, list] = {}  # tile -> [(position, unit index, src, dst), ...] in plan order
+    for pos, plan in enumerate(plans):
+        for tile_sl, src, dst in plan.tiles:
+            users.setdefault(key(plan, tile_sl), []).append((pos, plan.index, src, dst))
+    served: set[tuple[int, tuple]] = set()
+    jobs: list[list] = []
+    for pos, plan in enumerate(plans):
+        mine = []
+        for tile_sl, _src, _dst in plan.tiles:
+            k = key(plan, tile_sl)
+            if (pos, k) in served:
+                continue
+            targets = [(u, s_, d_) for p_, u, s_, d_ in users[k] if pos <= p_ <= pos + span]
+            served.update((p_, k) for p_, _, _, _ in users[k] if pos <= p_ <= pos + span)
+            mine.append((tile_sl, targets))
+        jobs.append(mine)
+    return jobs
 
 
 # == stage 1: plan ================================================================================
@@ -523,7 +564,7 @@ def _geometry(cfg, shape: tuple[int, ...], ndim: int, *, tile, block, overlap: f
     lead, spatial = shape[:-ndim], shape[-ndim:]
     resampling = Resampling(spatial, scale)
     tile_shape = _tile_shape(tile, cfg, ndim, resampling.working, overlap)
-    overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
+    overlap_px = _overlap_pixels(tile, cfg, ndim, tile_shape, overlap)
     block_shape = _block_shape(block, tile_shape, spatial, resampling)
     return Geometry(shape, lead, spatial, tile_shape, overlap_px, block_shape,
                     unit_list(lead, spatial, block_shape), resampling)
@@ -638,6 +679,16 @@ def _tile_shape(tile, cfg, ndim: int, spatial: tuple[int, ...], overlap: float =
                                 f"got {tile!r}")
     _check_tile(shape, cfg, spatial, overlap, tile)
     return shape
+
+
+def _overlap_pixels(tile, cfg, ndim: int, tile_shape: tuple[int, ...], overlap: float) -> tuple[int, ...]:
+    """Pixels consecutive tiles share: ``overlap`` of the tile; for the default 3D tiles, of
+    the model's configured tile (:func:`~napari_skipseg.inference.tiling.fit_volume_tiles`
+    grows tiles to recompute less, not to widen the seams)."""
+    if tile is None and ndim == 3:
+        return tuple(min(int(round(t * overlap)), max(s - 1, 0))
+                     for t, s in zip(cfg.default_tile(), tile_shape, strict=True))
+    return tuple(int(round(t * overlap)) for t in tile_shape)
 
 
 def _check_tile(shape: tuple[int, ...], cfg, spatial: tuple[int, ...], overlap: float, asked) -> None:
@@ -810,7 +861,9 @@ class Blender:
         self.remaining: dict[int, int] = {}  # tiles still to come, in the order units were opened
 
     def open(self, unit: UnitPlan) -> None:
-        """Expect ``unit``'s tiles."""
+        """Expect ``unit``'s tiles (once: a unit already open is left as it is)."""
+        if unit.index in self.acc:
+            return
         shape = unit.working_shape
         tiles = unit.tiles
         self.remaining[unit.index] = len(tiles)
@@ -833,15 +886,21 @@ class Blender:
         self.remaining[u] -= 1
 
     def complete(self) -> list[int]:
-        """Units whose tiles have all arrived, in the order they were opened."""
-        return [u for u, r in self.remaining.items() if r == 0]
+        """Units whose tiles have all arrived and that were opened after no unit still
+        waiting for tiles, in the order they were opened (so units are finished in order)."""
+        out = []
+        for u, r in self.remaining.items():
+            if r:
+                break
+            out.append(u)
+        return out
 
     def take(self, u: int) -> np.ndarray:
         """The blended probabilities of a complete unit, ``(classes, *working shape)``; the
         unit is forgotten."""
         a, w = self.acc.pop(u)
         del self.remaining[u]
-        return a if w is None else a / w
+        return a if w is None else np.divide(a, w, out=a)
 
 
 # == stage 5: finish ==================================================================================

@@ -140,11 +140,15 @@ def predict(
     output : {"instances", "semantic", "probabilities"}
         What ``labels`` holds. Instances need a model trained for them.
     tile : int or tuple, optional
-        Tile shape (spatial, on the grid the network sees); default from the model's config.
+        Tile shape (spatial, on the grid the network sees); default from the model's config,
+        fitted to the image (3D: the whole volume when it has at most
+        :data:`VOLUME_TILE_GROW` configured tiles' voxels, else the tiles of at most that
+        many voxels that compute the fewest, :func:`~napari_skipseg.inference.tiling.fit_volume_tiles`).
         At least the network's size multiple (:meth:`ModelConfig.size_multiple`) along each
         axis the image is longer than that.
     overlap : float
-        Fraction of the tile shared with the neighbouring tile (0 to 0.5).
+        Fraction of the tile shared with the neighbouring tile (0 to 0.5); for the default 3D
+        tiles, of the model's configured tile (larger tiles do not widen the seams).
     batch_size : int
         Tiles in flight at once; tiles of consecutive slices share batches. On an
         accelerator they make one forward pass; on a CPU they are shared out between worker
@@ -161,7 +165,8 @@ def predict(
         Spatial block processed at a time (default: the whole slice or volume when it has at
         most :data:`BLOCK_VOXELS` voxels, else a part of it). Every block is predicted from
         the tiles of the whole image's grid that touch it, so probabilities and semantic
-        labels do not depend on the block size; instances are found per block (objects
+        labels do not depend on the block size (a tile that consecutive blocks share is
+        computed once: :func:`share_tiles`); instances are found per block (objects
         crossing a block border are split there, with distinct ids).
     labels_out, probabilities_out : array-like, optional
         Where to write the labels (image shape without channels) and probabilities

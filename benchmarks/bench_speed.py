@@ -188,7 +188,7 @@ class Ours:
 
     def __init__(self, model, backend, cfg, spatial, threads, batch_size=4):
         from napari_skipseg.inference import backends as bk
-        from napari_skipseg.inference.engine import plan
+        from napari_skipseg.inference.engine import _tiles_in_flight, plan
         from napari_skipseg.inference.tiling import tile_grid
 
         self.model, self.backend, self.name = model, backend, "ours" if backend == "auto" else "ours-torch"
@@ -196,6 +196,8 @@ class Ours:
         tile, overlap = geo["tile"], geo["overlap"]
         self.window = tuple(min(t, s) for t, s in zip(tile, spatial, strict=True))
         self.grid = tile_grid(spatial, tile, overlap)
+        # tiles in flight as the engine sends them (large 3D tiles: one at a time, on all threads)
+        batch_size = _tiles_in_flight(batch_size, len(self.grid), self.window, cfg)
         t = time.perf_counter()
         self.runner = bk.make_runner(model, "cpu", backend=backend, tile_spatial=self.window,
                                      voxels=2**40, batch_size=batch_size, threads=threads)

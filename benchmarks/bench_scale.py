@@ -81,8 +81,10 @@ def segment_with(model, image, channel_axis, flips: bool, **kwargs) -> tuple[np.
     return np.asarray(result.labels), result.info.get("scale_message", "")
 
 
-def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float], flips: bool) -> dict:
-    """F1@0.5 per Z spacing (the files' own first) for plain, auto, spacing, auto+spacing."""
+def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float], flips: bool,
+                   only: list[str] | None = None, reference: bool = True) -> dict:
+    """F1@0.5 per Z spacing (the files' own first, unless not ``reference``) for plain, auto,
+    spacing, auto+spacing (or the methods in ``only``)."""
     from napari_skipseg.batch import open_source
     from napari_skipseg.evaluate import ImageScore, overall, score_image
     from napari_skipseg.io import read_image
@@ -93,10 +95,12 @@ def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float],
         "spacing": lambda img, sp: segment_with(model, img, None, flips, spacing=sp, unit="um"),
         "auto+spacing": lambda img, sp: segment_with(model, img, None, flips, diameter="auto", spacing=sp, unit="um"),
     }
+    if only:
+        methods = {m: fn for m, fn in methods.items() if m in only}
     rows: dict = {}
     print(f"{'z um':>5} " + " ".join(f"{m:>13}" for m in methods) + f" {'objects':>8} {'seconds':>8}")
     first = None
-    for target in [None, *spacings]:
+    for target in ([None] if reference else []) + list(spacings):
         scores: dict = {m: [] for m in methods}
         msgs: dict = {m: [] for m in methods}
         t0 = time.perf_counter()
@@ -116,7 +120,7 @@ def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float],
                 scores[m].append(ImageScore(name, metrics, counts, 0.0))
                 msgs[m].append(msg)
         f1 = {m: overall(v, "instances")["f1@0.5"] for m, v in scores.items()}
-        ref = overall(scores["plain"], "instances")
+        ref = overall(next(iter(scores.values())), "instances")
         n_obj = ref["true_positives"] + ref["false_negatives"]
         key = f"{first[0]:g} (files)" if target is None else f"{target:g}"
         seconds = time.perf_counter() - t0
@@ -154,6 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--flips", action="store_true", help="test-time flips (off by default: CPU time)")
     p.add_argument("--z-spacings", type=float, nargs="+", default=None,
                    help="3D: resample only Z to these voxel sizes (um) instead of --zooms")
+    p.add_argument("--methods", nargs="+", default=None, choices=("plain", "auto", "spacing", "auto+spacing"),
+                   help="with --z-spacings: only these (default: all four)")
+    p.add_argument("--no-reference", action="store_true", help="with --z-spacings: no row for the files as they are")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -173,7 +180,8 @@ def main(argv=None) -> int:
     print(f"{args.model}: {len(names)} images from {folder}, flips {'on' if args.flips else 'off'}")
     results["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.z_spacings:
-        results["z_spacings"] = z_spacing_rows(model, folder, names, args.z_spacings, args.flips)
+        results["z_spacings"] = z_spacing_rows(model, folder, names, args.z_spacings, args.flips, args.methods,
+                                               not args.no_reference)
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
         return 0

@@ -1,7 +1,7 @@
 """Inference and fine-tuning speed: ours against a plain PyTorch loop, MONAI and ONNX Runtime.
 
     python benchmarks/bench_speed.py [--models nuclei2d ...] [--slices 64] [--size 512]
-        [--volume 256] [--repeat 3] [--threads N] [--plain-volume 128]
+        [--volume 256] [--repeat 3] [--threads N] [--plain-volume 128] [--skip monai]
         [--json benchmarks/results/speed.json] [--quick]
 
 A 3D volume too large for the plain loop and ONNX Runtime to take whole (256^3 needs ~10 GB
@@ -335,7 +335,9 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
                                  f"cube of the same data x {plain_factor:g} (its rate at {k}^3)")
     else:
         missing["plain"] = too_big
-    if importlib.util.find_spec("monai"):
+    if "monai" in args.skip:
+        missing["monai"] = "skipped (--skip monai)"
+    elif importlib.util.find_spec("monai"):
         methods["monai"] = Monai(model, cfg.default_tile())
     else:
         missing["monai"] = "not installed (pip install monai)"
@@ -594,6 +596,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for every method (default: torch's, "
                         "the physical cores)")
     parser.add_argument("--ft-steps", type=int, default=20, help="fine-tuning steps to time")
+    parser.add_argument("--skip", nargs="+", default=[], choices=("monai",),
+                        help="comparisons not to run (MONAI's sliding window takes minutes on a 256^3 volume)")
     parser.add_argument("--plain-volume", type=int, default=128,
                         help="3D: where the whole volume does not fit in memory, time the plain loop on a cube "
                         "of this side and scale by the voxel ratio (0: skip it)")

@@ -8,6 +8,15 @@ the object diameter estimated (:func:`napari_skipseg.inference.size.estimate_dia
 
     PYTHONPATH=$PWD python benchmarks/bench_scale.py [--model nuclei2d] [--data DIR]
         [--split validation|all] [--zooms 0.5 0.75 1 1.5 2] [--limit 20] [--flips] [--json OUT]
+    PYTHONPATH=$PWD python benchmarks/bench_scale.py --model nuclei3d --data DIR
+        --z-spacings 1.0 1.5 2.0 2.5 [--json OUT]
+
+``--z-spacings`` (3D): instead of zooming every axis, only Z is resampled, from the voxel size
+the files record (nuclei3d_embryo: 1.75 um) to each spacing given (1x, the files as they
+are, is always the first row); besides "plain" and "auto" it scores "spacing" (the
+image's true voxel size passed as ``spacing``, no diameter: the zoom to the model's training
+voxel size) and "auto+spacing" (``diameter="auto"`` with the voxel size given, what the CLI
+and the widget do by default for a file that records its voxel size).
 
 The "auto" path is :func:`segment_auto`: ``predict(..., diameter="auto")``, the engine's own
 estimate, per-block resampling and mapping back, as the CLI and the widget run it.
@@ -47,6 +56,81 @@ def zoom_pair(image: np.ndarray, mask: np.ndarray, zoom: float, channel_axis: in
     return resized, labels
 
 
+def zoom_z(image: np.ndarray, mask: np.ndarray, zoom: float):
+    """``image`` (ZYX, no channels) and ``mask`` resized by ``zoom`` along Z only."""
+    from skimage.transform import resize
+
+    if zoom == 1:
+        return image, mask
+    out = (max(4, int(round(mask.shape[0] * zoom))), *mask.shape[1:])
+    resized = resize(image.astype(np.float32), out, order=1, preserve_range=True, anti_aliasing=zoom < 1)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        resized = np.clip(np.rint(resized), info.min, info.max)
+    labels = resize(mask, out, order=0, preserve_range=True, anti_aliasing=False).astype(mask.dtype)
+    return resized.astype(image.dtype), labels
+
+
+def segment_with(model, image, channel_axis, flips: bool, **kwargs) -> tuple[np.ndarray, str]:
+    """Labels of ``predict(..., **kwargs)`` (``diameter``, ``spacing``, ``unit``) and its
+    one-line scale message."""
+    from napari_skipseg.inference.engine import predict, run
+
+    result = run(predict(model, image, channel_axis=channel_axis, output="instances", device="cpu",
+                         flips=flips, **kwargs))
+    return np.asarray(result.labels), result.info.get("scale_message", "")
+
+
+def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float], flips: bool,
+                   only: list[str] | None = None, reference: bool = True) -> dict:
+    """F1@0.5 per Z spacing (the files' own first, unless not ``reference``) for plain, auto,
+    spacing, auto+spacing (or the methods in ``only``)."""
+    from napari_skipseg.batch import open_source
+    from napari_skipseg.evaluate import ImageScore, overall, score_image
+    from napari_skipseg.io import read_image
+
+    methods = {
+        "plain": lambda img, sp: segment_with(model, img, None, flips),
+        "auto": lambda img, sp: segment_with(model, img, None, flips, diameter="auto"),
+        "spacing": lambda img, sp: segment_with(model, img, None, flips, spacing=sp, unit="um"),
+        "auto+spacing": lambda img, sp: segment_with(model, img, None, flips, diameter="auto", spacing=sp, unit="um"),
+    }
+    if only:
+        methods = {m: fn for m, fn in methods.items() if m in only}
+    rows: dict = {}
+    print(f"{'z um':>5} " + " ".join(f"{m:>13}" for m in methods) + f" {'objects':>8} {'seconds':>8}")
+    first = None
+    for target in ([None] if reference else []) + list(spacings):
+        scores: dict = {m: [] for m in methods}
+        msgs: dict = {m: [] for m in methods}
+        t0 = time.perf_counter()
+        for name in names:
+            image, meta, ca = open_source(folder / "images" / name, None)
+            if ca is not None or meta.spacing is None or len(meta.spacing) != 3:
+                raise SystemExit(f"{name}: --z-spacings needs single-channel ZYX files that record their voxel size")
+            own = tuple(float(v) for v in meta.spacing)
+            first = first or own
+            mask = np.asarray(read_image(folder / "masks" / name)[0])
+            zoom = 1.0 if target is None else own[0] / target
+            img, lab = zoom_z(np.asarray(image), mask, zoom)
+            spacing = (own[0] * mask.shape[0] / lab.shape[0], own[1], own[2])  # the true voxel size after resizing
+            for m, fn in methods.items():
+                pred, msg = fn(img, spacing)
+                metrics, counts = score_image(lab, pred, "instances", model.config.num_classes)
+                scores[m].append(ImageScore(name, metrics, counts, 0.0))
+                msgs[m].append(msg)
+        f1 = {m: overall(v, "instances")["f1@0.5"] for m, v in scores.items()}
+        ref = overall(next(iter(scores.values())), "instances")
+        n_obj = ref["true_positives"] + ref["false_negatives"]
+        key = f"{first[0]:g} (files)" if target is None else f"{target:g}"
+        seconds = time.perf_counter() - t0
+        print(f"{key:>5} " + " ".join(f"{f1[m]:13.4f}" for m in methods) + f" {n_obj:8d} {seconds:8.1f}", flush=True)
+        rows[key] = {"z_spacing": first[0] if target is None else target, "f1": f1, "objects": n_obj,
+                     "seconds": seconds, "messages": msgs,
+                     "per_image": {m: {s.name: s.metrics["f1@0.5"] for s in v} for m, v in scores.items()}}
+    return rows
+
+
 def segment_plain(model, image, channel_axis, flips: bool) -> np.ndarray:
     from napari_skipseg.inference.engine import predict, run
 
@@ -72,6 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--zooms", type=float, nargs="+", default=[0.5, 0.75, 1.0, 1.5, 2.0])
     p.add_argument("--limit", type=int, default=20, help="images to use (the first of the split, sorted)")
     p.add_argument("--flips", action="store_true", help="test-time flips (off by default: CPU time)")
+    p.add_argument("--z-spacings", type=float, nargs="+", default=None,
+                   help="3D: resample only Z to these voxel sizes (um) instead of --zooms")
+    p.add_argument("--methods", nargs="+", default=None, choices=("plain", "auto", "spacing", "auto+spacing"),
+                   help="with --z-spacings: only these (default: all four)")
+    p.add_argument("--no-reference", action="store_true", help="with --z-spacings: no row for the files as they are")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
@@ -89,6 +178,13 @@ def main(argv=None) -> int:
     names = [n for n in names if (folder / "images" / n).exists()][: args.limit]
     results: dict = {"model": args.model, "data": str(folder), "images": names, "zooms": {}}
     print(f"{args.model}: {len(names)} images from {folder}, flips {'on' if args.flips else 'off'}")
+    results["command"] = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.z_spacings:
+        results["z_spacings"] = z_spacing_rows(model, folder, names, args.z_spacings, args.flips, args.methods,
+                                               not args.no_reference)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return 0
     print(f"{'zoom':>5} {'F1 plain':>9} {'F1 auto':>8} {'objects':>8} {'s plain':>8} {'s auto':>7}")
     for zoom in args.zooms:
         plain, auto, msgs = [], [], []

@@ -1,7 +1,13 @@
 """Inference and fine-tuning speed: ours against a plain PyTorch loop, MONAI and ONNX Runtime.
 
     python benchmarks/bench_speed.py [--models nuclei2d ...] [--slices 64] [--size 512]
-        [--volume 256] [--repeat 3] [--threads N] [--json benchmarks/results/speed.json] [--quick]
+        [--volume 256] [--repeat 3] [--threads N] [--plain-volume 128] [--skip monai]
+        [--json benchmarks/results/speed.json] [--quick]
+
+A 3D volume too large for the plain loop and ONNX Runtime to take whole (256^3 needs ~10 GB
+for nuclei3d): ONNX Runtime is skipped and the plain loop is timed on a ``--plain-volume``
+cube of the same data, its times scaled by the voxel ratio (its rate at that size; a larger
+whole volume is not faster per voxel), so that "x plain" compares rates.
 
 For every bundled model (or those named), on the same weights and the same input, with the
 same number of CPU threads for everyone:
@@ -182,14 +188,16 @@ class Ours:
 
     def __init__(self, model, backend, cfg, spatial, threads, batch_size=4):
         from napari_skipseg.inference import backends as bk
-        from napari_skipseg.inference.engine import _tile_shape
+        from napari_skipseg.inference.engine import _tiles_in_flight, plan
         from napari_skipseg.inference.tiling import tile_grid
 
         self.model, self.backend, self.name = model, backend, "ours" if backend == "auto" else "ours-torch"
-        tile = _tile_shape(None, cfg, cfg.spatial_dims, spatial)
+        geo = plan(cfg, tuple(spatial))  # the engine's tiles and overlap (each tile computed once)
+        tile, overlap = geo["tile"], geo["overlap"]
         self.window = tuple(min(t, s) for t, s in zip(tile, spatial, strict=True))
-        overlap = tuple(int(round(t * 0.125)) for t in tile)
         self.grid = tile_grid(spatial, tile, overlap)
+        # tiles in flight as the engine sends them (large 3D tiles: one at a time, on all threads)
+        batch_size = _tiles_in_flight(batch_size, len(self.grid), self.window, cfg)
         t = time.perf_counter()
         self.runner = bk.make_runner(model, "cpu", backend=backend, tile_spatial=self.window,
                                      voxels=2**40, batch_size=batch_size, threads=threads)
@@ -310,11 +318,26 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
     avail = _available_memory()
     whole_fits = avail is None or need < 0.5 * avail
     too_big = f"skipped: a whole unit needs ~{need / 2**30:.1f} GiB, {avail / 2**30 if avail else 0:.1f} GiB free"
+    plain_factor, plain_src, plain_x = 1.0, src, None
     if whole_fits:
         methods["plain"] = Plain(model)
+    elif cfg.spatial_dims == 3 and args.plain_volume and args.plain_volume < min(spatial):
+        # the whole volume does not fit: the plain loop runs on a --plain-volume cube of the
+        # same data and its times are scaled by the voxel ratio (its rate at that size)
+        k = args.plain_volume
+        cube = image[:k, :k, :k]
+        plain_factor = float(np.prod(spatial)) / k**3
+        plain_src = tmp / f"{cfg.name}-plain-cube.tif"
+        tifffile.imwrite(plain_src, cube)
+        plain_x = prep(cube)
+        methods["plain"] = Plain(model)
+        missing["plain-note"] = (f"plain: {too_big.removeprefix('skipped: ')}; its times are those of a {k}^3 "
+                                 f"cube of the same data x {plain_factor:g} (its rate at {k}^3)")
     else:
         missing["plain"] = too_big
-    if importlib.util.find_spec("monai"):
+    if "monai" in args.skip:
+        missing["monai"] = "skipped (--skip monai)"
+    elif importlib.util.find_spec("monai"):
         methods["monai"] = Monai(model, cfg.default_tile())
     else:
         missing["monai"] = "not installed (pip install monai)"
@@ -342,8 +365,8 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
 
     # warm-up (and MONAI's window count), then accuracy against the plain loop
     sub = xs[: min(2, len(xs))]
-    for m in methods.values():
-        for x in sub:
+    for name, m in methods.items():
+        for x in ([plain_x] if name == "plain" and plain_x is not None else sub):
             m(x)
     ours.network(sub)
     ours_torch.network(sub)
@@ -352,7 +375,7 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
         methods["monai"](xs[0])
         flops["monai"] = count_flops(model, (1, cfg.in_channels, *cfg.default_tile())) * methods["monai"].windows * len(xs)
 
-    def e2e_baseline(m, dst):
+    def e2e_baseline(m, dst, src=src):
         data = tifffile.imread(src)
         labels = np.empty(data.shape[: data.ndim - (cfg.in_channels > 1)], np.uint8)
         if cfg.spatial_dims == 2:
@@ -368,9 +391,13 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
                                                 "threads": threads, "flips": False}, overwrite=True)
 
     net_fns = {name: (lambda m=m: [m(x) for x in xs]) for name, m in methods.items()}
+    if plain_x is not None:
+        net_fns["plain"] = lambda m=methods["plain"]: m(plain_x)
     net_fns["ours"] = lambda: ours.network(xs)
     net_fns["ours-torch"] = lambda: ours_torch.network(xs)
     e2e_fns = {name: (lambda m=m, name=name: e2e_baseline(m, tmp / f"{name}.tif")) for name, m in methods.items()}
+    if plain_x is not None:
+        e2e_fns["plain"] = lambda m=methods["plain"]: e2e_baseline(m, tmp / "plain.tif", plain_src)
     e2e_fns["ours"] = lambda: e2e_ours("auto", "semantic", tmp / "ours.tif")
     e2e_fns["ours-torch"] = lambda: e2e_ours("torch", "semantic", tmp / "ours-torch.tif")
     if cfg.output == "instances":
@@ -401,12 +428,15 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
             t = time.perf_counter()
             fn()
             e2e_t[name].append(time.perf_counter() - t)
+        if plain_x is not None:
+            net_t["plain"][-1] *= plain_factor
+            e2e_t["plain"][-1] *= plain_factor
         print(f"  repeat {r + 1}/{args.repeat}: " + ", ".join(
             f"{k} {net_t[k][-1]:.1f}/{e2e_t[k][-1]:.1f} s" for k in net_fns), file=sys.stderr)
 
     # accuracy: labels written by each method vs the plain loop's; probabilities on one unit
     agree, prob_diff = {}, None
-    if "plain" in methods:
+    if "plain" in methods and plain_x is None:
         ref = tifffile.imread(tmp / "plain.tif")
         for name in e2e_fns:
             if name != "ours (instances)":
@@ -453,6 +483,7 @@ def bench_model(entry, args, threads, tmp: Path) -> dict:
         "ours_backend": ours.runner.describe(), "ours_torch_backend": ours_torch.runner.describe(),
         "ours_setup_s": round(ours.setup_s, 2), "ort_baseline_setup_s": ort_setup,
         "ours_two_slice_file_s": warm_e2e, "max_probability_diff_vs_plain": prob_diff,
+        "plain_scaled_from": args.plain_volume if plain_x is not None else None, "plain_factor": plain_factor,
         "methods": rows, "paired_ratios": paired,
     }
 
@@ -482,7 +513,7 @@ def bench_finetune(entry, args, threads) -> dict:
                               target, lab if cfg.output == "instances" else None))
     patch = [128, 128] if cfg.spatial_dims == 2 else [16, 64, 64]
     steps = args.ft_steps
-    tcfg = loop.TrainConfig(patch=patch, batch_size=4, steps=steps, val_every=10**9, warmup=2)
+    tcfg = loop.TrainConfig(patch=patch, batch_size=4, steps=steps, val_every=10**7, warmup=2)
     waited = []
     original = loop.PatchSampler.batch
 
@@ -565,6 +596,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="CPU threads for every method (default: torch's, "
                         "the physical cores)")
     parser.add_argument("--ft-steps", type=int, default=20, help="fine-tuning steps to time")
+    parser.add_argument("--skip", nargs="+", default=[], choices=("monai",),
+                        help="comparisons not to run (MONAI's sliding window takes minutes on a 256^3 volume)")
+    parser.add_argument("--plain-volume", type=int, default=128,
+                        help="3D: where the whole volume does not fit in memory, time the plain loop on a cube "
+                        "of this side and scale by the voxel ratio (0: skip it)")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
     parser.add_argument("--quick", action="store_true", help="8 slices, a 128^3 volume, 1 repeat, 6 steps")
     args = parser.parse_args()

@@ -17,7 +17,10 @@ Prints the figures; ``--write`` puts them into ``models/<name>/config.json``
 (``training_scale``) and a ``training_scale`` line into its card, then regenerates
 ``card.md`` with :func:`napari_skipseg.model.store.render_card`.
 
-    PYTHONPATH=$PWD python benchmarks/measure_training_scale.py [--data ../shared/data] [--write] [names...]
+    PYTHONPATH=$PWD python benchmarks/measure_training_scale.py [--data ../shared/data] [--write] [--range] [names...]
+
+``--range`` adds ``diameter_range`` for instance models: the quartiles of the training
+images' median object diameters (the range ``diameter="auto"`` resamples into).
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ def _objects(mask: np.ndarray, kind: str) -> np.ndarray:
     return (mask > 0).astype(np.int32)
 
 
-def measure(name: str, data: Path) -> dict:
-    """``training_scale`` of model ``name`` from its training masks under ``data/<name>``."""
+def measure(name: str, data: Path, args_range: bool = False) -> dict:
+    """``training_scale`` of model ``name`` from its training masks under ``data/<name>``;
+    with ``args_range``, also ``diameter_range`` (instance models: the quartiles of the
+    training images' median object diameters)."""
     import tifffile
 
     from napari_skipseg.training.object_size import object_diameters
@@ -74,6 +79,11 @@ def measure(name: str, data: Path) -> dict:
     allrows = np.concatenate(rows)
     med = np.median(allrows, axis=0)
     out = {"object_diameter": [round(float(v), 2) for v in med]}
+    if args_range and spec["objects"] == "instances":
+        # the sizes the model saw as they came: quartiles of the images' median diameters
+        per_image = np.array([np.median(r, axis=0) for r in rows if len(r)])
+        lo, hi = np.percentile(per_image, [25, 75], axis=0)
+        out["diameter_range"] = [[round(float(v), 2) for v in lo], [round(float(v), 2) for v in hi]]
     if "pixel_size" in spec:
         out["pixel_size"] = spec["pixel_size"]
         out["unit"] = spec["unit"]
@@ -92,6 +102,10 @@ def card_line(ts: dict, stats: dict, name: str) -> str:
             f"{stats['objects']} {kind} not cut by the border in {stats['images']} training mask{'s' if stats['images'] != 1 else ''}, quartiles "
             f"{' x '.join(f'{v:g}' for v in stats['q25'])} to {' x '.join(f'{v:g}' for v in stats['q75'])}; "
             "`benchmarks/measure_training_scale.py`)")
+    if "diameter_range" in ts:
+        lo, hi = (" x ".join(f"{v:g}" for v in r) for r in ts["diameter_range"])
+        text += (f"; the training images' median diameters have quartiles {lo} to {hi} px (`diameter_range`: "
+                 "`diameter=\"auto\"` resamples only images whose objects are outside it, to its nearer end)")
     if "pixel_size" in ts:
         p = " x ".join(f"{v:g}" for v in ts["pixel_size"])
         text += f"; pixel size {p} {ts['unit']}"
@@ -118,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("names", nargs="*", default=list(MODELS))
     p.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
     p.add_argument("--write", action="store_true", help="write training_scale into the configs and cards")
+    p.add_argument("--range", action="store_true", help="also diameter_range (instance models), which "
+                   "diameter='auto' resamples into instead of to the median")
     args = p.parse_args(argv)
     if not args.data.is_dir():
         args.data = Path("/work/shared/data")
@@ -125,7 +141,7 @@ def main(argv=None) -> int:
         if name not in MODELS:
             print(f"unknown model {name!r}; known: {', '.join(MODELS)}", file=sys.stderr)
             return 2
-        ts = measure(name, args.data)
+        ts = measure(name, args.data, args.range)
         stats = ts.pop("_stats")
         print(f"{name}: {json.dumps(ts)}  ({stats['objects']} objects in {stats['images']} masks; "
               f"quartiles {stats['q25']} .. {stats['q75']})")

@@ -141,11 +141,15 @@ def predict(
     output : {"instances", "semantic", "probabilities"}
         What ``labels`` holds. Instances need a model trained for them.
     tile : int or tuple, optional
-        Tile shape (spatial, on the grid the network sees); default from the model's config.
+        Tile shape (spatial, on the grid the network sees); default from the model's config,
+        fitted to the image (3D: the whole volume when it has at most
+        :data:`VOLUME_TILE_GROW` configured tiles' voxels, else the tiles of at most that
+        many voxels that compute the fewest, :func:`~napari_skipseg.inference.tiling.fit_volume_tiles`).
         At least the network's size multiple (:meth:`ModelConfig.size_multiple`) along each
         axis the image is longer than that.
     overlap : float
-        Fraction of the tile shared with the neighbouring tile (0 to 0.5).
+        Fraction of the tile shared with the neighbouring tile (0 to 0.5); for the default 3D
+        tiles, of the model's configured tile (larger tiles do not widen the seams).
     batch_size : int
         Tiles in flight at once; tiles of consecutive slices share batches. On an
         accelerator they make one forward pass; on a CPU they are shared out between worker
@@ -162,7 +166,8 @@ def predict(
         Spatial block processed at a time (default: the whole slice or volume when it has at
         most :data:`BLOCK_VOXELS` voxels, else a part of it). Every block is predicted from
         the tiles of the whole image's grid that touch it, so probabilities and semantic
-        labels do not depend on the block size; instances are found per block (objects
+        labels do not depend on the block size (a tile that consecutive blocks share is
+        computed once: :func:`share_tiles`); instances are found per block (objects
         crossing a block border are split there, with distinct ids).
     labels_out, probabilities_out : array-like, optional
         Where to write the labels (image shape without channels) and probabilities
@@ -244,7 +249,8 @@ def predict(
     if near is not None:
         todo = order_units(geo.units, todo, near)
     plans = [geo.unit_plan(u) for u in todo]
-    total = sum(len(p.tiles) for p in plans)
+    jobs = share_tiles(plans)
+    total = sum(len(j) for j in jobs)
 
     if intensity_range is not None:
         lo, hi = (float(v) for v in intensity_range)
@@ -273,7 +279,7 @@ def predict(
         with bk.worker_threads(runner, dev) as pool:
             yield Progress(0, total, message, {"device": desc, "backend": backend_info, "units": len(todo),
                                                **scale_info})
-            done = yield from _stream(plans, reader, TileBatches(pool, runner), Blender(classes, window),
+            done = yield from _stream(plans, jobs, reader, TileBatches(pool, runner), Blender(classes, window),
                                       finisher, total, message, first_alone=near is not None)
             yield Progress(done, total, "done", _finished(finisher))
     finally:
@@ -298,29 +304,36 @@ def predict(
     )
 
 
-def _stream(plans: list[UnitPlan], reader: UnitReader, batches: TileBatches, blender: Blender,
-            finisher: Finisher, total: int, message: str, first_alone: bool = False) -> Generator[Progress, None, int]:
-    """Drive the stages over ``plans``: read a unit, queue its tiles; whenever the workers
-    are saturated, blend what came back and finish the units that are complete. Yields
-    progress after each batch absorbed; returns the number of tiles done. ``first_alone``:
+def _stream(plans: list[UnitPlan], jobs: list[list], reader: UnitReader, batches: TileBatches,
+            blender: Blender, finisher: Finisher, total: int, message: str,
+            first_alone: bool = False) -> Generator[Progress, None, int]:
+    """Drive the stages over ``plans`` and their tiles (``jobs``, :func:`share_tiles`): read a
+    unit, queue the tiles it computes; whenever the workers are saturated, blend what came
+    back (into every unit a tile touches) and finish the units that are complete, in order.
+    Yields progress after each batch absorbed; returns the number of tiles done. ``first_alone``:
     the first unit's tiles make batches of their own (not shared with the next unit's), so
     that it is finished as early as it can be (the unit in view)."""
     done = 0
+    by_index = {p.index: p for p in plans}
 
     def absorb() -> int:
         meta, probs = batches.collect()
-        for (u, src, dst), p in zip(meta, probs, strict=True):
-            blender.add(u, src, dst, p)
+        for targets, p in zip(meta, probs, strict=True):
+            for u, src, dst in targets:
+                blender.add(u, src, dst, p)
         for u in blender.complete():
             finisher(by_index[u], blender.take(u))
         return len(meta)
 
-    by_index = {p.index: p for p in plans}
-    for unit in plans:
-        data = reader(unit)
+    for unit, tiles in zip(plans, jobs, strict=True):
         blender.open(unit)
-        for tile_sl, src, dst in unit.tiles:
-            if batches.add((unit.index, src, dst), np.ascontiguousarray(data[(slice(None), *tile_sl)])):
+        if not tiles:  # every tile of this unit was computed for an earlier one
+            continue
+        data = reader(unit)
+        for tile_sl, targets in tiles:
+            for u, _, _ in targets:
+                blender.open(by_index[u])
+            if batches.add(targets, np.ascontiguousarray(data[(slice(None), *tile_sl)])):
                 while batches.saturated:
                     done += absorb()
                     yield Progress(done, total, message, _finished(finisher))
@@ -370,6 +383,40 @@ def order_units(units: list, todo: Sequence[int], near: Sequence[int]) -> list[i
         return d_lead, d_space, pos
 
     return [i for _, i in sorted(enumerate(todo), key=key)]
+
+
+def share_tiles(plans: list[UnitPlan], span: int = 1) -> list[list]:
+    """Which unit computes each tile, and which units it is blended into.
+
+    Neighbouring blocks of a volume need some of the same tiles (those across their
+    border). A tile is computed once, by the first unit that needs it, and blended into
+    that unit and every unit up to ``span`` places later in ``plans`` that needs it too
+    (those units' sums are then open at once: ``span + 1`` units' memory at most); a unit
+    further on computes it again. Returns, per plan, a list of ``(tile slices within that
+    unit's region, [(unit index, part of the tile, where it goes in that unit), ...])``.
+    Probabilities are the same as with every unit computing all its tiles, up to the order
+    of the sums.
+    """
+    def key(plan: UnitPlan, tile_sl: tuple[slice, ...]) -> tuple:
+        return plan.lead, tuple(r.start + t.start for r, t in zip(plan.region, tile_sl, strict=True))
+
+    users: dict[tuple, list] = {}  # tile -> [(position, unit index, src, dst), ...] in plan order
+    for pos, plan in enumerate(plans):
+        for tile_sl, src, dst in plan.tiles:
+            users.setdefault(key(plan, tile_sl), []).append((pos, plan.index, src, dst))
+    served: set[tuple[int, tuple]] = set()
+    jobs: list[list] = []
+    for pos, plan in enumerate(plans):
+        mine = []
+        for tile_sl, _src, _dst in plan.tiles:
+            k = key(plan, tile_sl)
+            if (pos, k) in served:
+                continue
+            targets = [(u, s_, d_) for p_, u, s_, d_ in users[k] if pos <= p_ <= pos + span]
+            served.update((p_, k) for p_, _, _, _ in users[k] if pos <= p_ <= pos + span)
+            mine.append((tile_sl, targets))
+        jobs.append(mine)
+    return jobs
 
 
 # == stage 1: plan ================================================================================
@@ -586,7 +633,7 @@ def _geometry(cfg, shape: tuple[int, ...], ndim: int, *, tile, block, overlap: f
     lead, spatial = shape[:-ndim], shape[-ndim:]
     resampling = Resampling(spatial, scale)
     tile_shape = _tile_shape(tile, cfg, ndim, resampling.working, overlap)
-    overlap_px = tuple(int(round(t * overlap)) for t in tile_shape)
+    overlap_px = _overlap_pixels(tile, cfg, ndim, tile_shape, overlap)
     block_shape = _block_shape(block, tile_shape, spatial, resampling)
     return Geometry(shape, lead, spatial, tile_shape, overlap_px, block_shape,
                     unit_list(lead, spatial, block_shape), resampling)
@@ -701,6 +748,16 @@ def _tile_shape(tile, cfg, ndim: int, spatial: tuple[int, ...], overlap: float =
                                 f"got {tile!r}")
     _check_tile(shape, cfg, spatial, overlap, tile)
     return shape
+
+
+def _overlap_pixels(tile, cfg, ndim: int, tile_shape: tuple[int, ...], overlap: float) -> tuple[int, ...]:
+    """Pixels consecutive tiles share: ``overlap`` of the tile; for the default 3D tiles, of
+    the model's configured tile (:func:`~napari_skipseg.inference.tiling.fit_volume_tiles`
+    grows tiles to recompute less, not to widen the seams)."""
+    if tile is None and ndim == 3:
+        return tuple(min(int(round(t * overlap)), max(s - 1, 0))
+                     for t, s in zip(cfg.default_tile(), tile_shape, strict=True))
+    return tuple(int(round(t * overlap)) for t in tile_shape)
 
 
 def _check_tile(shape: tuple[int, ...], cfg, spatial: tuple[int, ...], overlap: float, asked) -> None:
@@ -873,7 +930,9 @@ class Blender:
         self.remaining: dict[int, int] = {}  # tiles still to come, in the order units were opened
 
     def open(self, unit: UnitPlan) -> None:
-        """Expect ``unit``'s tiles."""
+        """Expect ``unit``'s tiles (once: a unit already open is left as it is)."""
+        if unit.index in self.acc:
+            return
         shape = unit.working_shape
         tiles = unit.tiles
         self.remaining[unit.index] = len(tiles)
@@ -896,15 +955,21 @@ class Blender:
         self.remaining[u] -= 1
 
     def complete(self) -> list[int]:
-        """Units whose tiles have all arrived, in the order they were opened."""
-        return [u for u, r in self.remaining.items() if r == 0]
+        """Units whose tiles have all arrived and that were opened after no unit still
+        waiting for tiles, in the order they were opened (so units are finished in order)."""
+        out = []
+        for u, r in self.remaining.items():
+            if r:
+                break
+            out.append(u)
+        return out
 
     def take(self, u: int) -> np.ndarray:
         """The blended probabilities of a complete unit, ``(classes, *working shape)``; the
         unit is forgotten."""
         a, w = self.acc.pop(u)
         del self.remaining[u]
-        return a if w is None else a / w
+        return a if w is None else np.divide(a, w, out=a)
 
 
 # == stage 5: finish ==================================================================================

@@ -156,7 +156,9 @@ def fit_tile_volume(
     max_voxels: int | None = None,
 ) -> tuple[int, ...]:
     """The tile shape for a volume: the whole volume when it has at most ``max_voxels``
-    voxels (padded to ``multiple``), else :func:`fit_tile`.
+    voxels (padded to ``multiple``), else the tiles of at most ``max_voxels`` voxels that
+    cover it with the fewest voxels computed (:func:`fit_volume_tiles`); no cap:
+    :func:`fit_tile`.
 
     A volume a few times larger than the configured tile is cut by :func:`fit_tile` into
     many tiles that overlap (128^3 with nuclei3d's 48 x 96 x 96: 12 tiles of 48 x 72 x 72,
@@ -168,4 +170,57 @@ def fit_tile_volume(
     whole = math.prod(-(-int(n) // m) * m for n, m in zip(shape, multiple, strict=True))
     if max_voxels is not None and whole <= max_voxels:
         return tuple(int(n) for n in shape)
-    return fit_tile(shape, tile, overlap, multiple)
+    if max_voxels is None:
+        return fit_tile(shape, tile, overlap, multiple)
+    pixels = tuple(int(round(t * overlap)) for t in tile)
+    return fit_volume_tiles(shape, tile, pixels, multiple, max_voxels)
+
+
+def fit_volume_tiles(
+    shape: tuple[int, ...], tile: tuple[int, ...], overlap: tuple[int, ...], multiple: tuple[int, ...],
+    max_voxels: int,
+) -> tuple[int, ...]:
+    """Tiles of at most ``max_voxels`` voxels (padded to ``multiple``) that cover ``shape``,
+    consecutive tiles overlapping by ``overlap`` pixels, with the fewest voxels computed.
+
+    Larger tiles than the configured ``tile`` recompute less: the overlap is what the
+    configured tile shares with its neighbours (the context a tile border lacks does not
+    grow with the tile), so it is a smaller part of a large tile. For each axis and each
+    tile count, the smallest tile (a multiple of ``multiple``, or the whole axis) covering
+    the axis with that count; of all combinations within ``max_voxels`` the one computing
+    the fewest voxels wins (ties: fewer tiles, then larger along the last axes). No
+    axis gets less than the configured tile (or the axis). 256^3 with nuclei3d's
+    48 x 96 x 96, overlap 6 x 12 x 12 and at most 5 configured tiles' voxels: 10 tiles of
+    56 x 136 x 256 (1.16 times the voxels computed; :func:`fit_tile`'s 54 tiles of
+    48 x 96 x 96: 1.42 times).
+    """
+    def padded(size: int, m: int) -> int:
+        return -(-size // m) * m
+
+    options = []  # per axis: [(tiles, size), ...]
+    for n, t, o, m in zip(shape, tile, overlap, multiple, strict=True):
+        n, m = int(n), max(int(m), 1)
+        low = min(int(t), n)
+        o = min(int(o), max(low - 1, 0))
+        axis = {}
+        for k in range(1, len(tile_starts(n, low, o)) + 1):
+            size = max(low, min(n, padded(-(-(n + (k - 1) * o) // k), m)))
+            while size < n and len(tile_starts(n, size, o)) > k:
+                size = min(n, size + m)
+            count = len(tile_starts(n, size, o))
+            if count not in axis or size < axis[count]:
+                axis[count] = size
+        options.append(sorted(axis.items()))
+    best = None
+    for combo in itertools.product(*options):
+        sizes = tuple(size for _, size in combo)
+        voxels = math.prod(padded(s, m) for s, m in zip(sizes, multiple, strict=True))
+        if voxels > max_voxels:
+            continue
+        count = math.prod(k for k, _ in combo)
+        key = (count * voxels, count, tuple(-s for s in reversed(sizes)))
+        if best is None or key < best[0]:
+            best = (key, sizes)
+    if best is None:  # even the configured tile is larger than the cap: keep to it
+        return tuple(min(int(t), int(n)) for t, n in zip(tile, shape, strict=True))
+    return best[1]

@@ -184,7 +184,9 @@ class ModelConfig:
         skip levels and ``base_channels``, ``block`` and ``pool`` are not used.
     training_scale : dict
         The scale the network was trained at: ``object_diameter`` (median equivalent
-        diameter of its training objects, in pixels/voxels per spatial axis), and where the
+        diameter of its training objects, in pixels/voxels per spatial axis), optionally
+        ``diameter_range`` (``[low, high]`` per axis: the quartiles of its training images'
+        median object diameters, the sizes it was trained on as they came), and where the
         data had one ``pixel_size`` (per spatial axis) with its ``unit`` (e.g. ``"um"``,
         ``"mm"``). Inference resamples an image to it (see
         :mod:`napari_skipseg.inference.scale`). Empty: unknown, images are not resampled.
@@ -290,9 +292,9 @@ class ModelConfig:
 
     def _validate_training_scale(self) -> None:
         ts = self.training_scale
-        if not isinstance(ts, dict) or set(ts) - {"object_diameter", "pixel_size", "unit"}:
-            raise ModelConfigError("training_scale takes only the keys object_diameter, pixel_size "
-                                   f"and unit; got {ts!r}")
+        if not isinstance(ts, dict) or set(ts) - {"object_diameter", "diameter_range", "pixel_size", "unit"}:
+            raise ModelConfigError("training_scale takes only the keys object_diameter, diameter_range, "
+                                   f"pixel_size and unit; got {ts!r}")
         for key in ("object_diameter", "pixel_size"):
             if key not in ts:
                 continue
@@ -303,6 +305,18 @@ class ModelConfig:
             if not ok:
                 raise ModelConfigError(f"training_scale {key} must list {self.spatial_dims} positive "
                                        f"numbers (one per spatial axis), got {v!r}")
+        if "diameter_range" in ts:
+            r = ts["diameter_range"]
+
+            def axis_list(v) -> bool:
+                return (isinstance(v, list) and len(v) == self.spatial_dims
+                        and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                and math.isfinite(x) and x > 0 for x in v))
+
+            if not (isinstance(r, list) and len(r) == 2 and axis_list(r[0]) and axis_list(r[1])
+                    and all(lo <= hi for lo, hi in zip(r[0], r[1], strict=True))):
+                raise ModelConfigError(f"training_scale diameter_range must be [low, high], each {self.spatial_dims} "
+                                       f"positive numbers (one per spatial axis, low <= high), got {r!r}")
         if "unit" in ts and not (isinstance(ts["unit"], str) and 0 < len(ts["unit"]) <= 16):
             raise ModelConfigError(f"training_scale unit must be a short string, got {ts['unit']!r}")
 

@@ -75,16 +75,57 @@ def test_one_number_in_3d_follows_the_pixel_size_anisotropy(n3d):
 
 
 def test_auto_uses_the_estimate(n2d, n3d):
-    t = n2d.training_scale["object_diameter"]
-    c = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda: (23.0, 23.0))
+    em = load_config("em2d")  # records no diameter_range: resampled to the training median
+    t = em.training_scale["object_diameter"]
+    assert "diameter_range" not in em.training_scale
+    c = resolve_scale(em, (512, 512), diameter="auto", estimate=lambda: (23.0, 23.0))
     assert c.scale == pytest.approx((t[0] / 23, t[1] / 23))
     assert c.source == "estimated" and c.diameter == (23.0, 23.0)
-    assert one_line(c) == "diameter ~23 px (estimated); image resampled x0.88"
+    assert one_line(c) == "diameter ~23 px (estimated); image resampled x1.19 x 1.14"
     # 3D: the estimate sets every axis, also when pixel sizes are known
     t3 = n3d.training_scale["object_diameter"]
     c = resolve_scale(n3d, (51, 128, 128), diameter="AUTO", spacing=(1.75, 0.8, 0.8), unit="um",
                       estimate=lambda: (13, 17, 16))
     assert c.scale == pytest.approx([a / b for a, b in zip(t3, (13, 17, 16), strict=True)])
+
+
+def test_auto_resamples_only_into_the_training_range(n2d):
+    lo, hi = n2d.training_scale["diameter_range"]
+    lo_yx, hi_yx = math.sqrt(lo[0] * lo[1]), math.sqrt(hi[0] * hi[1])
+    # within the sizes it was trained on: not resampled
+    for d in (lo_yx + 0.1, 20.0, 23.0, hi_yx - 0.1):
+        c = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda d=d: (d, d))
+        assert c.identity and c.diameter == (d, d)
+        assert one_line(c) == f"diameter ~{d:.0f} px (estimated); not resampled"
+    # outside: to the nearer end of the range, the same zoom along Y and X
+    c = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda: (60.0, 60.0))
+    assert c.scale == pytest.approx((hi_yx / 60, hi_yx / 60))
+    c = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda: (6.0, 7.0))
+    assert c.scale == pytest.approx((lo_yx / math.sqrt(42),) * 2)
+    # a given diameter still maps to the training median
+    t = n2d.training_scale["object_diameter"]
+    assert resolve_scale(n2d, (512, 512), diameter=25).scale == pytest.approx((t[-1] / 25,) * 2)
+
+
+def test_auto_range_in_3d_zooms_z_on_its_own():
+    cfg = ModelConfig(name="r3", spatial_dims=3, output="instances", num_classes=3,
+                      class_names=["background", "interior", "boundary"],
+                      training_scale={"object_diameter": [10, 20, 20], "diameter_range": [[8, 15, 15], [12, 25, 25]]})
+    c = resolve_scale(cfg, (64, 256, 256), diameter="auto", estimate=lambda: (10.0, 40.0, 40.0))
+    assert c.scale == pytest.approx((1.0, 25 / 40, 25 / 40))
+    c = resolve_scale(cfg, (64, 256, 256), diameter="auto", estimate=lambda: (4.0, 20.0, 20.0))
+    assert c.scale == pytest.approx((2.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("bad", [
+    [[8, 15], [12, 25, 25]], [[8, 15, 15]], [[12, 15, 15], [8, 25, 25]], [[0, 15, 15], [8, 25, 25]],
+    "8-12", [[8, 15, 15], [12, 25, float("nan")]],
+])
+def test_bad_diameter_range_is_refused(bad):
+    from napari_skipseg.model.config import ModelConfigError
+
+    with pytest.raises(ModelConfigError, match="diameter_range must be"):
+        ModelConfig(name="r3", spatial_dims=3, training_scale={"object_diameter": [10, 20, 20], "diameter_range": bad})
 
 
 def test_auto_without_objects(n2d, n3d):

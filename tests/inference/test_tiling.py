@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_skipseg.inference.engine import plan, predict, run
-from napari_skipseg.inference.tiling import blend_window, fit_tile, tile_grid, tile_starts
+from napari_skipseg.inference.engine import VOLUME_TILE_GROW, plan, predict, run
+from napari_skipseg.inference.tiling import (
+    blend_window,
+    fit_tile,
+    fit_tile_volume,
+    tile_grid,
+    tile_starts,
+)
 from napari_skipseg.model.config import ModelConfig
 
 
@@ -57,12 +63,17 @@ def test_fit_tile_examples():
 
 def test_default_tile_is_fitted_and_explicit_tile_kept():
     cfg = ModelConfig(name="t", spatial_dims=3, depth=3, base_channels=4, tile=[32, 64, 64])
-    assert plan(cfg, (100, 128, 128))["tile"] == fit_tile((100, 128, 128), (32, 64, 64), 0.125, cfg.size_multiple())
+    cap = int(VOLUME_TILE_GROW * 32 * 64 * 64)
+    assert plan(cfg, (100, 128, 128))["tile"] == fit_tile_volume((100, 128, 128), (32, 64, 64), 0.125,
+                                                                 cfg.size_multiple(), cap)
     assert plan(cfg, (100, 128, 128))["tile"] != (32, 64, 64)
     assert plan(cfg, (100, 128, 128), tile=(32, 64, 64))["tile"] == (32, 64, 64)
     # the overlap is part of the fit: plan and predict agree for any overlap
-    assert plan(cfg, (100, 128, 128), overlap=0.25)["tile"] == fit_tile((100, 128, 128), (32, 64, 64), 0.25,
-                                                                         cfg.size_multiple())
+    assert plan(cfg, (100, 128, 128), overlap=0.25)["tile"] == fit_tile_volume((100, 128, 128), (32, 64, 64), 0.25,
+                                                                               cfg.size_multiple(), cap)
+    # 2D: fitted per axis
+    cfg2 = ModelConfig(name="t2", spatial_dims=2, depth=3, base_channels=4, tile=[128, 128])
+    assert plan(cfg2, (300, 300))["tile"] == fit_tile((300, 300), (128, 128), 0.125, cfg2.size_multiple())
 
 
 def test_tile_starts_small_image_is_one_tile():

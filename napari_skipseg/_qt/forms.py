@@ -30,12 +30,14 @@ class LayerPicker:
     """
 
     def __init__(self, viewer, kinds: type | tuple[type, ...], *,
-                 accept: Callable[[object], bool] | None = None, tooltip: str | None = None) -> None:
+                 accept: Callable[[object], bool] | None = None, tooltip: str | None = None,
+                 none_label: str | None = None) -> None:
         from magicgui.widgets import ComboBox
 
         self.viewer = viewer
         self.kinds = kinds
         self.accept = accept
+        self.none_label = none_label  # a first choice standing for no layer (its value: None)
         self.widget = ComboBox(choices=self._choices, tooltip=tooltip)
         self.native = self.widget.native
         events = viewer.layers.events
@@ -54,7 +56,8 @@ class LayerPicker:
                 if isinstance(ly, self.kinds) and (self.accept is None or self.accept(ly))]
 
     def _choices(self, _widget=None) -> list[tuple[str, object]]:
-        return [(ly.name, ly) for ly in self.layers()]
+        first = [(self.none_label, None)] if self.none_label is not None else []
+        return first + [(ly.name, ly) for ly in self.layers()]
 
     @property
     def value(self):

@@ -355,7 +355,14 @@ class SkipWidget(QWidget):
 
         # gradient flow
         self.class_combo = QComboBox()
-        self.region_combo = QComboBox()
+        from napari.layers import Labels, Shapes
+
+        from .forms import LayerPicker
+
+        # Shapes/Labels that mark a region (not our own feature layers); follows renames
+        self.region_picker = LayerPicker(napari_viewer, (Shapes, Labels), none_label=WHOLE,
+                                         accept=lambda ly: META_KEY not in ly.metadata)
+        self.region_combo = self.region_picker.native
         self.gradient_button = QPushButton("Gradient flow")
         self.gradient_plot = GradientPlot()
         grad_form = QFormLayout()
@@ -433,16 +440,7 @@ class SkipWidget(QWidget):
 
     def _refresh_layers(self, event=None) -> None:
         self.image_picker.refresh()  # (it follows the viewer itself; up to date first here)
-        from napari.layers import Labels, Shapes
-
-        region = self.region_combo.currentText()
-        self.region_combo.clear()
-        self.region_combo.addItem(WHOLE)
-        for ly in self.viewer.layers:
-            if isinstance(ly, (Shapes, Labels)) and META_KEY not in ly.metadata:
-                self.region_combo.addItem(ly.name)
-        if region and self.region_combo.findText(region) >= 0:
-            self.region_combo.setCurrentText(region)
+        self.region_picker.refresh()
         if event is not None and getattr(event, "type", "") == "inserted":
             layer = event.value
             if META_KEY in getattr(layer, "metadata", {}) and feature_key(layer):
@@ -605,10 +603,10 @@ class SkipWidget(QWidget):
         if self.capture is None or self.worker is not None:
             return None
         region = None
-        name = self.region_combo.currentText()
-        if name and name != WHOLE and name in self.viewer.layers:
+        layer = self.region_picker.value
+        if layer is not None and layer in self.viewer.layers:
             try:
-                region = region_from_layer(self.viewer.layers[name], self.viewer.layers[self.source.name]
+                region = region_from_layer(layer, self.viewer.layers[self.source.name]
                                            if self.source.name in self.viewer.layers else None,
                                            self.capture.input)
             except ValueError as err:

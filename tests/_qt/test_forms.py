@@ -45,6 +45,22 @@ def test_picker_follows_adds_removes_moves_and_renames(make_napari_viewer, qtbot
     assert picker.value is None and _items(picker.native) == []
 
 
+def test_picker_with_a_no_layer_choice(make_napari_viewer, qtbot):
+    """The Skip widget's region picker: "whole" (None) first, then layers; a renamed region
+    layer stays chosen."""
+    viewer = make_napari_viewer()
+    picker = LayerPicker(viewer, Labels, none_label="whole slice")
+    qtbot.addWidget(picker.native)
+    assert _items(picker.native) == ["whole slice"] and picker.value is None
+    roi = viewer.add_labels(np.zeros((8, 8), int), name="roi")
+    assert _items(picker.native) == ["whole slice", "roi"] and picker.value is None
+    picker.value = roi
+    roi.name = "cells"
+    assert _items(picker.native) == ["whole slice", "cells"] and picker.value is roi
+    viewer.layers.remove(roi)
+    assert picker.value is None and _items(picker.native) == ["whole slice"]
+
+
 def test_picker_detaches_when_its_widget_is_deleted(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     picker = LayerPicker(viewer, Labels)

@@ -74,12 +74,16 @@ def test_bad_input_is_one_clear_line(model_home, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("moment", ["training", "writing", "saved"])
-def test_ctrl_c_leaves_the_store_unchanged(model_home, tmp_path, capsys, monkeypatch, moment):
+def test_ctrl_c_leaves_the_store_unchanged(model_home, tmp_path, capsys, monkeypatch, moment, request):
     """A real SIGINT (Ctrl-C) during training, while the new version's weights are written,
     or just after the version is complete: exit code 130, one line, the store as it was
     (no new version, the active model unchanged, even with --activate)."""
     import os
     import signal
+
+    # Ctrl-C as in a terminal, also where the test run itself ignores SIGINT (nohup, `&`)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
 
     import napari_skipseg.training.finetune as finetune_mod
     from napari_skipseg.model import store

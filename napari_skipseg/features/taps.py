@@ -312,15 +312,9 @@ def resize_to(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _first_tensor(out):
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        for item in out:
-            if isinstance(item, torch.Tensor):
-                return item
-    raise TypeError(f"expected a tensor output, got {type(out).__name__}")
+    from ..model.foreign import first_tensor  # one rule for every network's output
+
+    return first_tensor(out)
 
 
 def as_taps(model):

@@ -478,6 +478,8 @@ def cmd_import_model(args) -> int:
 
     if is_package(args.checkpoint):
         return cmd_import_package(args)
+    if str(args.checkpoint).lower().endswith(".zip") and Path(args.checkpoint).is_file():
+        raise CLIError(f"{args.checkpoint}: not a bioimage.io model package (a zip archive holding rdf.yaml)")
     if args.config is None:  # a network of another package, or a TorchScript / torch.export program
         return _import_foreign(args)
     folder = import_checkpoint(args.checkpoint, args.config, args.output, overwrite=args.overwrite,

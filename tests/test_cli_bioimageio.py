@@ -95,3 +95,17 @@ def test_models_verbose_shows_each_bundled_models_licence(capsys):
     text = "\n".join(licences)
     for expected in ("weights CC0-1.0", "research-use", "weights CC-BY-SA-4.0", "weights CC-BY-3.0", "weights MIT"):
         assert expected in text
+
+
+def test_import_model_of_a_zip_that_is_no_package(model_home, tmp_path, capsys):
+    import zipfile
+
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as z:
+        z.writestr("weights.pt", b"x")
+    for path in (junk, other):
+        assert main(["import-model", str(path), "-o", "x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"skipseg: error: {path}: not a bioimage.io model package (a zip archive holding rdf.yaml)"

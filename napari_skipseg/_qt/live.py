@@ -37,6 +37,7 @@ from ..interactive import (
 )
 from ._jobs import job
 from ._labels import WrapLabel
+from .theme import hint
 
 #: Units kept in the cache (slices of a 2D run, blocks of a 3D run).
 CACHE_UNITS = 64
@@ -204,8 +205,8 @@ class LiveMode(QWidget):
                               "around it) at once; slices done are kept in a small cache until the image, model "
                               "or an option changes")
         self.check.setChecked(False)
-        self.status = WrapLabel("")  # its own line: a long status does not widen the dock
-        self.status.setStyleSheet("color: #9aa0a6;")
+        # its own line: a long status does not widen the dock; secondary text in the theme's colour
+        self.status = hint(WrapLabel(""))
         column = QVBoxLayout(self)
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(2)

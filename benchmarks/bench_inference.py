@@ -1,6 +1,6 @@
 """Seconds per 512x512 slice for a model on this machine, end to end through the engine.
 
-    python benchmarks/bench_inference.py [--model nuclei2d] [--slices 8] [--device auto]
+    python benchmarks/bench_inference.py [--model nuclei2d] [--slices 8] [--device auto] [--flips on|off]
 
 Prints a JSON line: network-only and engine (normalise, tile, blend, post-process) times.
 """
@@ -19,6 +19,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default="instances")
+    parser.add_argument("--flips", choices=("model", "on", "off"), default="model",
+                        help="test-time flips: the model card's default, or on/off")
     args = parser.parse_args()
 
     import torch
@@ -40,12 +42,13 @@ def main() -> None:
             model(x)
         net = (time.perf_counter() - t) / 3
 
-    run(predict(model, image[:1], output=args.output, device=device))  # warm-up
+    flips = None if args.flips == "model" else args.flips == "on"
+    run(predict(model, image[:1], output=args.output, device=device, flips=flips))  # warm-up
     t = time.perf_counter()
-    result = run(predict(model, image, output=args.output, device=device))
+    result = run(predict(model, image, output=args.output, device=device, flips=flips))
     engine = (time.perf_counter() - t) / args.slices
     print(json.dumps({
-        "model": args.model, "device": describe(device), "slice": [args.size, args.size],
+        "model": args.model, "device": describe(device), "slice": [args.size, args.size], "flips": args.flips,
         "network_s_per_slice": round(net, 3), "engine_s_per_slice": round(engine, 3),
         "megapixels_per_s": round(args.size**2 / engine / 1e6, 3),
         "objects": int(result.labels.max()) if result.labels is not None else None,

@@ -55,23 +55,22 @@ def data_home() -> Path:
     return new
 
 
-def cache_home() -> Path:
-    """The folder for caches that may be deleted at any time (exported networks)."""
-    env = os.environ.get("SKIPSEG_CACHE")
-    if env:
-        return Path(env)
+def _env_or_platform(env: str, sub: str, platform_dir: str) -> Path:
+    """``$env``, else ``$SKIPSEG_HOME/sub``, else platformdirs' ``platform_dir`` for the app."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value)
     home = os.environ.get("SKIPSEG_HOME")
     if home:
-        return Path(home) / "cache"
-    return Path(_platformdirs().user_cache_dir(APP, appauthor=False))
+        return Path(home) / sub
+    return Path(getattr(_platformdirs(), platform_dir)(APP, appauthor=False))
+
+
+def cache_home() -> Path:
+    """The folder for caches that may be deleted at any time (exported networks)."""
+    return _env_or_platform("SKIPSEG_CACHE", "cache", "user_cache_dir")
 
 
 def config_home() -> Path:
     """The folder of the user's settings (the widgets' remembered values)."""
-    env = os.environ.get("SKIPSEG_CONFIG")
-    if env:
-        return Path(env)
-    home = os.environ.get("SKIPSEG_HOME")
-    if home:
-        return Path(home) / "config"
-    return Path(_platformdirs().user_config_dir(APP, appauthor=False))
+    return _env_or_platform("SKIPSEG_CONFIG", "config", "user_config_dir")

@@ -42,6 +42,8 @@ def main() -> None:
     names = sorted(p.name for p in (root / "images").glob("*.tif"))
     if args.limit:
         names = names[: args.limit]
+    if not names:
+        raise SystemExit(f"no images in {root / 'images'}: set SKIPSEG_DATA to the shared data folder")
     ranged = load_model("nuclei2d")
     median = copy.deepcopy(ranged)
     median.config.training_scale = {k: v for k, v in median.config.training_scale.items() if k != "diameter_range"}

@@ -23,6 +23,10 @@ How (Cellpose 1's two passes, with a model-free first guess):
    border are measured; their median, mapped back to input pixels, is the estimate. At the
    training scale the network separates objects well, so this measures real objects. When
    the second pass finds nothing, the first guess is returned.
+4. **Check (instance models).** Objects that measure smaller than the training size by more
+   than :data:`CONVERGED` at the zoom chosen to give them that size fell apart there (the
+   network read enlarged noise or texture as objects: images unlike its training data); the
+   objects of the first pass, at scale 1, are measured instead (:func:`_broke_up`).
 
 Semantic models: em2d's objects are its cells (interiors between membranes), which this
 measures as for instances. hippocampus3d's is one structure per volume: the estimate is that
@@ -259,8 +263,11 @@ def _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode):
     first = None
     if output == "semantic" and trained is not None:
         zoom = _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode)
+    at_one = None  # instance models: the first pass's (scale 1) segmentation
     for _ in range(MAX_PASSES):
         seg, real = _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output)
+        if at_one is None and output == "instances":
+            at_one = seg
         if output == "semantic":
             # regions between membranes, or one anatomical structure: their connected
             # components are measured directly (no boundary class to over-split them, and
@@ -283,9 +290,29 @@ def _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode):
             break  # the network saw its objects at about the training size
         zoom = target
     objects = _measure(cfg, _objects(cfg, seg))
+    if len(objects) and at_one is not None and at_one is not seg and _broke_up(objects, trained):
+        # enlarged past what the network knows, the objects fell apart: measure them as they are
+        objects, real = _measure(cfg, _objects(cfg, at_one)), (1.0,) * nd
     if not len(objects):
         return None, first
     return objects / np.asarray(real)[None, :], first
+
+
+def _broke_up(objects: np.ndarray, trained: tuple[float, ...]) -> bool:
+    """Whether ``objects`` (a later pass's, in its working pixels) measure smaller than the
+    training size by more than :data:`CONVERGED` (geometric means over the axes).
+
+    That pass's zoom was chosen so that the objects would have the training size there. On
+    images like the training data they do, or measure larger (the first guess reads inner
+    radii, which run small); on images the network does not know (low signal, texture) the
+    enlarged texture is read as objects and every object breaks into pieces, which measure
+    smaller than the training size (mouse-embryo slices for nuclei2d: 4-8 px measured for
+    13 px nuclei after a x2-3 zoom, 10-13 px in working pixels for 20 px ones). Such a pass is
+    not trusted: the objects of the first pass, at scale 1, are measured instead.
+    """
+    working = math.exp(float(np.mean(np.log(np.maximum(np.median(objects, axis=0), 1e-6)))))
+    target = math.exp(sum(math.log(t) for t in trained) / len(trained))
+    return working < target / CONVERGED
 
 
 def _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode) -> tuple[float, ...]:

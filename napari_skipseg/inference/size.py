@@ -307,7 +307,7 @@ def _broke_up(objects: np.ndarray, trained: tuple[float, ...]) -> bool:
     radii, which run small); on images the network does not know (low signal, texture) the
     enlarged texture is read as objects and every object breaks into pieces, which measure
     smaller than the training size (mouse-embryo slices for nuclei2d: 4-8 px measured for
-    13 px nuclei after a x2-3 zoom, 10-13 px in working pixels for 20 px ones). Such a pass is
+    13 px nuclei after a x2-3 zoom: 9-16 px in working pixels for 20 px ones). Such a pass is
     not trusted: the objects of the first pass, at scale 1, are measured instead.
     """
     working = math.exp(float(np.mean(np.log(np.maximum(np.median(objects, axis=0), 1e-6)))))

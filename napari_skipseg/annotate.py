@@ -257,6 +257,7 @@ def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_
     radius) and lie farther than 3/4 of a typical radius from every click. Distances are
     physical (``spacing``) so that an anisotropic volume is cut as its objects are shaped."""
     from scipy import ndimage as ndi
+    from skimage.measure import label as sk_label
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
@@ -279,9 +280,14 @@ def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_
     # their markers in order of the physical distance to the nearest marker, a geodesic
     # Voronoi split; they meet where the interior dips (the model's boundaries between
     # touching objects)
-    to_marker = ndi.distance_transform_edt(markers == 0, sampling=sp).astype(np.float32)
-    ramp = 0.9 * to_marker / max(float(to_marker.max()), 1e-6)
-    voronoi = watershed(ramp, markers=markers, mask=region)
+    to_marker, nearest = ndi.distance_transform_edt(markers == 0, sampling=sp, return_indices=True)
+    ramp = (0.9 * to_marker / max(float(to_marker.max()), 1e-6)).astype(np.float32)
+    # each pixel to its nearest marker (physical distance); a part cut off from its marker
+    # inside the region is flooded from the parts around it
+    voronoi = np.where(region, markers[tuple(nearest)], 0)
+    comp = sk_label(voronoi, background=0, connectivity=1)  # connected parts of one label each
+    own = np.isin(comp, np.unique(comp[markers > 0]))
+    voronoi = watershed(ramp, markers=np.where(own, voronoi, 0), mask=region)
     if interior is None:
         return voronoi
     cells = watershed(-np.round(interior * 10).astype(np.float32) + ramp, markers=markers, mask=region)

@@ -177,7 +177,6 @@ def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | Non
              diameter: float | None = None, spatial_dims: int | None = None, spacing=None) -> Edit:
     """A new object at ``point`` (see :func:`add_object`), as an :class:`Edit`."""
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     pt = _point(labels, point)
     _check_probs(labels, probs)
@@ -211,7 +210,7 @@ def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | Non
         click = mine.astype(markers.dtype)
         click[local] = 1
         others = np.where((markers > 0) & ~mine, markers + 1, 0)
-        ws = watershed(-interior, markers=np.maximum(click, others), mask=region)
+        ws = _flood(-100 * interior, np.maximum(click, others), region, 1, sp)  # interior first, distance on ties
         region = _component(ws == 1, local)
         region = _cells(region, [local], interior, diameter, sd, sp) == 1
     if region is None or not region.any():  # nothing to go on: a disc of the usual size
@@ -257,9 +256,7 @@ def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_
     radius) and lie farther than 3/4 of a typical radius from every click. Distances are
     physical (``spacing``) so that an anisotropic volume is cut as its objects are shaped."""
     from scipy import ndimage as ndi
-    from skimage.measure import label as sk_label
     from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     sp = np.ones(region.ndim) if spacing is None else np.asarray(spacing, float)
     markers = np.zeros(region.shape, np.int32)
@@ -277,26 +274,44 @@ def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_
             if near > 0.75 * r:
                 markers[tuple(int(v) for v in p)] = len(clicks) + 1 + j
     # flat where the model is sure (interior in steps of 0.1): there the cells grow from
-    # their markers in order of the physical distance to the nearest marker, a geodesic
-    # Voronoi split; they meet where the interior dips (the model's boundaries between
-    # touching objects)
+    # their markers in order of the physical distance to the nearest marker; they meet
+    # where the interior dips (the model's boundaries between touching objects)
+    elevation = None if interior is None else -np.round(interior * 10).astype(np.float32)
+    return _flood(elevation, markers, region, len(clicks), sp)
+
+
+def _nearest(markers: np.ndarray, region: np.ndarray, sp) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells, ramp)``: every pixel of ``region`` to its nearest marker (physical distance;
+    a part cut off from its marker inside the region is flooded from the parts around it),
+    and the distance to the nearest marker scaled to [0, 0.9]."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label as sk_label
+    from skimage.segmentation import watershed
+
     to_marker, nearest = ndi.distance_transform_edt(markers == 0, sampling=sp, return_indices=True)
     ramp = (0.9 * to_marker / max(float(to_marker.max()), 1e-6)).astype(np.float32)
-    # each pixel to its nearest marker (physical distance); a part cut off from its marker
-    # inside the region is flooded from the parts around it
-    voronoi = np.where(region, markers[tuple(nearest)], 0)
-    comp = sk_label(voronoi, background=0, connectivity=1)  # connected parts of one label each
+    cells = np.where(region, markers[tuple(nearest)], 0)
+    comp = sk_label(cells, background=0, connectivity=1)  # connected parts of one label each
     own = np.isin(comp, np.unique(comp[markers > 0]))
-    voronoi = watershed(ramp, markers=np.where(own, voronoi, 0), mask=region)
-    if interior is None:
+    return watershed(ramp, markers=np.where(own, cells, 0), mask=region), ramp
+
+
+def _flood(elevation, markers: np.ndarray, region: np.ndarray, n_clicks: int, sp) -> np.ndarray:
+    """Watershed of ``elevation`` from ``markers`` inside ``region`` (ties broken by the
+    physical distance to the nearest marker); markers 1..``n_clicks`` are the user's.
+
+    A click where the model saw a boundary (low interior: high elevation) is flooded last
+    and may keep only itself: where a click's cell is under a quarter of its share by
+    distance, the model's boundaries disagree with the clicks, and the distance decides."""
+    from skimage.segmentation import watershed
+
+    voronoi, ramp = _nearest(markers, region, sp)
+    if elevation is None:
         return voronoi
-    cells = watershed(-np.round(interior * 10).astype(np.float32) + ramp, markers=markers, mask=region)
-    # a click where the model saw a boundary (low interior) is flooded last and may keep only
-    # itself: where a click's cell is under a quarter of its share by distance, the
-    # model's boundaries disagree with the clicks, and the distance decides
-    n = len(clicks) + 1
+    cells = watershed(elevation + ramp, markers=markers, mask=region)
+    n = int(max(markers.max(), n_clicks)) + 1
     got, share = np.bincount(cells.ravel(), minlength=n), np.bincount(voronoi.ravel(), minlength=n)
-    if any(got[i] < 0.25 * share[i] for i in range(1, len(clicks) + 1)):
+    if any(got[i] < 0.25 * share[i] for i in range(1, n_clicks + 1)):
         return voronoi
     return cells
 

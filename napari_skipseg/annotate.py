@@ -6,7 +6,9 @@ Headless (no Qt, no napari): the *Correct* widget, the tests and
 ``labels`` is an integer array (``(y, x)``, ``(z, y, x)``, or a stack of either) changed in
 place; ``probs`` is what ``segment(..., output="probabilities")`` returns for the same
 image, ``(classes, *labels.shape)`` (None where there are none); points are ``(y, x)`` or
-``(z, y, x)``, one coordinate per axis of ``labels``.
+``(z, y, x)``, one coordinate per axis of ``labels`` (pixel indices); ``spacing`` (add and
+split) is the pixel size along the spatial axes (a layer's scale, e.g. ``(1.75, 0.8, 0.8)``
+um), in which distances and diameters are then measured.
 
 Every tool has two forms: ``add_object(...)`` changes ``labels`` in place, and
 ``plan_add(...)`` returns the :class:`Edit` (indices and new values) without touching it,
@@ -469,7 +471,11 @@ def split_object(labels: np.ndarray, probs, point_a, point_b, **options) -> int:
     given; without, the parts grow equally fast from the two points). An object holding more
     than two (maxima of the distance to its edge, behind a neck; ``diameter``, default:
     measured on ``labels``, sets the scale) is cut around those other centres too, so that
-    ``point_a``'s part is one object.
+    ``point_a``'s part is one object. Where a click lies on the model's boundary (its part
+    would be under a quarter of its share), each pixel goes to the nearer click instead.
+    ``spacing`` (the size of a pixel along each spatial axis, e.g. the layer's scale): the
+    distances, centres and ``diameter`` are physical, so that anisotropic voxels are cut as
+    the objects are shaped (default 1: pixel steps).
     The part of ``point_a`` keeps the id; the rest, with ``point_b``, gets a new id, which is
     returned."""
     edit = plan_split(labels, probs, point_a, point_b, **options)

@@ -338,14 +338,15 @@ def _scene_with_a_faint_spot(ndim: int, dark: bool):
 
 
 @pytest.mark.parametrize("dark", [False, True])
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_add_object_where_the_model_saw_nothing_takes_the_spot_the_image_shows(ndim, dark):
+@pytest.mark.parametrize("ndim,spacing", [(2, None), (3, None), (3, (2.0, 0.5, 0.5))])
+def test_add_object_where_the_model_saw_nothing_takes_the_spot_the_image_shows(ndim, spacing, dark):
     """Foreground 0 at the click: the object is the spot above half its height over the
-    background, bright or dark as the model's objects are, not a disc of the usual size."""
+    background, bright or dark as the model's objects are, not a disc of the usual size
+    (also with voxels 2 x 0.5 x 0.5)."""
     labels, probs, image = _scene_with_a_faint_spot(ndim, dark)
     expected = labels.copy()
     expected[box(ndim, (14, 14), (16, 17))] = 2
-    assert ann.add_object(labels, probs, pt(ndim, 15, 15), image=image, params=PARAMS) == 2
+    assert ann.add_object(labels, probs, pt(ndim, 15, 15), image=image, params=PARAMS, spacing=spacing) == 2
     np.testing.assert_array_equal(labels, expected)
 
 

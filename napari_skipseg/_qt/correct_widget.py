@@ -485,7 +485,7 @@ class CorrectWidget(QWidget):
         src = self.source(layer)
         labels = layer.data
         # the layer's scale is its pixel size: the tools measure distances and sizes with it
-        spacing = tuple(float(v) for v in layer.scale[layer.ndim - min(src.spatial_dims, layer.ndim):])
+        spacing = tuple(abs(float(v)) for v in layer.scale[layer.ndim - min(src.spatial_dims, layer.ndim):])
         try:
             if tool == "add":
                 edit = ann.plan_add(labels, src.probs, points[0], image=src.image, params=self._params(src),

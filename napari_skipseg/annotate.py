@@ -6,7 +6,9 @@ Headless (no Qt, no napari): the *Correct* widget, the tests and
 ``labels`` is an integer array (``(y, x)``, ``(z, y, x)``, or a stack of either) changed in
 place; ``probs`` is what ``segment(..., output="probabilities")`` returns for the same
 image, ``(classes, *labels.shape)`` (None where there are none); points are ``(y, x)`` or
-``(z, y, x)``, one coordinate per axis of ``labels``.
+``(z, y, x)``, one coordinate per axis of ``labels`` (pixel indices); ``spacing`` (add and
+split) is the pixel size along the spatial axes (a layer's scale, e.g. ``(1.75, 0.8, 0.8)``
+um), in which distances and diameters are then measured.
 
 Every tool has two forms: ``add_object(...)`` changes ``labels`` in place, and
 ``plan_add(...)`` returns the :class:`Edit` (indices and new values) without touching it,
@@ -80,12 +82,15 @@ def _point(labels: np.ndarray, point) -> tuple[int, ...]:
     return p
 
 
-def _window(shape, point, radius: int, spatial_dims: int) -> tuple[slice, ...]:
-    """Slices around ``point``: ``radius`` on the spatial axes, the point's own index on the
-    leading (slice) axes."""
+def _window(shape, point, radius: float, spatial_dims: int, spacing=None) -> tuple[slice, ...]:
+    """Slices around ``point``: ``radius`` (in the units of ``spacing``, default pixels) on
+    the spatial axes, the point's own index on the leading (slice) axes."""
     lead = len(shape) - spatial_dims
+    sp = np.ones(len(shape)) if spacing is None else spacing
     out = [slice(point[i], point[i] + 1) for i in range(lead)]
-    out += [slice(max(0, point[i] - radius), min(shape[i], point[i] + radius + 1)) for i in range(lead, len(shape))]
+    for i in range(lead, len(shape)):
+        r = int(np.ceil(radius / sp[i]))
+        out.append(slice(max(0, point[i] - r), min(shape[i], point[i] + r + 1)))
     return tuple(out)
 
 
@@ -103,21 +108,40 @@ def _bbox(mask_indices: tuple[np.ndarray, ...], shape, margin: int = 1) -> tuple
                  for ix, n in zip(mask_indices, shape, strict=True))
 
 
-def typical_diameter(labels: np.ndarray, spatial_dims: int | None = None) -> float:
-    """Median equivalent diameter (pixels) of the objects in ``labels`` (for a stack, of the
-    objects' areas per slice); :data:`DEFAULT_DIAMETER` when there are none."""
+def typical_diameter(labels: np.ndarray, spatial_dims: int | None = None, spacing=None) -> float:
+    """Median equivalent diameter of the objects in ``labels`` (for a stack, of the objects'
+    areas per slice), in pixels, or in the units of ``spacing`` (the size of a pixel along
+    each axis) where given; :data:`DEFAULT_DIAMETER` pixels when there are none."""
     spatial_dims = spatial_dims or min(labels.ndim, 3)
+    sp = _spacing(labels, spatial_dims, spacing)
     flat = np.asarray(labels).ravel()
     if flat.dtype.kind != "u" or flat.dtype.itemsize > 4:  # bincount takes these without a copy
         flat = flat.astype(np.int64)
     counts = np.bincount(flat)[1:]
     counts = counts[counts > 0]
     if counts.size == 0:
-        return DEFAULT_DIAMETER
-    size = float(np.median(counts))
+        return DEFAULT_DIAMETER * float(np.min(sp[labels.ndim - spatial_dims:]))
+    size = float(np.median(counts)) * float(np.prod(sp[labels.ndim - spatial_dims:]))
     if spatial_dims == 3:
         return float((6 * size / np.pi) ** (1 / 3))
     return float(np.sqrt(4 * size / np.pi))
+
+
+def _spacing(labels: np.ndarray, spatial_dims: int, spacing) -> np.ndarray:
+    """The size of a pixel along every axis of ``labels`` (1 on leading slice axes) from
+    ``spacing`` (one value per spatial axis, or per axis; None: 1 everywhere)."""
+    out = np.ones(labels.ndim)
+    if spacing is None:
+        return out
+    sp = np.asarray(spacing, dtype=float).ravel()
+    sd = min(spatial_dims, labels.ndim)
+    if sp.size == labels.ndim:
+        sp = sp[labels.ndim - sd:]
+    if sp.size != sd or not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise AnnotateError(f"spacing {tuple(np.ravel(spacing))} must be {sd} positive numbers "
+                            f"(one per spatial axis of the labels {tuple(labels.shape)})")
+    out[labels.ndim - sd:] = sp
+    return out
 
 
 def _new_id(labels: np.ndarray) -> int:
@@ -152,42 +176,47 @@ def _check_probs(labels: np.ndarray, probs) -> None:
 
 # -- tools ----------------------------------------------------------------------------------
 def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | None = None,
-             diameter: float | None = None, spatial_dims: int | None = None) -> Edit:
+             diameter: float | None = None, spatial_dims: int | None = None, spacing=None) -> Edit:
     """A new object at ``point`` (see :func:`add_object`), as an :class:`Edit`."""
     from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
 
     pt = _point(labels, point)
     _check_probs(labels, probs)
     sd = _spatial(labels, probs, spatial_dims)
+    sp = _spacing(labels, sd, spacing)
     if labels[pt]:
         return _nothing(labels.ndim, f"object {int(labels[pt])} is already there", int(labels[pt]))
-    diameter = diameter or typical_diameter(labels, sd)
-    win = _window(labels.shape, pt, max(16, int(np.ceil(2 * diameter))), sd)
+    diameter = diameter or typical_diameter(labels, sd, sp)
+    unit = float(np.min(sp[labels.ndim - sd:]))  # one pixel, in the units of the spacing
+    win = _window(labels.shape, pt, max(16 * unit, 2 * diameter), sd, sp)
     free = np.asarray(labels[win]) == 0
     local = _local(pt, win)
     p = {**DEFAULT_INSTANCE_PARAMS, **(params or {})}
     region = None
+    interior = fg = None
+    here = 0.0
     if probs is not None:
         interior, fg = _maps(probs, win)
         here = float(fg[local])
-        if here >= 0.01:  # the model saw something here (maybe faint): bounded by its foreground
-            t = min(float(p["mask"]), 0.5 * here)
-            region = (fg > t) & free
-            markers, n = ndi.label((interior > p["seed"]) & region)
-            # seeds within half a typical radius of the click are the click's object's own
-            near = _disc(markers.shape, local, 0.25 * diameter, sd)
-            mine = np.isin(markers, np.unique(markers[near & (markers > 0)])) & (markers > 0)
-            click = mine.astype(markers.dtype)
-            click[local] = 1
-            others = np.where((markers > 0) & ~mine, markers + 1, 0)
-            ws = watershed(-interior, markers=np.maximum(click, others), mask=region)
-            region = _component(ws == 1, local)
-            region = _cells(region, [local], interior, diameter, sd) == 1
-    if region is None:
-        region = _grow_from_image(image, win, local, free, diameter, sd) if image is not None else None
+    if image is not None and here < float(p["mask"]):
+        # the model saw little here: the object the image shows around the click
+        region = _grow_from_image(image, win, local, free, diameter, sd, sp, fg, float(p["mask"]))
+    if region is None and probs is not None and here >= 0.01:
+        # the model saw something here: bounded by its foreground
+        t = min(float(p["mask"]), 0.5 * here)
+        region = (fg > t) & free
+        markers, n = ndi.label((interior > p["seed"]) & region)
+        # seeds within a quarter of a typical diameter of the click are the click's object's own
+        near = _disc(markers.shape, local, 0.25 * diameter, sd, sp)
+        mine = np.isin(markers, np.unique(markers[near & (markers > 0)])) & (markers > 0)
+        click = mine.astype(markers.dtype)
+        click[local] = 1
+        others = np.where((markers > 0) & ~mine, markers + 1, 0)
+        ws = _flood(-100 * interior, np.maximum(click, others), region, 1, sp)  # interior first, distance on ties
+        region = _component(ws == 1, local)
+        region = _cells(region, [local], interior, diameter, sd, sp) == 1
     if region is None or not region.any():  # nothing to go on: a disc of the usual size
-        region = _disc(free.shape, local, diameter / 2, sd) & free
+        region = _disc(free.shape, local, diameter / 2, sd, sp) & free
     region = _component(region, local)
     new = _new_id(labels)
     idx = _indices(region, win)
@@ -198,56 +227,106 @@ def add_object(labels: np.ndarray, probs, point, **options) -> int:
     """Draw a new object at ``point``; return its id (the existing one when the click is on
     an object, which is then left as it is).
 
-    With probabilities, the object is seeded from the click and grown by a watershed over the
-    interior probability, bounded by the foreground (interior + boundary) above the mask
-    threshold (or above half the foreground probability at the click, where the model was
-    unsure) and by the other objects and seeds around it. Where there are no probabilities
-    (``probs`` None) or the model saw nothing, a region grows from ``image`` (pixels on the
-    click's side of the midpoint between its intensity and the local background); without
-    either, a disc of the objects' typical size. Only unlabelled pixels are taken.
+    Where the model's foreground probability at the click is at least the mask threshold,
+    the object is seeded from the click and grown by a watershed over the interior
+    probability, bounded by the foreground above the mask threshold and by the other objects
+    and seeds around it. Where the model saw little (foreground below the mask threshold)
+    and ``image`` is given, the object is what the image shows around the click: the
+    connected pixels above half the height of the brightest point near the click over the
+    local background (darker than half the depth for dark objects; which way round is
+    learnt from the model's foreground or the labels around), within one typical diameter;
+    where the image shows no contrast there, the model's faint foreground (above half its
+    value at the click) is used, and without either a disc of the objects' typical size.
+    Only unlabelled pixels are taken.
 
     ``options``: ``image``, ``params`` (watershed thresholds, as the model's
     ``postprocess``), ``diameter`` (typical object diameter, default: measured on
-    ``labels``), ``spatial_dims`` (2 for a stack of 2D slices; default 3 for 3D labels).
+    ``labels``), ``spatial_dims`` (2 for a stack of 2D slices; default 3 for 3D labels),
+    ``spacing`` (the size of a pixel along each spatial axis, e.g. ``(1.75, 0.8, 0.8)`` um
+    for z, y, x: distances and ``diameter`` are then physical; default 1).
     """
     edit = plan_add(labels, probs, point, **options)
     edit.apply(labels)
     return edit.label
 
 
-def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_dims: int) -> np.ndarray:
+def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_dims: int,
+           spacing=None) -> np.ndarray:
     """``region`` cut into cells by a watershed from the clicks (ids 1, 2, ...) and from the
     other object centres it holds (higher ids): maxima of the distance to its edge that stand
     out of it by ``h`` (a neck between touching objects; ``h`` = 1.5 px or 0.15 of a typical
-    radius) and lie farther than 3/4 of a typical radius from every click."""
+    radius) and lie farther than 3/4 of a typical radius from every click. Distances are
+    physical (``spacing``) so that an anisotropic volume is cut as its objects are shaped."""
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
+    sp = np.ones(region.ndim) if spacing is None else np.asarray(spacing, float)
     markers = np.zeros(region.shape, np.int32)
     for i, c in enumerate(clicks, 1):
         markers[tuple(c)] = i
-    r = max(diameter / 2.0, 2.0)
     lead = region.ndim - spatial_dims
+    unit = float(np.min(sp[lead:]))
+    r = max(diameter / 2.0, 2.0 * unit)
     if region.sum() > 4:
-        dist = ndi.distance_transform_edt(region)
-        h = max(1.5, 0.15 * r)
+        dist = ndi.distance_transform_edt(region, sampling=sp)
+        h = max(1.5 * unit, 0.15 * r)
         tops, n = ndi.label(h_maxima(dist, h) > 0)
         for j, p in enumerate(ndi.maximum_position(dist, tops, range(1, n + 1)) if n else []):
-            near = min(np.hypot.reduce(np.subtract(p[lead:], c[lead:], dtype=float)) for c in clicks)
+            near = min(np.hypot.reduce(np.subtract(p[lead:], c[lead:], dtype=float) * sp[lead:]) for c in clicks)
             if near > 0.75 * r:
                 markers[tuple(int(v) for v in p)] = len(clicks) + 1 + j
-    # flat where the model is sure (interior in steps of 0.1): there the cells grow
-    # breadth-first from their markers, a geodesic Voronoi split; they meet where the
-    # interior dips (the model's boundaries between touching objects)
-    elevation = np.zeros(region.shape, np.float32) if interior is None else -np.round(interior * 10)
-    return watershed(elevation, markers=markers, mask=region)
+    # flat where the model is sure (interior in steps of 0.1): there the cells grow from
+    # their markers in order of the physical distance to the nearest marker; they meet
+    # where the interior dips (the model's boundaries between touching objects)
+    elevation = None if interior is None else -np.round(interior * 10).astype(np.float32)
+    return _flood(elevation, markers, region, len(clicks), sp)
 
 
-def _disc(shape, centre, radius: float, spatial_dims: int) -> np.ndarray:
+def _nearest(markers: np.ndarray, region: np.ndarray, sp) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells, ramp)``: every pixel of ``region`` to its nearest marker (physical distance;
+    a part cut off from its marker inside the region is flooded from the parts around it),
+    and the distance to the nearest marker scaled to [0, 0.9]."""
+    from scipy import ndimage as ndi
+    from skimage.measure import label as sk_label
+    from skimage.segmentation import watershed
+
+    to_marker, nearest = ndi.distance_transform_edt(markers == 0, sampling=sp, return_indices=True)
+    ramp = (0.9 * to_marker / max(float(to_marker.max()), 1e-6)).astype(np.float32)
+    cells = np.where(region, markers[tuple(nearest)], 0)
+    comp = sk_label(cells, background=0, connectivity=1)  # connected parts of one label each
+    own = np.isin(comp, np.unique(comp[markers > 0]))
+    return watershed(ramp, markers=np.where(own, cells, 0), mask=region), ramp
+
+
+def _flood(elevation, markers: np.ndarray, region: np.ndarray, n_clicks: int, sp) -> np.ndarray:
+    """Watershed of ``elevation`` from ``markers`` inside ``region`` (ties broken by the
+    physical distance to the nearest marker); markers 1..``n_clicks`` are the user's.
+
+    A click where the model saw a boundary (low interior: high elevation) is flooded last
+    and may keep only itself: where a click's cell is under a quarter of its share by
+    distance, the model's boundaries disagree with the clicks, and the distance decides."""
+    from skimage.segmentation import watershed
+
+    voronoi, ramp = _nearest(markers, region, sp)
+    if elevation is None:
+        return voronoi
+    cells = watershed(elevation + ramp, markers=markers, mask=region)
+    n = int(max(markers.max(), n_clicks)) + 1
+    got, share = np.bincount(cells.ravel(), minlength=n), np.bincount(voronoi.ravel(), minlength=n)
+    if any(got[i] < 0.25 * share[i] for i in range(1, n_clicks + 1)):
+        return voronoi
+    return cells
+
+
+def _disc(shape, centre, radius: float, spatial_dims: int, spacing=None) -> np.ndarray:
+    """Pixels within ``radius`` (in the units of ``spacing``, default pixels) of ``centre`` on
+    the spatial axes."""
+    sp = np.ones(len(shape)) if spacing is None else spacing
+    lead = len(shape) - spatial_dims
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
-    d2 = sum((g - c) ** 2 for g, c in list(zip(grids, centre, strict=True))[len(shape) - spatial_dims:])
-    return np.broadcast_to(d2 <= max(radius, 1.0) ** 2, shape).copy()
+    d2 = sum(((g - c) * s) ** 2 for g, c, s in list(zip(grids, centre, sp, strict=True))[lead:])
+    unit = float(np.min(np.asarray(sp)[lead:]))
+    return np.broadcast_to(d2 <= max(radius, unit) ** 2, shape).copy()
 
 
 def _component(mask: np.ndarray, local) -> np.ndarray:
@@ -260,29 +339,64 @@ def _component(mask: np.ndarray, local) -> np.ndarray:
     return comp == comp[local]
 
 
-def _grow_from_image(image, win, local, free, diameter: float, spatial_dims: int) -> np.ndarray | None:
-    """Pixels around ``local`` that look like it: within one typical diameter of the click,
-    the connected region on the click's side of an Otsu threshold of its neighbourhood (two
-    diameters across), or of the midpoint between the click's intensity and the
-    neighbourhood's 10th/90th percentile when Otsu puts the click on the other side."""
-    from skimage.filters import threshold_otsu
+def _grow_from_image(image, win, local, free, diameter: float, spatial_dims: int, spacing=None,
+                     fg=None, mask: float = 0.5) -> np.ndarray | None:
+    """The object the image shows at ``local``, or None where it shows none.
+
+    Objects are bright on a dark background, or the other way round: learnt from the
+    model's foreground ``fg`` in the window (or the labelled pixels) against the rest; where
+    neither says, from which end of the neighbourhood's intensities the click lies nearer.
+    On the image smoothed over half a pixel, the object's peak is the brightest (darkest)
+    point within a fifth of a typical diameter of the click and the background the median
+    of the neighbourhood outside the model's foreground; the object is the connected
+    region above half the height of the peak over the background (half-max), within one
+    typical diameter of the click and outside the model's foreground (above ``mask``: the
+    ground of the objects around). None where the peak stands less than three noise levels
+    (median absolute deviation of the background) above the background."""
+    from scipy import ndimage as ndi
 
     img = np.asarray(image[win], dtype=np.float32)
     if img.ndim == free.ndim + 1:  # RGB / channels last
         img = img.mean(axis=-1)
     if img.shape != free.shape:
         return None
-    near = _disc(free.shape, local, diameter, spatial_dims)
-    vals = img[near]
-    v = float(np.median(img[tuple(slice(max(0, c - 1), c + 2) for c in local)]))
-    lo, hi = np.percentile(vals, [10, 90])
-    bright = abs(v - lo) >= abs(v - hi)  # brighter than its surroundings
-    t = float(threshold_otsu(vals)) if np.ptp(vals) > 0 else v
-    if bright != (v > t):  # Otsu splits elsewhere: the midpoint to the background
-        t = (v + lo) / 2 if bright else (v + hi) / 2
-    region = (img > t) if bright else (img < t)
-    region &= free & near
-    return _component(region, local) if region[local] else None
+    sp = np.ones(free.ndim) if spacing is None else np.asarray(spacing, float)
+    lead = free.ndim - spatial_dims
+    unit = float(np.min(sp[lead:]))
+    sigma = [0.0] * lead + [0.5 * unit / s for s in sp[lead:]]
+    img = ndi.gaussian_filter(img, sigma) if min(img.shape[lead:]) > 2 else img
+    others = (fg >= mask) if fg is not None else np.zeros(free.shape, bool)  # the model's objects' ground
+    near = _disc(free.shape, local, diameter, spatial_dims, sp)
+    obj = (fg > 0.5) if fg is not None else ~free
+    back = ((fg < 0.1) if fg is not None else free) & near
+    diff = float(np.median(img[obj]) - np.median(img[back])) if obj.sum() >= 5 and back.sum() >= 5 else 0.0
+    if abs(diff) > 0.1 * float(np.ptp(img)):  # the objects around stand out of the background
+        bright = diff > 0
+    else:  # nothing to learn from: the click's side of the neighbourhood
+        v = float(img[local])
+        lo, hi = np.percentile(img[near], [10, 90])
+        bright = abs(v - lo) >= abs(v - hi)
+    s = img if bright else -img
+    peak_zone = _disc(free.shape, local, max(2 * unit, 0.2 * diameter), spatial_dims, sp) & free
+    if not peak_zone.any():
+        return None
+    zone = np.where(peak_zone, s, -np.inf)
+    q = np.unravel_index(int(np.argmax(zone)), s.shape)
+    if back.sum() < 5:
+        back = near & free & ~peak_zone
+    if back.sum() < 5:
+        return None
+    b = float(np.median(s[back]))
+    noise = 1.4826 * float(np.median(np.abs(s[back] - b)))
+    top = float(s[q])
+    if top - b <= max(3 * noise, 1e-6 * max(abs(top), abs(b), 1.0)):
+        return None
+    region = (s > b + 0.5 * (top - b)) & free & near & ~others
+    if not region[q]:
+        return None
+    region = _component(region, q)
+    region = ndi.binary_fill_holes(region) & free
+    return region if region[local] else None
 
 
 def plan_delete(labels: np.ndarray, point) -> Edit:
@@ -327,7 +441,7 @@ def merge_objects(labels: np.ndarray, point_a, point_b) -> int:
 
 
 def plan_split(labels: np.ndarray, probs, point_a, point_b, *, diameter: float | None = None,
-               spatial_dims: int | None = None) -> Edit:
+               spatial_dims: int | None = None, spacing=None) -> Edit:
     """Split the object under both points in two (see :func:`split_object`), as an :class:`Edit`."""
     a, b = _point(labels, point_a), _point(labels, point_b)
     _check_probs(labels, probs)
@@ -343,8 +457,9 @@ def plan_split(labels: np.ndarray, probs, point_a, point_b, *, diameter: float |
     mask = np.asarray(labels[box]) == obj
     interior = _maps(probs, box)[0] if probs is not None else None
     sd = _spatial(labels, probs, spatial_dims)
-    diameter = diameter or typical_diameter(labels, sd)
-    cells = _cells(mask, [_local(a, box), _local(b, box)], interior, diameter, sd)
+    sp = _spacing(labels, sd, spacing)
+    diameter = diameter or typical_diameter(labels, sd, sp)
+    cells = _cells(mask, [_local(a, box), _local(b, box)], interior, diameter, sd, sp)
     new = _new_id(labels)
     idx = _indices(mask & (cells != 1), box)
     return Edit(idx, np.full(idx[0].size, new, labels.dtype), new, f"split object {obj}: new object {new}")
@@ -356,7 +471,11 @@ def split_object(labels: np.ndarray, probs, point_a, point_b, **options) -> int:
     given; without, the parts grow equally fast from the two points). An object holding more
     than two (maxima of the distance to its edge, behind a neck; ``diameter``, default:
     measured on ``labels``, sets the scale) is cut around those other centres too, so that
-    ``point_a``'s part is one object.
+    ``point_a``'s part is one object. Where a click lies on the model's boundary (its part
+    would be under a quarter of its share), each pixel goes to the nearer click instead.
+    ``spacing`` (the size of a pixel along each spatial axis, e.g. the layer's scale): the
+    distances, centres and ``diameter`` are physical, so that anisotropic voxels are cut as
+    the objects are shaped (default 1: pixel steps).
     The part of ``point_a`` keeps the id; the rest, with ``point_b``, gets a new id, which is
     returned."""
     edit = plan_split(labels, probs, point_a, point_b, **options)

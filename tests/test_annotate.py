@@ -317,3 +317,134 @@ def test_plans_do_not_change_the_labels():
     assert edit.indices[0].size == 9 and (edit.values == 0).all()
     edit.apply(labels)
     assert not labels.any()
+
+
+# -- image contrast, boundaries and spacing -------------------------------------------------------
+def _scene_with_a_faint_spot(ndim: int, dark: bool):
+    """An object the model found (labelled, foreground 1) and a small spot it missed
+    (foreground 0): bright spots on a dark background, or dark on bright."""
+    shape = grid(ndim, 24)
+    labels = np.zeros(shape, np.uint32)
+    fg = np.zeros(shape, np.float32)
+    found = box(ndim, (2, 2), (7, 7))
+    labels[found] = 1
+    fg[found] = 1.0
+    image = np.full(shape, 10.0, np.float32)
+    image[found] = 200.0
+    image[box(ndim, (14, 14), (16, 17))] = 40.0  # the faint spot: 30 over the background
+    if dark:
+        image = 255.0 - image
+    return labels, probs_from(np.zeros(shape, np.float32), fg), image
+
+
+@pytest.mark.parametrize("dark", [False, True])
+@pytest.mark.parametrize("ndim,spacing", [(2, None), (3, None), (3, (2.0, 0.5, 0.5))])
+def test_add_object_where_the_model_saw_nothing_takes_the_spot_the_image_shows(ndim, spacing, dark):
+    """Foreground 0 at the click: the object is the spot above half its height over the
+    background, bright or dark as the model's objects are, not a disc of the usual size
+    (also with voxels 2 x 0.5 x 0.5)."""
+    labels, probs, image = _scene_with_a_faint_spot(ndim, dark)
+    expected = labels.copy()
+    expected[box(ndim, (14, 14), (16, 17))] = 2
+    assert ann.add_object(labels, probs, pt(ndim, 15, 15), image=image, params=PARAMS, spacing=spacing) == 2
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_add_object_from_the_image_leaves_the_model_objects_ground():
+    """A faint spot touching a bright object the model saw (foreground >= mask, unlabelled):
+    the new object stops where the model's foreground begins."""
+    labels, probs, image = _scene_with_a_faint_spot(2, False)
+    image[14:17, 18:21] = 200.0  # an object the model saw but nobody labelled
+    probs = probs.copy()
+    probs[0, 14:17, 18:21], probs[2, 14:17, 18:21] = 0.0, 1.0
+    expected = labels.copy()
+    expected[14:17, 14:18] = 2
+    assert ann.add_object(labels, probs, (15, 15), image=image, params=PARAMS) == 2
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_add_object_without_contrast_draws_a_disc():
+    """No contrast at the click (a flat image): a disc of the typical diameter."""
+    labels = np.zeros((24, 24), np.uint32)
+    image = np.full((24, 24), 7.0, np.float32)
+    yy, xx = np.mgrid[:24, :24]
+    expected = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 9).astype(np.uint32)
+    assert ann.add_object(labels, None, (12, 12), image=image, diameter=6) == 1
+    np.testing.assert_array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_split_where_a_click_lies_on_the_models_boundary_cuts_by_distance(ndim):
+    """The model's interior is 0 around the first click (it saw a boundary there) and 1
+    all around: the watershed would flood everything from the second click and leave the
+    first only its own pixels; the parts are the nearer halves instead."""
+    labels = np.zeros(grid(ndim), np.uint32)
+    labels[box(ndim, (2, 2), (6, 13))] = 4
+    interior = np.where(labels > 0, 1.0, 0.0).astype(np.float32)
+    interior[box(ndim, (3, 3), (5, 5))] = 0.0  # a dip at the first click
+    probs = probs_from(interior, labels > 0)
+    expected = labels.copy()
+    expected[box(ndim, (2, 8), (6, 13))] = 5  # x >= 8 is nearer (4, 11) than (4, 4)
+    assert ann.split_object(labels, probs, pt(ndim, 4, 4), pt(ndim, 4, 11), diameter=100) == 5
+    np.testing.assert_array_equal(labels, expected)
+
+
+def _nearer(shape, a, b, spacing):
+    """True where the point is nearer ``b`` than ``a`` (physical distance)."""
+    grids = np.indices(shape).astype(float)
+    sp = np.asarray(spacing, float).reshape((-1,) + (1,) * len(shape))
+    da = (((grids - np.reshape(a, sp.shape)) * sp) ** 2).sum(0)
+    db = (((grids - np.reshape(b, sp.shape)) * sp) ** 2).sum(0)
+    assert not np.isclose(da, db).any()  # no ties: one answer
+    return db < da
+
+
+@pytest.mark.parametrize("spacing", [None, (3.0, 1.0, 1.0)])
+def test_split_in_3d_measures_in_the_voxels_spacing(spacing):
+    """A block split from two clicks without probabilities: each voxel goes to the nearer
+    click in micrometres (voxels 3 x 1 x 1), not in voxel steps."""
+    shape = (7, 12, 12)
+    labels = np.ones(shape, np.uint32)
+    a, b = (1, 2, 2), (4, 9, 7)  # no voxel is as near one as the other
+    expected = np.where(_nearer(shape, a, b, spacing or (1, 1, 1)), 2, 1).astype(np.uint32)
+    assert ann.split_object(labels, None, a, b, diameter=100, spacing=spacing) == 2
+    np.testing.assert_array_equal(labels, expected)
+    if spacing is not None:  # the voxel answer differs
+        assert (expected != np.where(_nearer(shape, a, b, (1, 1, 1)), 2, 1)).any()
+
+
+def test_split_in_2d_with_anisotropic_pixels():
+    shape = (12, 16)
+    labels = np.full(shape, 3, np.uint16)
+    a, b = (2, 3), (9, 10)
+    expected = np.where(_nearer(shape, a, b, (2.0, 1.0)), 4, 3).astype(np.uint16)
+    assert ann.split_object(labels, None, a, b, diameter=100, spacing=(2.0, 1.0)) == 4
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_add_object_disc_is_round_in_micrometres():
+    """Nothing to go on (no probabilities, no image): a ball of the typical diameter in
+    physical units, so 2 voxels deep where z voxels are twice as thick."""
+    labels = np.zeros((9, 15, 15), np.uint32)
+    zz, yy, xx = np.indices(labels.shape)
+    expected = (((zz - 4) * 2.0) ** 2 + (yy - 7) ** 2 + (xx - 7) ** 2 <= 16).astype(np.uint32)
+    assert ann.add_object(labels, None, (4, 7, 7), diameter=8, spacing=(2.0, 1.0, 1.0)) == 1
+    np.testing.assert_array_equal(labels, expected)
+    assert (labels[:, 7, 7] > 0).sum() == 5 and (labels[4, 7, :] > 0).sum() == 9
+
+
+def test_typical_diameter_in_physical_units():
+    labels = np.zeros((10, 20, 20), np.uint32)
+    labels[0:2, 0:4, 0:4] = 1  # 32 voxels of 2 x 1 x 1 = 64 um^3
+    labels[5:7, 10:14, 10:14] = 2
+    assert ann.typical_diameter(labels, 3) == pytest.approx((6 * 32 / np.pi) ** (1 / 3))
+    assert ann.typical_diameter(labels, 3, (2.0, 1.0, 1.0)) == pytest.approx((6 * 64 / np.pi) ** (1 / 3))
+
+
+def test_spacing_is_checked():
+    labels = np.zeros((4, 8, 8), np.uint32)
+    labels[1:3, 2:6, 2:6] = 1
+    for bad in [(1.0, 1.0), (0.0, 1.0, 1.0), (-1.0, 1.0, 1.0)]:
+        with pytest.raises(ann.AnnotateError, match="spacing"):
+            ann.split_object(labels, None, (1, 2, 2), (2, 5, 5), spacing=bad)
+    np.testing.assert_array_equal(labels[1:3, 2:6, 2:6], 1)

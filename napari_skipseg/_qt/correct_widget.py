@@ -484,16 +484,19 @@ class CorrectWidget(QWidget):
         t0 = time.perf_counter()
         src = self.source(layer)
         labels = layer.data
+        # the layer's scale is its pixel size: the tools measure distances and sizes with it
+        spacing = tuple(abs(float(v)) for v in layer.scale[layer.ndim - min(src.spatial_dims, layer.ndim):])
         try:
             if tool == "add":
                 edit = ann.plan_add(labels, src.probs, points[0], image=src.image, params=self._params(src),
-                                    spatial_dims=src.spatial_dims)
+                                    spatial_dims=src.spatial_dims, spacing=spacing)
             elif tool == "delete":
                 edit = ann.plan_delete(labels, points[0])
             elif tool == "merge":
                 edit = ann.plan_merge(labels, points[0], points[1])
             elif tool == "split":
-                edit = ann.plan_split(labels, src.probs, points[0], points[1], spatial_dims=src.spatial_dims)
+                edit = ann.plan_split(labels, src.probs, points[0], points[1], spatial_dims=src.spatial_dims,
+                                      spacing=spacing)
             elif tool == "box":
                 edit = ann.plan_box(labels, src.probs, points[0], points[1], params=self._params(src),
                                     spatial_dims=src.spatial_dims)

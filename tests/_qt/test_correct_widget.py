@@ -316,3 +316,33 @@ def test_keys_on_the_labels_layer_choose_the_tools(correct):
     assert w.tool is None and not layer.mode == "paint"
     layer.keymap[coerce_keybinding("n")](layer)
     assert "uncertainty" in w.status.text()
+
+
+def test_split_and_add_measure_with_the_layers_scale(correct):
+    """A 3D layer with voxels 3 x 1 x 1 (its scale): the widget's split and add are the
+    headless tools' with that spacing, not with cubic voxels."""
+    viewer, w = correct
+    labels = np.ones((7, 12, 12), np.uint32)
+    labels[:, :, 11] = 0
+    layer = viewer.add_labels(labels.copy(), name="cells", scale=(3.0, 1.0, 1.0))
+    a, b = (1, 2, 2), (4, 9, 7)
+    expected = labels.copy()
+    ann.split_object(expected, None, a, b, spacing=(3.0, 1.0, 1.0))
+    assert (expected != _split_voxels(labels, a, b)).any()  # the scale matters here
+    w.set_tool("split")
+    w.click(a)
+    w.click(b)
+    np.testing.assert_array_equal(layer.data, expected)
+    w.set_tool("delete")
+    w.click(a)
+    w.set_tool("add")
+    w.click((3, 3, 3))
+    ann.delete_object(expected, a)
+    ann.add_object(expected, None, (3, 3, 3), spacing=(3.0, 1.0, 1.0))
+    np.testing.assert_array_equal(layer.data, expected)
+
+
+def _split_voxels(labels, a, b):
+    out = labels.copy()
+    ann.split_object(out, None, a, b)
+    return out

@@ -117,11 +117,19 @@ def test_auto_range_in_3d_zooms_z_on_its_own():
     assert c.scale == pytest.approx((2.0, 1.0, 1.0))
 
 
-def test_nuclei3d_range_leaves_each_axis_within_it_alone():
-    """The bundled nuclei3d (voxels 1.75 x 0.8 x 0.8 um) records its training range per axis:
-    Z and the YX plane are separate axes, each left alone while its estimate lies within
-    its range and brought to the nearer end otherwise; pixel sizes do not override it."""
+#: nuclei3d's range as ``benchmarks/measure_training_scale.py --range nuclei3d`` measures it from
+#: its training masks at 1.75 x 0.8 x 0.8 um (not in its card: with it, auto scored lower on the
+#: validation embryos than with the median, README's benchmark rows)
+NUCLEI3D_RANGE = [[12.94, 16.01, 14.67], [15.24, 19.77, 17.79]]
+
+
+def test_a_3d_range_leaves_each_axis_within_it_alone():
+    """nuclei3d (voxels 1.75 x 0.8 x 0.8 um) with its measured training range: Z and the YX
+    plane are separate axes, each left alone while its estimate lies within its range and
+    brought to the nearer end otherwise; pixel sizes do not override it."""
     cfg = load_config("nuclei3d")
+    cfg.training_scale = {**cfg.training_scale, "diameter_range": NUCLEI3D_RANGE}
+    cfg.validate()
     lo, hi = cfg.training_scale["diameter_range"]
     assert all(a < b for a, b in zip(lo, hi, strict=True))
     lo_yx, hi_yx = math.sqrt(lo[1] * lo[2]), math.sqrt(hi[1] * hi[2])

@@ -28,11 +28,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/skipseg view
 
+# two worker processes (pytest-xdist), each with its own Xvfb: the suite is mostly single-threaded
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n auto --maxprocesses=2
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=2 -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check napari_skipseg tests benchmarks

@@ -16,6 +16,7 @@ segmentation or fine-tune started later does not pay for the import on the GUI t
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import importlib.util
 import os
@@ -36,7 +37,19 @@ MODULES = (
     "napari_skipseg.inference.engine",
     "napari_skipseg.inference.postprocess",
     "pandas",
+    "skimage.color",  # napari's label colormap imports it (with scipy.linalg) on first use
 )
+
+
+def warm_labels() -> None:
+    """Work napari's first Labels layer does once per process on the GUI thread, done here:
+    vispy builds the dash patterns of its line visuals (the labels' polygon overlay) on the
+    first one, 0.17 s, and caches them for the process."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:
+        return
+    DashAtlas()
 
 
 def torch_libraries() -> list[Path]:
@@ -77,6 +90,8 @@ def _run(modules: tuple[str, ...]) -> None:
             except ImportError:
                 if name == "torch":
                     raise
+        warm_labels()
+        gc.freeze()  # what was made so far lives as long as the process: no full scans of it
     except BaseException as err:  # noqa: BLE001 - reported by wait(); the job will raise it again
         _error = err
     finally:

@@ -93,6 +93,7 @@ class LiveContext:
 def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
     """The :class:`LiveContext` for ``source`` (a LayerSource) segmented with ``options``
     (the Segment widget's)."""
+    from .._preload import loaded_model
     from ..inference.axes import size_options
     from ..inference.backends import choose_backend
     from ..inference.device import select_device
@@ -100,12 +101,11 @@ def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
         image_intensity_range,
         plan,
         predict,
-            tile_voxels,
+        tile_voxels,
     )
     from ..layers import arrange_source, restore_result
-    from ..model.store import load_model
 
-    model = load_model(model_ref)
+    model = loaded_model(model_ref)
     cfg = model.config
     opts = dict(options)
     for k in ("results_folder", "link", "keep_probabilities"):

@@ -34,7 +34,7 @@ from ._jobs import job
 from ._labels import WrapLabel
 from ._sections import vertical_scroll
 from .live import LiveMode
-from .progressive import CancelChoice, ProgressiveRun, progressive_job
+from .progressive import CancelChoice, ProgressiveRun, RunWarmer, progressive_job
 
 
 @job
@@ -286,6 +286,7 @@ class SegmentWidget(QWidget):
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
+        self.warmer = RunWarmer(self)  # the next run prepared while the user chooses (progressive.py)
 
     # -- lists ----------------------------------------------------------------------------
     def _image_layers(self):
@@ -668,9 +669,13 @@ class SegmentWidget(QWidget):
         self.worker.quit()
 
     def _on_progress(self, event) -> None:
+        # QProgressBar.setValue repaints at once, and with it the window's canvas; with
+        # updates off it only asks for a paint on a later event-loop turn
+        self.progress.setUpdatesEnabled(False)
         self.progress.setTextVisible(True)
         self.progress.setRange(0, max(event.total, 1))
         self.progress.setValue(event.done)
+        self.progress.setUpdatesEnabled(True)
         if "device" in event.info:
             self.device_label.setText(f"device: {event.info['device']}")
 

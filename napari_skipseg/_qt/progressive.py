@@ -151,12 +151,17 @@ def warm_run(model_name: str, source, options: dict, stop: threading.Event | Non
     return done
 
 
+#: Longest wait (s) of a run's worker for its result layers to be in the viewer.
+READY_WAIT_S = 3.0
+
+
 @job
-def progressive_job(model_name: str, source, options: dict, near=None):
+def progressive_job(model_name: str, source, options: dict, near=None, ready: threading.Event | None = None):
     """Like the Segment widget's batch job for in-memory images, but the result arrays are
     made first and handed to the GUI (first event: ``info["layers"]``, layer data tuples
     over them), then filled unit by unit from the slice at ``near`` (a pixel of the result
-    in the source's axis order) outward. With test-time flips, the units in view are first
+    in the source's axis order) outward, once ``ready`` is set (the GUI has added the layers
+shown during the run; at most :data:`READY_WAIT_S`). With test-time flips, the units in view are first
     segmented once without them (``info["preview"]``: their regions), so that a first look
     comes in a third of the time; the full run then writes over them. Returns
     ``(result, placed, thread id)``."""
@@ -190,6 +195,8 @@ def progressive_job(model_name: str, source, options: dict, near=None):
     layers = result_layers(shell, placed, maps=maps)
     yield Progress(0, 1, "result layers", {"layers": layers, "shape": tuple(shell.labels.shape if labels is not None
                                                                           else shell.probabilities.shape[1:])})
+    if ready is not None:
+        ready.wait(READY_WAIT_S)
 
     with PREPARING:
         options["scale"] = _run_scale(pre, model_name, source)
@@ -282,6 +289,9 @@ class ProgressiveRun:
         self.complete = False
         self.ended = False  # cancelled and dealt with
         self.worker = None
+        #: set once the layers shown during the run are in the viewer: the worker waits for
+        #: it before it computes (napari builds a layer slower while the worker holds the GIL)
+        self.ready = threading.Event()
         # the selection before the run, put back when its layers are removed
         self.selected = list(viewer.layers.selection)
         self.active = viewer.layers.selection.active
@@ -349,9 +359,15 @@ class ProgressiveRun:
             if full and self.first_full is None:
                 self.first_full = now
 
-    def _add_next(self) -> None:
-        """Add one layer (labels first) and come back on the next event-loop turn."""
+    def _add_next(self, hidden: bool = False) -> None:
+        """Add one layer (labels first) and come back on the next event-loop turn. Hidden
+        layers (the probabilities beside labels) wait for the end of the run (``hidden``:
+        add them now): napari builds a layer on the GUI thread, slower while the worker
+        computes, and nothing of a hidden one is seen before the run ends."""
         if self.ended or not self.pending:
+            return
+        if not hidden and not self.pending[-1][1].get("visible", True):
+            self.ready.set()
             return
         data, kwargs, kind = self.pending.pop()
         try:
@@ -377,16 +393,23 @@ class ProgressiveRun:
                 self.first_shown = now
             if self.first_full is None and any(self._in_view(w) for w in self.regions):
                 self.first_full = now
-        if self.pending:
+        if self.pending and self.pending[-1][1].get("visible", True):
             QTimer.singleShot(LAYER_GAP_MS, self._add_next)  # let the viewer paint and take input between
+        else:  # the worker may go on (after this turn: the new layer's first paint)
+            QTimer.singleShot(0, self.ready.set)
 
     # -- end ------------------------------------------------------------------------------
-    def finish(self, result) -> list:
-        """The run is complete: add what was not added yet, record its time, redraw; returns
-        the layers (labels first)."""
-        while self.pending:
-            self._add_next()
+    def finish(self, result) -> tuple[list, list]:
+        """The run is complete: record its time, redraw. Returns the layers added (labels
+        first) and the layer data tuples still to add (hidden ones), for the widget to add
+        one per event-loop turn."""
         self.complete = True
+        pending, self.pending = self.pending, []
+        for i, (data, kwargs, kind) in enumerate(pending):
+            meta = dict(kwargs.get("metadata") or {})
+            meta["skipseg"] = {**(meta.get("skipseg") or {}), "device": result.device,
+                               "seconds": round(result.seconds, 3)}
+            pending[i] = (data, {**kwargs, "metadata": meta}, kind)
         for layer in self.layers:
             meta = dict(layer.metadata or {})
             info = dict(meta.get("skipseg") or {})
@@ -398,7 +421,7 @@ class ProgressiveRun:
                 layer.refresh()
         else:
             self._redraw()
-        return list(self.layers)
+        return list(self.layers), pending
 
     def cancel(self, keep: bool) -> str:
         """The run was cancelled: keep its finished part (marked partial) or remove its
@@ -407,8 +430,9 @@ class ProgressiveRun:
             return ""
         if keep and self.regions:  # the layers not added yet hold finished parts too
             while self.pending:
-                self._add_next()
+                self._add_next(hidden=True)
         self.ended = True
+        self.ready.set()
         self.pending = []
         self._undo_preview()
         alive = [layer for layer in self.layers if layer in self.viewer.layers]
@@ -475,7 +499,6 @@ class RunWarmer:
     """
 
     def __init__(self, segment) -> None:
-
         self.segment = segment
         self.timer = QTimer(segment)
         self.timer.setSingleShot(True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -578,7 +578,7 @@ class SegmentWidget(QWidget):
         self.worker = create_worker(
             _segment_job if self._progressive is None else progressive_job, model_ref, source,
             {**options, **({"results_folder": self.results_folder} if self.results_folder else {})},
-            *(() if self._progressive is None else (self._progressive.near,)),
+            *(() if self._progressive is None else (self._progressive.near, self._progressive.ready)),
             _start_thread=False, _ignore_errors=True,
         )
         if self._progressive is not None:
@@ -686,8 +686,9 @@ class SegmentWidget(QWidget):
         result, source, self.last_thread = value
         self.last_result = result
         if self._progressive is not None:  # its layers are in the viewer, filled: finish up
-            self._adding = {"pending": [], "added": self._progressive.finish(result), "result": result}
-            self._add_next_layer()
+            added, pending = self._progressive.finish(result)  # the hidden ones: one per turn, after this one
+            self._adding = {"pending": pending, "added": added, "result": result}
+            QTimer.singleShot(0, self._add_next_layer)
             return
         # napari takes a while to build each new layer (vispy visuals, layer controls): add
         # them one per event-loop turn, the labels first, so the viewer never freezes for
@@ -697,7 +698,6 @@ class SegmentWidget(QWidget):
 
     def _add_next_layer(self) -> None:
         from napari.utils.notifications import show_error
-        from qtpy.QtCore import QTimer
 
         state = self._adding
         if state is None:

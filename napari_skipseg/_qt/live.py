@@ -42,19 +42,50 @@ from .theme import hint
 #: Units kept in the cache (slices of a 2D run, blocks of a 3D run).
 CACHE_UNITS = 64
 #: Shortest and longest wait (ms) after a move before its slice is segmented.
-DEBOUNCE_MS = (40, 400)
+DEBOUNCE_MS = (40, 150)
 #: Moves further apart than this (s) are single steps, not a slider being dragged.
 DRAG_GAP_S = 0.5
+#: The wait after a move of a dragged slider, as a fraction of the interval between its moves.
+DEBOUNCE_FRACTION = 0.5
 
 
 def debounce_ms(interval_s: float | None) -> int:
-    """How long to wait after a move: a single step (``interval_s`` None) at once (the
-    shortest wait), a dragged slider 1.3 times the interval between its moves, so that the
-    request starts only when it has stopped."""
+    """How long to wait after a move: a single step (``interval_s`` None) the shortest
+    wait; a dragged slider half the interval between its moves (at least the shortest
+    wait, at most the longest). A slider dragged fast (moves closer than the shortest wait)
+    starts nothing until it rests; one moved slowly starts the slice under it early, on
+    the chance that it stays there, and the next move stops that request at once
+    (:class:`Stopper`), so the slice stopped on waits neither for the slider to be
+    thought at rest nor for a request it left behind."""
     lo, hi = DEBOUNCE_MS
     if interval_s is None:
         return lo
-    return int(min(max(1.3 * interval_s * 1000, lo), hi))
+    return int(min(max(DEBOUNCE_FRACTION * interval_s * 1000, lo), hi))
+
+
+class Stopper:
+    """Ends one live request at once from the GUI thread: the engine hands over its runner
+    (``predict(on_runner=)``) and :meth:`stop` makes its network calls in progress end
+    (ONNX Runtime; a PyTorch call runs to the end of its tile)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stopped = False
+        self.runner = None
+        self._lock = threading.Lock()
+
+    def attach(self, runner) -> None:
+        with self._lock:
+            self.runner = runner
+            if self.stopped:
+                runner.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            if self.runner is not None:
+                self.runner.stop()
 
 
 @dataclass
@@ -161,10 +192,11 @@ class LiveResult:
 
 
 @job
-def live_job(key, model_ref: str, source, options: dict, context: LiveContext | None, point: tuple):
+def live_job(key, model_ref: str, source, options: dict, context: LiveContext | None, point: tuple,
+             stopper: Stopper | None = None):
     """Worker: segment the units in view at ``point`` (source order) as a full run would.
     Yields the engine's progress (so that a superseded request can be cancelled between
-    batches); returns a :class:`LiveResult`."""
+    batches; ``stopper``: at once); returns a :class:`LiveResult`, or None when stopped."""
     from ..inference.engine import Progress, predict
 
     t0 = time.perf_counter()
@@ -174,8 +206,16 @@ def live_job(key, model_ref: str, source, options: dict, context: LiveContext | 
     todo = context.units_in_view(point)
     sink = UnitSink(tuple(context.data.shape[:-1] if context.channel_axis is not None else context.data.shape),
                     context.dtype)
-    yield from predict(context.model, context.data, channel_axis=context.channel_axis, units=todo,
-                       labels_out=sink, keep_probabilities=False, **context.predict_options)
+    if stopper is not None and stopper.stopped:
+        return None
+    try:
+        yield from predict(context.model, context.data, channel_axis=context.channel_axis, units=todo,
+                           labels_out=sink, keep_probabilities=False,
+                           on_runner=stopper.attach if stopper is not None else None, **context.predict_options)
+    except Exception:
+        if stopper is not None and stopper.stopped:  # the network call ended early: nothing to show
+            return None
+        raise
     blocks = []
     back = tuple(int(i) for i in np.argsort(context.order)) if context.order is not None else None
     n_lead = len(context.units[0][0])
@@ -217,6 +257,7 @@ class LiveMode(QWidget):
         self.layer = None
         self.worker = None
         self.running: tuple | None = None  # (key, point) of the request in the worker
+        self.stopper: Stopper | None = None  # ends the request in the worker at once
         self.waiting: tuple | None = None  # (key, point) to start when the worker is free
         self.shown: list[tuple] = []  # (point, perf_counter, "cached" | "computed", ms) per slice shown
         self.last_shown: tuple | None = None  # (key, point) of the slice shown last
@@ -279,7 +320,25 @@ class LiveMode(QWidget):
             self.request()  # from the cache: no reason to wait
             self._moved = False
             return
+        self._stop_if_left()
         self.timer.start(debounce_ms(self._interval))
+
+    def _stop_if_left(self) -> None:
+        """The request in the worker is no longer in view: end it now (its network call
+        too), so that the slice under the slider does not wait for it."""
+        if self.worker is None or self.running is None or self.context is None:
+            return
+        layer = self.segment._current_layer()  # noqa: SLF001
+        point = self.view_point(layer) if layer is not None else None
+        key, running_point = self.running
+        if point is None or key != self.context.key:
+            return
+        if set(self.context.units_in_view(point)) <= set(self.context.units_in_view(running_point)):
+            return  # (3D: the block computed holds the new slice too)
+        if self.stopper is not None:
+            self.stopper.stop()
+        self.worker.quit()
+        self.running = None  # (coming back to it asks for it again)
 
     def _cached_in_view(self) -> bool:
         layer = self.segment._current_layer()  # noqa: SLF001
@@ -352,7 +411,9 @@ class LiveMode(QWidget):
                 self.waiting = None  # already being computed
                 return
             self.waiting = wanted
-            self.worker.quit()  # superseded: stops at its next progress event
+            if self.stopper is not None:
+                self.stopper.stop()  # superseded: its network call ends at once
+            self.worker.quit()
             self.status.setText(f"live: {self._where(point)} waiting ...")
             return
         self._start(wanted)
@@ -362,16 +423,17 @@ class LiveMode(QWidget):
 
         key, point, model_ref, source, options = wanted
         self.running = (key, point)
+        self.stopper = Stopper()
         self.status.setText(f"live: {self._where(point)} computing ...")
-        self.worker = create_worker(live_job, key, model_ref, source, options, self.context, point,
+        self.worker = create_worker(live_job, key, model_ref, source, options, self.context, point, self.stopper,
                                     _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
 
-    def _on_result(self, result: LiveResult) -> None:
-        if not self.enabled or result.key != self.cache.key:  # switched off, or the options changed
+    def _on_result(self, result: LiveResult | None) -> None:
+        if result is None or not self.enabled or result.key != self.cache.key:  # switched off, or the options changed
             return
         self.context = result.context
         for index, where, labels in result.blocks:
@@ -387,6 +449,7 @@ class LiveMode(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.running = None
+        self.stopper = None
         wanted, self.waiting = self.waiting, None
         if wanted is not None and self.enabled:
             self._start(wanted)

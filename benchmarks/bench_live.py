@@ -83,6 +83,21 @@ def main() -> None:
     plain = viewer.add_labels(np.zeros(image.shape, np.uint32), name="plain labels", opacity=0.5)
     floor["image_and_labels"] = move_times(viewer, app, pump, args.slices)
     viewer.layers.remove(plain)
+    # where a stop's time goes: requests started (slice, when) and results (slice, when, compute s)
+    starts: list[tuple[int, float]] = []
+    results: list[tuple[int, float, float]] = []
+    real_start, real_result = live._start, live._on_result
+
+    def start(wanted):
+        starts.append((int(wanted[1][0]), time.perf_counter()))
+        return real_start(wanted)
+
+    def on_result(result):
+        if result is not None:
+            results.append((int(result.point[0]), time.perf_counter(), result.seconds))
+        return real_result(result)
+
+    live._start, live._on_result = start, on_result
     viewer.dims.set_current_step(0, 0)
     t = time.perf_counter()
     live.check.setChecked(True)
@@ -106,7 +121,13 @@ def main() -> None:
             pump(max(0.0, step - (time.perf_counter() - t_move)))
         latency, how = wait_shown(z, t_move)
         stops.append(z)
-        computed.append({"slice": z, "s": round(latency, 3), "how": how})
+        row = {"slice": z, "s": round(latency, 3), "how": how}
+        started = [t for zz, t in starts if zz == z and t >= t_move]
+        done = [(t, sec) for zz, t, sec in results if zz == z and t >= t_move]
+        if started and done:  # wait before the request started; its work in the worker; the rest
+            row.update(start_s=round(started[-1] - t_move, 3), worker_s=round(done[-1][1], 3),
+                       handoff_s=round(done[-1][0] - started[-1] - done[-1][1], 3))
+        computed.append(row)
         shown_slices.add(z)
         pump(0.3)
     requests = sum(1 for p in live.shown if p[2] == "computed")
@@ -115,8 +136,9 @@ def main() -> None:
         pump(0.6)
         t_move = time.perf_counter()
         viewer.dims.set_current_step(0, z)
+        in_move = time.perf_counter() - t_move  # napari's slicing and the handlers of the move
         latency, how = wait_shown(z, t_move)
-        cached.append({"slice": z, "s": round(latency, 3), "how": how})
+        cached.append({"slice": z, "s": round(latency, 3), "how": how, "move_s": round(in_move, 3)})
     timer.stop()
     gaps = np.diff(ticks) * 1000 if len(ticks) > 1 else np.zeros(1)
 

@@ -258,6 +258,7 @@ class LiveMode(QWidget):
         self.worker = None
         self.running: tuple | None = None  # (key, point) of the request in the worker
         self.stopper: Stopper | None = None  # ends the request in the worker at once
+        self.retired: list = []  # workers of requests stopped, still winding down
         self.waiting: tuple | None = None  # (key, point) to start when the worker is free
         self.shown: list[tuple] = []  # (point, perf_counter, "cached" | "computed", ms) per slice shown
         self.last_shown: tuple | None = None  # (key, point) of the slice shown last
@@ -335,10 +336,17 @@ class LiveMode(QWidget):
             return
         if set(self.context.units_in_view(point)) <= set(self.context.units_in_view(running_point)):
             return  # (3D: the block computed holds the new slice too)
+        self._retire()
+
+    def _retire(self) -> None:
+        """Stop the request in the worker and let it wind down on its own (its network
+        call ends at once; the rest, e.g. post-processing under way, in a moment), so that
+        the next request need not wait for it."""
         if self.stopper is not None:
             self.stopper.stop()
         self.worker.quit()
-        self.running = None  # (coming back to it asks for it again)
+        self.retired.append(self.worker)
+        self.worker, self.running, self.stopper = None, None, None
 
     def _cached_in_view(self) -> bool:
         layer = self.segment._current_layer()  # noqa: SLF001
@@ -410,6 +418,10 @@ class LiveMode(QWidget):
             if self.running is not None and self.running[:2] == (key, point):
                 self.waiting = None  # already being computed
                 return
+            if self.context is not None and self.context.key == key and not self.retired:
+                self._retire()  # superseded: stopped, and this one starts at once
+                self._start(wanted)
+                return
             self.waiting = wanted
             if self.stopper is not None:
                 self.stopper.stop()  # superseded: its network call ends at once
@@ -429,8 +441,9 @@ class LiveMode(QWidget):
                                     _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        worker = self.worker
+        worker.finished.connect(lambda: self._on_finished(worker))
+        worker.start()
 
     def _on_result(self, result: LiveResult | None) -> None:
         if result is None or not self.enabled or result.key != self.cache.key:  # switched off, or the options changed
@@ -446,7 +459,14 @@ class LiveMode(QWidget):
         message = " ".join(str(err).split("\n")) or type(err).__name__
         self.status.setText(f"live: failed: {message}")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker=None) -> None:
+        if worker is not None and worker is not self.worker:  # a request retired before
+            if worker in self.retired:
+                self.retired.remove(worker)
+            if self.worker is None and self.waiting is not None and self.enabled:
+                wanted, self.waiting = self.waiting, None
+                self._start(wanted)
+            return
         self.worker = None
         self.running = None
         self.stopper = None

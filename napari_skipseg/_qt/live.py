@@ -2,11 +2,11 @@
 
 While the checkbox is on, every move through the stack's Z or T (``viewer.dims``) asks for
 the units that make the slice in view (2D models: the slice; 3D models: the blocks holding
-it, see :func:`napari_skipseg.interactive.units_at`). Moves come quickly while a slider is
-dragged: a request waits until the slider has rested a little longer than the interval
-between the last moves (:func:`debounce_ms`), a newer request replaces one that has not
-started, and one running is cancelled (at the engine's next progress event) when it is no
-longer what is in view. Units computed stay in a small cache (:class:`UnitCache`, least
+it, see :func:`napari_skipseg.interactive.units_at`). A single step or a slowly moved
+slider asks at once; a slider dragged fast waits until it rests a little longer than the
+interval between its moves (:func:`debounce_ms`). A request no longer in view is stopped at
+once (its network call too, :class:`Stopper`) and left to wind down while the next one
+starts. Units computed stay in a small cache (:class:`UnitCache`, least
 recently used out), emptied when the image, the model, or any option (diameter, thresholds,
 output, tile, ...) changes; a Labels layer shows them (:class:`CachedLabels`: memory of
 the cached units only). The network runs in a worker thread exactly as in a full run of the
@@ -41,26 +41,27 @@ from .theme import hint
 
 #: Units kept in the cache (slices of a 2D run, blocks of a 3D run).
 CACHE_UNITS = 64
-#: Shortest and longest wait (ms) after a move before its slice is segmented.
+#: Shortest and longest wait (ms) after a move of a slider dragged fast.
 DEBOUNCE_MS = (40, 150)
 #: Moves further apart than this (s) are single steps, not a slider being dragged.
 DRAG_GAP_S = 0.5
-#: The wait after a move of a dragged slider, as a fraction of the interval between its moves.
-DEBOUNCE_FRACTION = 0.5
+#: A slider whose moves come closer than this (s) is dragged fast: nothing starts until it rests.
+FAST_DRAG_S = 0.1
 
 
 def debounce_ms(interval_s: float | None) -> int:
-    """How long to wait after a move: a single step (``interval_s`` None) the shortest
-    wait; a dragged slider half the interval between its moves (at least the shortest
-    wait, at most the longest). A slider dragged fast (moves closer than the shortest wait)
-    starts nothing until it rests; one moved slowly starts the slice under it early, on
-    the chance that it stays there, and the next move stops that request at once
-    (:class:`Stopper`), so the slice stopped on waits neither for the slider to be
-    thought at rest nor for a request it left behind."""
+    """How long to wait after a move before its slice is segmented (0: at once).
+
+    A single step (``interval_s`` None) or a slider moved slowly (moves at least
+    :data:`FAST_DRAG_S` apart) starts at once, on the chance that it stays there: the
+    next move stops that request at once (:class:`Stopper`), so the slice stopped on waits
+    neither for the slider to be thought at rest nor for a request it left behind. A slider
+    dragged fast waits 1.3 times the interval between its moves (within
+    :data:`DEBOUNCE_MS`), so that it starts nothing until it rests."""
+    if interval_s is None or interval_s >= FAST_DRAG_S:
+        return 0
     lo, hi = DEBOUNCE_MS
-    if interval_s is None:
-        return lo
-    return int(min(max(DEBOUNCE_FRACTION * interval_s * 1000, lo), hi))
+    return int(min(max(1.3 * interval_s * 1000, lo), hi))
 
 
 class Stopper:
@@ -322,7 +323,12 @@ class LiveMode(QWidget):
             self._moved = False
             return
         self._stop_if_left()
-        self.timer.start(debounce_ms(self._interval))
+        delay = debounce_ms(self._interval)
+        if delay:
+            self.timer.start(delay)
+        else:
+            self.timer.stop()
+            self.request()
 
     def _stop_if_left(self) -> None:
         """The request in the worker is no longer in view: end it now (its network call

@@ -5,15 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_skipseg._qt.live import DEBOUNCE_MS, Stopper, debounce_ms
+from napari_skipseg._qt.live import DEBOUNCE_MS, FAST_DRAG_S, Stopper, debounce_ms
 
 
 def test_the_wait_after_a_move_follows_the_slider():
     lo, hi = DEBOUNCE_MS
-    assert debounce_ms(None) == lo  # a single step: at once
-    assert debounce_ms(0.01) == lo  # dragged fast: nothing starts before it rests (moves come sooner)
-    assert debounce_ms(0.2) == 100  # dragged slowly: half the interval, before the next move comes
-    assert debounce_ms(5.0) == hi
+    assert debounce_ms(None) == 0  # a single step: at once
+    assert debounce_ms(0.2) == 0  # moved slowly: at once (the next move stops it)
+    assert debounce_ms(FAST_DRAG_S) == 0
+    assert debounce_ms(0.01) == lo  # dragged fast: nothing starts before it rests
+    assert debounce_ms(0.05) == 65  # 1.3 times the interval between moves
+    assert debounce_ms(0.099) <= hi
 
 
 def test_stopping_ends_the_network_call_of_an_onnx_runner(model_home):

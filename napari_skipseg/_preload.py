@@ -16,11 +16,13 @@ segmentation or fine-tune started later does not pay for the import on the GUI t
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
 import importlib.util
 import os
 import sys
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 _lock = threading.Lock()
@@ -36,7 +38,19 @@ MODULES = (
     "napari_skipseg.inference.engine",
     "napari_skipseg.inference.postprocess",
     "pandas",
+    "skimage.color",  # napari's label colormap imports it (with scipy.linalg) on first use
 )
+
+
+def warm_labels() -> None:
+    """Work napari's first Labels layer does once per process on the GUI thread, done here:
+    vispy builds the dash patterns of its line visuals (the labels' polygon overlay) on the
+    first one, 0.17 s, and caches them for the process."""
+    try:
+        from vispy.visuals.line.dash_atlas import DashAtlas
+    except ImportError:
+        return
+    DashAtlas()
 
 
 def torch_libraries() -> list[Path]:
@@ -77,6 +91,8 @@ def _run(modules: tuple[str, ...]) -> None:
             except ImportError:
                 if name == "torch":
                     raise
+        warm_labels()
+        gc.freeze()  # what was made so far lives as long as the process: no full scans of it
     except BaseException as err:  # noqa: BLE001 - reported by wait(); the job will raise it again
         _error = err
     finally:
@@ -108,3 +124,31 @@ def wait(timeout: float | None = None) -> bool:
 def error() -> BaseException | None:
     """The exception the preload ended with, if any."""
     return _error
+
+
+# -- models loaded once ------------------------------------------------------------------------
+
+#: Models kept loaded (with the fused and ONNX copies the backends cache on them).
+MODELS_KEPT = 2
+_models: OrderedDict = OrderedDict()  # (model reference, files' stamp) -> loaded model
+_models_lock = threading.Lock()
+
+
+def loaded_model(model_ref):
+    """The model ``model_ref`` (name or folder), loaded once per process and per version of
+    its files (a model saved again under the same name is loaded again): Segment runs, live
+    mode and the warm-up share it, and with it the backends' fused copy and ONNX sessions
+    (:mod:`napari_skipseg.inference.backends` caches them on the model object)."""
+    from .interactive import model_stamp
+    from .model.store import load_model
+
+    key = (str(model_ref), model_stamp(model_ref))
+    with _models_lock:  # one load at a time: a second caller waits and takes the first's model
+        model = _models.get(key)
+        if model is None:
+            model = load_model(model_ref)
+            _models[key] = model
+            while len(_models) > MODELS_KEPT:
+                _models.popitem(last=False)
+        _models.move_to_end(key)
+        return model

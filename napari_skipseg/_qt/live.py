@@ -2,11 +2,11 @@
 
 While the checkbox is on, every move through the stack's Z or T (``viewer.dims``) asks for
 the units that make the slice in view (2D models: the slice; 3D models: the blocks holding
-it, see :func:`napari_skipseg.interactive.units_at`). Moves come quickly while a slider is
-dragged: a request waits until the slider has rested a little longer than the interval
-between the last moves (:func:`debounce_ms`), a newer request replaces one that has not
-started, and one running is cancelled (at the engine's next progress event) when it is no
-longer what is in view. Units computed stay in a small cache (:class:`UnitCache`, least
+it, see :func:`napari_skipseg.interactive.units_at`). A single step or a slowly moved
+slider asks at once; a slider dragged fast waits until it rests a little longer than the
+interval between its moves (:func:`debounce_ms`). A request no longer in view is stopped at
+once (its network call too, :class:`Stopper`) and left to wind down while the next one
+starts. Units computed stay in a small cache (:class:`UnitCache`, least
 recently used out), emptied when the image, the model, or any option (diameter, thresholds,
 output, tile, ...) changes; a Labels layer shows them (:class:`CachedLabels`: memory of
 the cached units only). The network runs in a worker thread exactly as in a full run of the
@@ -41,20 +41,52 @@ from .theme import hint
 
 #: Units kept in the cache (slices of a 2D run, blocks of a 3D run).
 CACHE_UNITS = 64
-#: Shortest and longest wait (ms) after a move before its slice is segmented.
-DEBOUNCE_MS = (40, 400)
+#: Shortest and longest wait (ms) after a move of a slider dragged fast.
+DEBOUNCE_MS = (40, 150)
 #: Moves further apart than this (s) are single steps, not a slider being dragged.
 DRAG_GAP_S = 0.5
+#: A slider whose moves come closer than this (s) is dragged fast: nothing starts until it rests.
+FAST_DRAG_S = 0.1
 
 
 def debounce_ms(interval_s: float | None) -> int:
-    """How long to wait after a move: a single step (``interval_s`` None) at once (the
-    shortest wait), a dragged slider 1.3 times the interval between its moves, so that the
-    request starts only when it has stopped."""
+    """How long to wait after a move before its slice is segmented (0: at once).
+
+    A single step (``interval_s`` None) or a slider moved slowly (moves at least
+    :data:`FAST_DRAG_S` apart) starts at once, on the chance that it stays there: the
+    next move stops that request at once (:class:`Stopper`), so the slice stopped on waits
+    neither for the slider to be thought at rest nor for a request it left behind. A slider
+    dragged fast waits 1.3 times the interval between its moves (within
+    :data:`DEBOUNCE_MS`), so that it starts nothing until it rests."""
+    if interval_s is None or interval_s >= FAST_DRAG_S:
+        return 0
     lo, hi = DEBOUNCE_MS
-    if interval_s is None:
-        return lo
     return int(min(max(1.3 * interval_s * 1000, lo), hi))
+
+
+class Stopper:
+    """Ends one live request at once from the GUI thread: the engine hands over its runner
+    (``predict(on_runner=)``) and :meth:`stop` makes its network calls in progress end
+    (ONNX Runtime; a PyTorch call runs to the end of its tile)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.stopped = False
+        self.runner = None
+        self._lock = threading.Lock()
+
+    def attach(self, runner) -> None:
+        with self._lock:
+            self.runner = runner
+            if self.stopped:
+                runner.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            if self.runner is not None:
+                self.runner.stop()
 
 
 @dataclass
@@ -93,6 +125,7 @@ class LiveContext:
 def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
     """The :class:`LiveContext` for ``source`` (a LayerSource) segmented with ``options``
     (the Segment widget's)."""
+    from .._preload import loaded_model
     from ..inference.axes import size_options
     from ..inference.backends import choose_backend
     from ..inference.device import select_device
@@ -100,12 +133,11 @@ def build_context(key, model_ref: str, source, options: dict) -> LiveContext:
         image_intensity_range,
         plan,
         predict,
-            tile_voxels,
+        tile_voxels,
     )
     from ..layers import arrange_source, restore_result
-    from ..model.store import load_model
 
-    model = load_model(model_ref)
+    model = loaded_model(model_ref)
     cfg = model.config
     opts = dict(options)
     for k in ("results_folder", "link", "keep_probabilities"):
@@ -161,10 +193,11 @@ class LiveResult:
 
 
 @job
-def live_job(key, model_ref: str, source, options: dict, context: LiveContext | None, point: tuple):
+def live_job(key, model_ref: str, source, options: dict, context: LiveContext | None, point: tuple,
+             stopper: Stopper | None = None):
     """Worker: segment the units in view at ``point`` (source order) as a full run would.
     Yields the engine's progress (so that a superseded request can be cancelled between
-    batches); returns a :class:`LiveResult`."""
+    batches; ``stopper``: at once); returns a :class:`LiveResult`, or None when stopped."""
     from ..inference.engine import Progress, predict
 
     t0 = time.perf_counter()
@@ -174,8 +207,16 @@ def live_job(key, model_ref: str, source, options: dict, context: LiveContext | 
     todo = context.units_in_view(point)
     sink = UnitSink(tuple(context.data.shape[:-1] if context.channel_axis is not None else context.data.shape),
                     context.dtype)
-    yield from predict(context.model, context.data, channel_axis=context.channel_axis, units=todo,
-                       labels_out=sink, keep_probabilities=False, **context.predict_options)
+    if stopper is not None and stopper.stopped:
+        return None
+    try:
+        yield from predict(context.model, context.data, channel_axis=context.channel_axis, units=todo,
+                           labels_out=sink, keep_probabilities=False,
+                           on_runner=stopper.attach if stopper is not None else None, **context.predict_options)
+    except Exception:
+        if stopper is not None and stopper.stopped:  # the network call ended early: nothing to show
+            return None
+        raise
     blocks = []
     back = tuple(int(i) for i in np.argsort(context.order)) if context.order is not None else None
     n_lead = len(context.units[0][0])
@@ -217,6 +258,8 @@ class LiveMode(QWidget):
         self.layer = None
         self.worker = None
         self.running: tuple | None = None  # (key, point) of the request in the worker
+        self.stopper: Stopper | None = None  # ends the request in the worker at once
+        self.retired: list = []  # workers of requests stopped, still winding down
         self.waiting: tuple | None = None  # (key, point) to start when the worker is free
         self.shown: list[tuple] = []  # (point, perf_counter, "cached" | "computed", ms) per slice shown
         self.last_shown: tuple | None = None  # (key, point) of the slice shown last
@@ -279,7 +322,37 @@ class LiveMode(QWidget):
             self.request()  # from the cache: no reason to wait
             self._moved = False
             return
-        self.timer.start(debounce_ms(self._interval))
+        self._stop_if_left()
+        delay = debounce_ms(self._interval)
+        if delay:
+            self.timer.start(delay)
+        else:
+            self.timer.stop()
+            self.request()
+
+    def _stop_if_left(self) -> None:
+        """The request in the worker is no longer in view: end it now (its network call
+        too), so that the slice under the slider does not wait for it."""
+        if self.worker is None or self.running is None or self.context is None:
+            return
+        layer = self.segment._current_layer()  # noqa: SLF001
+        point = self.view_point(layer) if layer is not None else None
+        key, running_point = self.running
+        if point is None or key != self.context.key:
+            return
+        if set(self.context.units_in_view(point)) <= set(self.context.units_in_view(running_point)):
+            return  # (3D: the block computed holds the new slice too)
+        self._retire()
+
+    def _retire(self) -> None:
+        """Stop the request in the worker and let it wind down on its own (its network
+        call ends at once; the rest, e.g. post-processing under way, in a moment), so that
+        the next request need not wait for it."""
+        if self.stopper is not None:
+            self.stopper.stop()
+        self.worker.quit()
+        self.retired.append(self.worker)
+        self.worker, self.running, self.stopper = None, None, None
 
     def _cached_in_view(self) -> bool:
         layer = self.segment._current_layer()  # noqa: SLF001
@@ -351,8 +424,14 @@ class LiveMode(QWidget):
             if self.running is not None and self.running[:2] == (key, point):
                 self.waiting = None  # already being computed
                 return
+            if self.context is not None and self.context.key == key and not self.retired:
+                self._retire()  # superseded: stopped, and this one starts at once
+                self._start(wanted)
+                return
             self.waiting = wanted
-            self.worker.quit()  # superseded: stops at its next progress event
+            if self.stopper is not None:
+                self.stopper.stop()  # superseded: its network call ends at once
+            self.worker.quit()
             self.status.setText(f"live: {self._where(point)} waiting ...")
             return
         self._start(wanted)
@@ -362,16 +441,18 @@ class LiveMode(QWidget):
 
         key, point, model_ref, source, options = wanted
         self.running = (key, point)
+        self.stopper = Stopper()
         self.status.setText(f"live: {self._where(point)} computing ...")
-        self.worker = create_worker(live_job, key, model_ref, source, options, self.context, point,
+        self.worker = create_worker(live_job, key, model_ref, source, options, self.context, point, self.stopper,
                                     _start_thread=False, _ignore_errors=True)
         self.worker.returned.connect(self._on_result)
         self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        worker = self.worker
+        worker.finished.connect(lambda: self._on_finished(worker))
+        worker.start()
 
-    def _on_result(self, result: LiveResult) -> None:
-        if not self.enabled or result.key != self.cache.key:  # switched off, or the options changed
+    def _on_result(self, result: LiveResult | None) -> None:
+        if result is None or not self.enabled or result.key != self.cache.key:  # switched off, or the options changed
             return
         self.context = result.context
         for index, where, labels in result.blocks:
@@ -384,9 +465,17 @@ class LiveMode(QWidget):
         message = " ".join(str(err).split("\n")) or type(err).__name__
         self.status.setText(f"live: failed: {message}")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker=None) -> None:
+        if worker is not None and worker is not self.worker:  # a request retired before
+            if worker in self.retired:
+                self.retired.remove(worker)
+            if self.worker is None and self.waiting is not None and self.enabled:
+                wanted, self.waiting = self.waiting, None
+                self._start(wanted)
+            return
         self.worker = None
         self.running = None
+        self.stopper = None
         wanted, self.waiting = self.waiting, None
         if wanted is not None and self.enabled:
             self._start(wanted)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,7 +34,7 @@ from ._jobs import job
 from ._labels import WrapLabel
 from ._sections import vertical_scroll
 from .live import LiveMode
-from .progressive import CancelChoice, ProgressiveRun, progressive_job
+from .progressive import CancelChoice, ProgressiveRun, RunWarmer, progressive_job
 
 
 @job
@@ -286,6 +286,7 @@ class SegmentWidget(QWidget):
         from ._jobs import warm_up
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
+        self.warmer = RunWarmer(self)  # the next run prepared while the user chooses (progressive.py)
 
     # -- lists ----------------------------------------------------------------------------
     def _image_layers(self):
@@ -577,7 +578,7 @@ class SegmentWidget(QWidget):
         self.worker = create_worker(
             _segment_job if self._progressive is None else progressive_job, model_ref, source,
             {**options, **({"results_folder": self.results_folder} if self.results_folder else {})},
-            *(() if self._progressive is None else (self._progressive.near,)),
+            *(() if self._progressive is None else (self._progressive.near, self._progressive.ready)),
             _start_thread=False, _ignore_errors=True,
         )
         if self._progressive is not None:
@@ -668,9 +669,13 @@ class SegmentWidget(QWidget):
         self.worker.quit()
 
     def _on_progress(self, event) -> None:
+        # QProgressBar.setValue repaints at once, and with it the window's canvas; with
+        # updates off it only asks for a paint on a later event-loop turn
+        self.progress.setUpdatesEnabled(False)
         self.progress.setTextVisible(True)
         self.progress.setRange(0, max(event.total, 1))
         self.progress.setValue(event.done)
+        self.progress.setUpdatesEnabled(True)
         if "device" in event.info:
             self.device_label.setText(f"device: {event.info['device']}")
 
@@ -681,8 +686,9 @@ class SegmentWidget(QWidget):
         result, source, self.last_thread = value
         self.last_result = result
         if self._progressive is not None:  # its layers are in the viewer, filled: finish up
-            self._adding = {"pending": [], "added": self._progressive.finish(result), "result": result}
-            self._add_next_layer()
+            added, pending = self._progressive.finish(result)  # the hidden ones: one per turn, after this one
+            self._adding = {"pending": pending, "added": added, "result": result}
+            QTimer.singleShot(0, self._add_next_layer)
             return
         # napari takes a while to build each new layer (vispy visuals, layer controls): add
         # them one per event-loop turn, the labels first, so the viewer never freezes for
@@ -692,7 +698,6 @@ class SegmentWidget(QWidget):
 
     def _add_next_layer(self) -> None:
         from napari.utils.notifications import show_error
-        from qtpy.QtCore import QTimer
 
         state = self._adding
         if state is None:

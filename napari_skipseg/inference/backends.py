@@ -177,6 +177,10 @@ class Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def stop(self) -> None:
+        """Ask the calls in progress, and later ones, to end at once: they raise (ONNX
+        Runtime only; a PyTorch call runs to its end). From any thread."""
+
     def describe(self) -> str:
         if self.workers > 1 or self.threads > 1:
             return f"{self.name}, {self.workers} x {self.threads} thread(s)"
@@ -250,6 +254,9 @@ class FlipRunner(Runner):
         for key in ("workers", "threads", "batch", "budget", "fallback", "uses_original"):
             setattr(self, key, getattr(inner, key))
         self.name = f"{inner.name} + {len(self.flips)} flips"
+
+    def stop(self) -> None:
+        self.inner.stop()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         total = None
@@ -346,6 +353,9 @@ class OrtRunner(Runner):
         self.fp = fingerprint(model)
         self._sessions: dict = {}
         self._make_lock = threading.Lock()
+        import onnxruntime as ort
+
+        self.run_options = ort.RunOptions()  # stop(): its terminate flag ends calls in progress
 
     def session(self, spatial: tuple[int, ...]):
         key = (tuple(spatial), self.threads)
@@ -377,7 +387,10 @@ class OrtRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session(tuple(x.shape[2:])).run(None, {"x": x})[0]
+        return self.session(tuple(x.shape[2:])).run(None, {"x": x}, self.run_options)[0]
+
+    def stop(self) -> None:
+        self.run_options.terminate = True
 
 
 def _new_session(data: bytes, threads: int):

@@ -124,6 +124,7 @@ def predict(
     spacing: Sequence[float] | None = None,
     unit: str | None = None,
     near: Sequence[int] | None = None,
+    on_runner: Callable | None = None,
 ) -> Generator[Progress, None, Segmentation]:
     """Segment ``image`` with ``model``, tile by tile; yields progress, returns the result.
 
@@ -214,6 +215,10 @@ def predict(
         A point of the output (its leading axes, optionally followed by spatial
         coordinates): the units nearest to it are done first, then outward
         (:func:`order_units`), e.g. the slice in view first. Instance ids follow that order.
+    on_runner : callable, optional
+        Called with the runner (:class:`~napari_skipseg.inference.backends.Runner`) once it
+        is made, e.g. to keep it for ``runner.stop()`` from another thread (live mode ends
+        a request no longer in view at once, not after its tile).
 
     Returns
     -------
@@ -274,6 +279,8 @@ def predict(
                               batch_size=_tiles_in_flight(batch_size, total, window.shape, cfg),
                               threads=threads, amp=autocast_dtype(dev), flips=flips)
         backend_info, fallback = runner.describe(), runner.fallback
+        if on_runner is not None:
+            on_runner(runner)
         desc = _describe(dev, runner)
         message = f"{cfg.name} on {desc}"
         with bk.worker_threads(runner, dev) as pool:

@@ -18,6 +18,10 @@ image's true voxel size passed as ``spacing``, no diameter: the zoom to the mode
 voxel size) and "auto+spacing" (``diameter="auto"`` with the voxel size given, what the CLI
 and the widget do by default for a file that records its voxel size).
 
+With ``--zooms``, ``--methods`` (default: plain auto) may add "spacing" and "auto+spacing":
+a zoomed volume is passed with its true voxel size (the file's divided by the zoom, exactly per
+axis from the shapes), never the file's own.
+
 The "auto" path is :func:`segment_auto`: ``predict(..., diameter="auto")``, the engine's own
 estimate, per-block resampling and mapping back, as the CLI and the widget run it.
 """
@@ -159,7 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--z-spacings", type=float, nargs="+", default=None,
                    help="3D: resample only Z to these voxel sizes (um) instead of --zooms")
     p.add_argument("--methods", nargs="+", default=None, choices=("plain", "auto", "spacing", "auto+spacing"),
-                   help="with --z-spacings: only these (default: all four)")
+                   help="with --z-spacings: only these (default: all four); with --zooms: these "
+                   "(default: plain auto; spacing and auto+spacing pass the zoomed file's true voxel "
+                   "size, the file's / zoom)")
     p.add_argument("--no-reference", action="store_true", help="with --z-spacings: no row for the files as they are")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -185,33 +191,45 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
         return 0
-    print(f"{'zoom':>5} {'F1 plain':>9} {'F1 auto':>8} {'objects':>8} {'s plain':>8} {'s auto':>7}")
+    methods = args.methods or ["plain", "auto"]
+    print(f"{'zoom':>5} " + " ".join(f"{'F1 ' + m:>15}" for m in methods) + f" {'objects':>8} "
+          + " ".join(f"{'s ' + m:>14}" for m in methods))
     for zoom in args.zooms:
-        plain, auto, msgs = [], [], []
-        t_plain = t_auto = 0.0
+        scores: dict = {m: [] for m in methods}
+        msgs: dict = {m: [] for m in methods}
+        seconds = dict.fromkeys(methods, 0.0)
         for name in names:
-            image, _, ca = open_source(folder / "images" / name, None)
+            image, meta, ca = open_source(folder / "images" / name, None)
             mask = np.asarray(read_image(folder / "masks" / name)[0])
+            shape = mask.shape
             image, mask = zoom_pair(np.asarray(image), mask, zoom, ca)
-            t0 = time.perf_counter()
-            pred = segment_plain(model, image, ca, args.flips)
-            t1 = time.perf_counter()
-            pred_auto, msg = segment_auto(model, image, ca, args.flips)
-            t2 = time.perf_counter()
-            t_plain += t1 - t0
-            t_auto += t2 - t1
-            for store, pr in ((plain, pred), (auto, pred_auto)):
-                metrics, counts = score_image(mask, pr, "instances", model.config.num_classes)
-                store.append(ImageScore(name, metrics, counts, 0.0))
-            msgs.append(msg)
-        fp, fa = overall(plain, "instances"), overall(auto, "instances")
-        n_obj = fp["true_positives"] + fp["false_negatives"]
-        print(f"{zoom:5.2f} {fp['f1@0.5']:9.4f} {fa['f1@0.5']:8.4f} {n_obj:8d} {t_plain:8.1f} {t_auto:7.1f}", flush=True)
-        results["zooms"][str(zoom)] = {"f1_plain": fp["f1@0.5"], "f1_auto": fa["f1@0.5"], "objects": n_obj,
-                                       "seconds_plain": t_plain, "seconds_auto": t_auto,
-                                       "per_image_auto": {s.name: s.metrics["f1@0.5"] for s in auto},
-                                       "per_image_plain": {s.name: s.metrics["f1@0.5"] for s in plain},
-                                       "messages": msgs}
+            spacing = None
+            if meta.spacing is not None and len(meta.spacing) == mask.ndim:
+                # the zoomed volume's true voxel size (the file's / zoom, exactly per axis)
+                spacing = tuple(float(v) * a / b for v, a, b in zip(meta.spacing, shape, mask.shape, strict=True))
+            elif any(m in ("spacing", "auto+spacing") for m in methods):
+                raise SystemExit(f"{name}: methods spacing and auto+spacing need files that record their voxel size")
+            for m in methods:
+                kwargs = {"diameter": "auto"} if m in ("auto", "auto+spacing") else {}
+                if m in ("spacing", "auto+spacing"):
+                    kwargs.update(spacing=spacing, unit=meta.unit or "um")
+                t0 = time.perf_counter()
+                pred, msg = segment_with(model, image, ca, args.flips, **kwargs)
+                seconds[m] += time.perf_counter() - t0
+                metrics, counts = score_image(mask, pred, "instances", model.config.num_classes)
+                scores[m].append(ImageScore(name, metrics, counts, 0.0))
+                msgs[m].append(msg)
+        f1 = {m: overall(v, "instances")["f1@0.5"] for m, v in scores.items()}
+        ref = overall(next(iter(scores.values())), "instances")
+        n_obj = ref["true_positives"] + ref["false_negatives"]
+        print(f"{zoom:5.2f} " + " ".join(f"{f1[m]:15.4f}" for m in methods) + f" {n_obj:8d} "
+              + " ".join(f"{seconds[m]:14.1f}" for m in methods), flush=True)
+        row: dict = {"objects": n_obj}
+        for m in methods:
+            row.update({f"f1_{m}": f1[m], f"seconds_{m}": seconds[m],
+                        f"per_image_{m}": {s.name: s.metrics["f1@0.5"] for s in scores[m]}})
+        row["messages"] = msgs  # per method
+        results["zooms"][str(zoom)] = row
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -9,6 +9,7 @@ import pytest
 from napari_skipseg.inference.scale import (
     SCALE_RANGE,
     ScaleError,
+    default_diameter,
     parse_diameter,
     parse_spacing,
     resolve_scale,
@@ -82,11 +83,63 @@ def test_auto_uses_the_estimate(n2d, n3d):
     assert c.scale == pytest.approx((t[0] / 23, t[1] / 23))
     assert c.source == "estimated" and c.diameter == (23.0, 23.0)
     assert one_line(c) == "diameter ~23 px (estimated); image resampled x1.19 x 1.14"
-    # 3D: the estimate sets every axis, also when pixel sizes are known
+    # 3D without pixel sizes (or without a length unit): the estimate sets every axis
     t3 = n3d.training_scale["object_diameter"]
-    c = resolve_scale(n3d, (51, 128, 128), diameter="AUTO", spacing=(1.75, 0.8, 0.8), unit="um",
-                      estimate=lambda: (13, 17, 16))
-    assert c.scale == pytest.approx([a / b for a, b in zip(t3, (13, 17, 16), strict=True)])
+    for spacing, unit in ((None, None), ((1.75, 0.8, 0.8), "pixel"), ((1.75, 0.8, 0.8), None)):
+        c = resolve_scale(n3d, (51, 128, 128), diameter="AUTO", spacing=spacing, unit=unit,
+                          estimate=lambda: (13, 17, 16))
+        assert c.scale == pytest.approx([a / b for a, b in zip(t3, (13, 17, 16), strict=True)])
+
+
+def test_auto_with_pixel_sizes_still_sets_every_axis_from_the_estimate():
+    n3d = load_config("nuclei3d")  # trained at 1.75 x 0.8 x 0.8 um, median 13.3 x 16.9 x 15.4 px
+    # an embryo resampled to 1.0 um in Z: Z from the estimate's Z, not from the voxel-size ratio
+    expected = (13.3 / 31, 16.9 / 22, 15.4 / 20)
+    for spacing, unit in (((1.0, 0.8, 0.8), "um"), ((1000, 800, 800), "nm"), ((1.75, 0.8, 0.8), "micrometer"), (None, None)):
+        c = resolve_scale(n3d, (90, 124, 127), diameter="auto", spacing=spacing, unit=unit,
+                          estimate=lambda: (31.0, 22.0, 20.0))
+        assert c.scale == pytest.approx(expected)
+        assert c.source == "estimated" and c.diameter == (31.0, 22.0, 20.0)
+        assert one_line(c) == "diameter ~31 x 22 x 20 px (estimated); image resampled x0.43 x 0.77 x 0.77"
+
+
+def test_auto_with_pixel_sizes_and_a_training_range():
+    cfg = ModelConfig(name="r3", spatial_dims=3,
+                      training_scale={"object_diameter": [10, 20, 20], "pixel_size": [2.0, 1.0, 1.0], "unit": "um",
+                                      "diameter_range": [[8, 16, 16], [12, 24, 24]]})
+    # Y and X within the range, Z above it: only Z resampled, to the range's top, whatever the voxel sizes
+    c = resolve_scale(cfg, (40, 64, 64), diameter="auto", spacing=(1.0, 1.0, 1.0), unit="um",
+                      estimate=lambda: (30.0, 18.0, 22.0))
+    assert c.scale == pytest.approx((0.4, 1.0, 1.0))
+    c = resolve_scale(cfg, (40, 64, 64), diameter="auto", spacing=(2.0, 1.0, 1.0), unit="um",
+                      estimate=lambda: (10.0, 30.0, 30.0))
+    assert c.scale == pytest.approx((1.0, 0.8, 0.8))
+
+
+def test_auto_in_2d_without_a_card_pixel_size_ignores_the_image_pixel_size(n2d):
+    # nuclei2d records no pixel size: a pixel size given with the image changes nothing
+    assert "pixel_size" not in n2d.training_scale
+    for est in ((60.0, 50.0), (6.0, 7.0), (20.0, 20.0)):
+        plain = resolve_scale(n2d, (512, 512), diameter="auto", estimate=lambda est=est: est)
+        with_sp = resolve_scale(n2d, (512, 512), diameter="auto", spacing=(0.5, 0.25), unit="um",
+                                estimate=lambda est=est: est)
+        assert with_sp == plain
+
+
+def test_hippocampus3d_keeps_its_pixel_size_path():
+    hip = load_config("hippocampus3d")  # semantic, trained at 1 x 1 x 1 mm
+    assert default_diameter(hip) is None  # the default run uses no estimate
+    c = resolve_scale(hip, (40, 50, 40), diameter=default_diameter(hip), spacing=(2, 1, 1), unit="mm",
+                      estimate=lambda: pytest.fail("estimate called"))
+    assert c.scale == pytest.approx((2, 1, 1)) and c.source == "pixel size"
+    # auto asked for explicitly: every axis from the estimate, the mm voxel sizes aside
+    t = hip.training_scale["object_diameter"]
+    c = resolve_scale(hip, (40, 50, 40), diameter="auto", spacing=(2000, 1000, 1000), unit="um",
+                      estimate=lambda: (20.0, t[1], t[2]))
+    assert c.scale == pytest.approx((t[0] / 20, 1, 1)) and c.source == "estimated"
+    # no objects found: the pixel sizes
+    c = resolve_scale(hip, (40, 50, 40), diameter="auto", spacing=(2, 1, 1), unit="mm", estimate=lambda: None)
+    assert c.scale == pytest.approx((2, 1, 1)) and c.source == "pixel size"
 
 
 def test_auto_resamples_only_into_the_training_range(n2d):
@@ -108,7 +161,7 @@ def test_auto_resamples_only_into_the_training_range(n2d):
 
 
 def test_auto_range_in_3d_zooms_z_on_its_own():
-    cfg = ModelConfig(name="r3", spatial_dims=3, output="instances", num_classes=3,
+    cfg = ModelConfig(name="r3", spatial_dims=3, num_classes=3,
                       class_names=["background", "interior", "boundary"],
                       training_scale={"object_diameter": [10, 20, 20], "diameter_range": [[8, 15, 15], [12, 25, 25]]})
     c = resolve_scale(cfg, (64, 256, 256), diameter="auto", estimate=lambda: (10.0, 40.0, 40.0))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
+    QApplication,
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
@@ -287,6 +288,19 @@ class SegmentWidget(QWidget):
 
         warm_up()  # torch loads off the GUI thread before the user starts a job
         self.warmer = RunWarmer(self)  # the next run prepared while the user chooses (progressive.py)
+        app = QApplication.instance()
+        if app is not None:  # napari quitting closes no dock widget: no warm-up left running then
+            app.aboutToQuit.connect(self._stop_warmer)
+
+    def _stop_warmer(self) -> None:
+        try:
+            self.warmer.stop()
+        except RuntimeError:  # the Qt side is already gone
+            pass
+
+    def closeEvent(self, event) -> None:  # noqa: N802 - Qt API
+        self._stop_warmer()
+        super().closeEvent(event)
 
     # -- lists ----------------------------------------------------------------------------
     def _image_layers(self):

@@ -130,3 +130,17 @@ def test_the_next_run_is_prepared_while_the_user_chooses(widget, qtbot, model_ho
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert "done" in w.status.text()
+
+
+def test_closing_the_widget_or_quitting_stops_a_pending_warm_up(widget, qtbot, model_home):
+    from qtpy.QtWidgets import QApplication
+
+    viewer, w = widget
+    viewer.add_image(_stack(), name="stack")
+    w.model_combo.setCurrentText("tiny")
+    assert w.warmer.timer.isActive()  # settings changed: a warm-up is waiting for them to rest
+    w.close()
+    assert not w.warmer.timer.isActive() and not w.warmer.pending
+    w.warmer.schedule()
+    QApplication.instance().aboutToQuit.emit()  # napari quitting closes no dock widget
+    assert not w.warmer.timer.isActive()

@@ -4,6 +4,7 @@ layers that wait for the end of the run when hidden (real viewer, real model).""
 from __future__ import annotations
 
 import numpy as np
+from test_progressive import _slow_slices
 
 from napari_skipseg.inference.engine import Progress, predict, run
 from napari_skipseg.model.store import load_model
@@ -14,24 +15,9 @@ def _stack(n=6, size=64, seed=3):
 
 
 def _slow_labels(request, seconds=0.5):
-    """Each slice's labels take ``seconds`` longer (the real post-processing, then a
-    pause), so that what a first look wrote can be read before the run writes over it."""
-    import time
-
-    import pytest
-
-    import napari_skipseg.inference.engine as engine
-
-    real = engine.semantic_labels
-
-    def slow(*args, **kwargs):
-        time.sleep(seconds)
-        return real(*args, **kwargs)
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(engine, "semantic_labels", slow)
-    request.addfinalizer(patch.undo)
-    return patch
+    """Each slice's labels take ``seconds`` longer, so that what a first look wrote can be
+    read before the run writes over it."""
+    return _slow_slices(request, seconds)
 
 
 def test_with_flips_a_first_look_without_them_comes_first_then_the_full_result(widget, qtbot, model_home,

@@ -219,6 +219,8 @@ def test_save_thresholds_makes_a_version(correct, model_home, qtbot):
     w.seed_slider.setValue(73)
     w.mask_slider.setValue(41)
     w.size_spin.setValue(12)
+    # the sliders' relabel (after a 30 ms pause) ends first, or its status line would follow the save's
+    qtbot.waitUntil(lambda: not w._relabel_timer.isActive() and w.relabel_worker is None, timeout=30_000)
     worker = w.save_thresholds()
     with qtbot.waitSignal(worker.finished, timeout=30_000):
         pass

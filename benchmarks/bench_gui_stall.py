@@ -17,7 +17,9 @@ empty Labels layer of the run's result shape (``napari_floor``; each split into 
 than that. Each of the worst stalls says how much of it the timed handlers took
 (``handlers_ms``: the widget's and the progressive run's, napari's layer add included, as
 it runs inside ``progressive._add_next``) and how much came after the last one
-(``after_handlers_ms``: Qt's repaint of the window, layout). ``--profile``: cProfile of
+(``after_handlers_ms``: Qt's repaint of the window, layout), and the CPU time the GUI
+thread used in it (``gui_cpu_ms``: close to ``ms`` when the GUI thread was busy all along,
+less when it waited, for the GIL or for a CPU core). ``--profile``: cProfile of
 the GUI thread over the run; the functions of the longest stall's handlers are printed to
 stderr (napari_skipseg's own, then the 25 with the most cumulative time).
 
@@ -57,9 +59,15 @@ def main() -> None:
     viewer = napari.Viewer(show=True)
     app = QApplication.instance()
     ticks: list[float] = []
+    tick_cpu: list[float] = []  # the GUI thread's CPU time at each tick
+
+    def tick() -> None:
+        ticks.append(time.perf_counter())
+        tick_cpu.append(time.thread_time())
+
     timer = QTimer()
     timer.setInterval(5)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.timeout.connect(tick)
     timer.start()
     for _ in range(10):
         app.processEvents()
@@ -71,8 +79,9 @@ def main() -> None:
     for _ in range(10):
         app.processEvents()
     ticks.clear()
+    tick_cpu.clear()
     t_open = time.perf_counter()
-    ticks.append(t_open)
+    tick()
     widget = SegmentWidget(viewer)  # the constructor itself runs on the GUI thread: counted
     viewer.window.add_dock_widget(widget)
     widget.model_combo.setCurrentText(args.model)
@@ -90,6 +99,7 @@ def main() -> None:
     for _ in range(10):
         app.processEvents()
     ticks.clear()
+    tick_cpu.clear()
     marks: list[tuple[float, str]] = []
     spans: list[tuple[float, float]] = []  # (start, end) of each timed handler
     t0 = time.perf_counter()
@@ -150,6 +160,7 @@ def main() -> None:
         near = [m for t, m in marks if start - 0.05 <= t <= end + 0.05]
         inside = [(a, b) for a, b in spans if start <= a and b <= end]
         stalls.append({"ms": round(float(gaps[i]), 1), "at_s": round(start - t0, 2), "events": near[:6],
+                       "gui_cpu_ms": round(1000 * (tick_cpu[i + 1] - tick_cpu[i]), 1),
                        "handlers_ms": round(1000 * sum(b - a for a, b in inside), 1),
                        "after_handlers_ms": round(1000 * (end - max(b for _, b in inside)), 1) if inside else None})
     result = {

@@ -38,7 +38,9 @@ MODULES = (
     "napari_skipseg.inference.engine",
     "napari_skipseg.inference.postprocess",
     "pandas",
-    "skimage.color",  # napari's label colormap imports it (with scipy.linalg) on first use
+    # napari's label colormap converts its colours with skimage.color.colorconv on the first
+    # Labels layer; skimage.color alone loads it lazily, at that first use (on the GUI thread)
+    "skimage.color.colorconv",
 )
 
 

@@ -19,6 +19,8 @@ while not p.wait(0):
     time.sleep(0.002)
 assert p.error() is None, p.error()
 assert "torch" in sys.modules and "napari_skipseg.inference.engine" in sys.modules
+# what napari's first Labels layer converts its colours with (skimage.color loads it lazily)
+assert "skimage.color.colorconv" in sys.modules
 assert thread is not threading.main_thread() and not thread.daemon
 print("OK", len(ticks))
 """

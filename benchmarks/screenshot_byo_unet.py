@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from pathlib import Path
+
+from _gui import settle, wait_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
@@ -65,7 +66,6 @@ def main() -> None:
     os.environ["SKIPSEG_HOME"] = args.home
 
     import napari
-    from qtpy.QtWidgets import QApplication
 
     from napari_skipseg.model.store import set_active_model
 
@@ -80,18 +80,10 @@ def main() -> None:
     viewer.window._qt_window.resize(1280, 800)
     viewer.open_sample("napari-skipseg", "nuclei2d")
     _, w = viewer.window.add_plugin_dock_widget("napari-skipseg", "Skip connections")
-    app = QApplication.instance()
 
-    def settle(n: int = 30) -> None:
-        for _ in range(n):
-            app.processEvents()
-            time.sleep(0.01)
 
     def wait() -> None:
-        while w.worker is not None:
-            app.processEvents()
-            time.sleep(0.02)
-        settle()
+        wait_worker(w)
 
     settle()
     print("explorer starts with:", w.model_combo.currentText())

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import _gui
 import numpy as np
 
 from napari_skipseg._qt import camera_of
@@ -32,9 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def settle(app, n: int = 30) -> None:
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.01)
+    _gui.settle(n)
 
 
 def load(index: int):

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _gui
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +47,7 @@ def image_and_mask(size: int = 256):
 
 
 def settle(app, n: int = 20) -> None:
-    for _ in range(n):
-        app.processEvents()
-        time.sleep(0.01)
+    _gui.settle(n)
 
 
 def reachable(ft, scroll, app) -> dict:

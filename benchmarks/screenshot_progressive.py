@@ -11,28 +11,14 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+
+from _gui import pump
 
 
-def main(theme: str = "dark", outdir: str = "docs/screenshots") -> None:
+def open_segment(image, theme: str):
+    """A 1280 x 800 viewer in ``theme`` with ``image`` and Segment docked, nuclei2d without flips."""
     import napari
-    from qtpy.QtWidgets import QApplication
 
-    from napari_skipseg._preload import wait
-    from napari_skipseg._sample_data import synthetic_nuclei
-
-    os.makedirs(outdir, exist_ok=True)
-    app = QApplication.instance() or QApplication([])
-
-    def pump(seconds: float = 0.2) -> None:
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end:
-            app.processEvents()
-            time.sleep(0.005)
-
-    image, _ = synthetic_nuclei((24, 384, 384), radius=9.0, seed=5)
-
-    # 1. a run half done
     viewer = napari.Viewer(title="napari-skipseg")
     viewer.theme = theme
     viewer.window._qt_window.resize(1280, 800)
@@ -42,6 +28,22 @@ def main(theme: str = "dark", outdir: str = "docs/screenshots") -> None:
     widget.model_combo.setCurrentIndex(index)
     widget.model_combo.activated.emit(index)
     widget.flips_check.setChecked(False)
+    return viewer, widget
+
+
+def main(theme: str = "dark", outdir: str = "docs/screenshots") -> None:
+    from qtpy.QtWidgets import QApplication
+
+    from napari_skipseg._preload import wait
+    from napari_skipseg._sample_data import synthetic_nuclei
+
+    os.makedirs(outdir, exist_ok=True)
+    QApplication.instance() or QApplication([])
+
+    image, _ = synthetic_nuclei((24, 384, 384), radius=9.0, seed=5)
+
+    # 1. a run half done
+    viewer, widget = open_segment(image, theme)
     while not wait(0):
         pump(0.05)
     viewer.dims.set_current_step(0, 12)
@@ -69,15 +71,7 @@ def main(theme: str = "dark", outdir: str = "docs/screenshots") -> None:
     viewer.close()
 
     # 2. live mode
-    viewer = napari.Viewer(title="napari-skipseg")
-    viewer.theme = theme
-    viewer.window._qt_window.resize(1280, 800)
-    viewer.add_image(image, name="nuclei stack", colormap="gray")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-skipseg", "Segment")
-    index = widget.model_combo.findText("nuclei2d")
-    widget.model_combo.setCurrentIndex(index)
-    widget.model_combo.activated.emit(index)
-    widget.flips_check.setChecked(False)
+    viewer, widget = open_segment(image, theme)
     viewer.dims.set_current_step(0, 4)
     widget.live.check.setChecked(True)
     while not widget.live.shown:

@@ -15,6 +15,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _gui import settle, wait_worker
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "screenshots"
 
@@ -71,7 +73,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import napari
-    from qtpy.QtWidgets import QApplication
 
     model, label = pick_model(args)
     print(f"model: {label}")
@@ -82,18 +83,10 @@ def main() -> None:
     viewer.open_sample("napari-skipseg", "nuclei2d")
     image = viewer.layers[0]
     _, w = viewer.window.add_plugin_dock_widget("napari-skipseg", "Skip connections")
-    app = QApplication.instance()
 
-    def settle(n: int = 30) -> None:
-        for _ in range(n):
-            app.processEvents()
-            time.sleep(0.01)
 
     def wait() -> None:
-        while w.worker is not None:
-            app.processEvents()
-            time.sleep(0.02)
-        settle()
+        wait_worker(w)
 
     w.add_model(model.config.name, model)
     w.device_combo.setCurrentText("cpu")

@@ -53,6 +53,7 @@ def test_live_mode_on_off_and_cache(widget, qtbot, model_home):
     point, _, how, _ = _shown(qtbot, w, 2)
     assert point[0] == 8 and how == "computed"
     np.testing.assert_array_equal(np.asarray(layer.data[8]), full[8])
+    qtbot.waitUntil(lambda: w.live.worker is None, timeout=30_000)  # its result comes before its end
     viewer.dims.set_current_step(0, 3)
     point, _, how, _ = _shown(qtbot, w, 3)
     assert point[0] == 3 and how == "cached" and "cached" in w.live.status.text()

@@ -113,3 +113,58 @@ def test_one_pass_equals_scikit_image():
     one[2:5, 2:5] = 4
     assert _keep_sizes(one, 9, renumber=True).max() == 1 and _keep_sizes(one, 10, renumber=True).max() == 0
     np.testing.assert_array_equal(_keep_sizes(one, 1, renumber=False), one)
+
+
+def _blobs(shape, n, seed):
+    """Probabilities of ``n`` random overlapping blobs: clumps of touching objects, lone ones,
+    and an interior map with plateaus (ties) and dips, as networks give."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    centres = np.zeros(shape, np.float32)
+    centres[tuple(rng.integers(0, s, n) for s in shape)] = 1
+    field = ndi.gaussian_filter(centres, 3.0 if len(shape) == 2 else 2.0)
+    interior = field / field.max()
+    boundary = np.clip(ndi.gaussian_filter(interior, 1.5) - interior + 0.3 * rng.random(shape), 0, 1) * (interior > 0.05)
+    total = np.maximum(interior + boundary, 1)
+    return np.stack([1 - (interior + boundary) / total, interior / total, boundary / total]).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape,n", [((160, 200), 60), ((24, 48, 56), 70)])
+def test_seeded_watershed_equals_scikit_image(shape, n):
+    """Flooding only the regions with several seeds gives what scikit-image's watershed over
+    the whole image gives after small seeds and objects are dropped and the rest renumbered:
+    the same foreground and objects, every pixel the same but for ties (a pixel two floods
+    reach at the same value, which then lies between those two objects), at every threshold
+    pair (seeds inside and outside the mask, a seed threshold below the mask's), both ways of
+    flooding (per region, all at once)."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from napari_skipseg.inference.postprocess import seeded_watershed
+
+    probs = _blobs(shape, n, seed=len(shape))
+    interior, foreground = probs[1], probs[1] + probs[2]
+    several = differ = 0
+    for seed_t, mask_t, min_seed, min_size in [(0.5, 0.5, 1, 1), (0.3, 0.6, 4, 8), (0.2, 0.15, 1, 30), (0.7, 0.1, 6, 1),
+                                               (0.9, 0.95, 1, 1), (1.1, 0.5, 1, 1), (0.6, 0.4, 40, 60)]:
+        seeds = ndi.label(interior > seed_t)[0]
+        mask = foreground > mask_t
+        markers = _keep_sizes(seeds, min_seed, renumber=False)
+        ref = _keep_sizes(watershed(-interior, markers=markers, mask=mask), min_size, renumber=True)
+        for crops in (0, 256):
+            out = seeded_watershed(interior, seeds, mask, min_seed_size=min_seed, min_size=min_size, crops=crops)
+            assert out.dtype == np.uint32 and out.shape == mask.shape
+            np.testing.assert_array_equal(out > 0, ref > 0)
+            np.testing.assert_array_equal(np.unique(out), np.unique(ref))
+            for at in zip(*np.nonzero(out != ref), strict=True):  # a tie: the pixel touches the object it went to
+                near = tuple(slice(max(i - 1, 0), i + 2) for i in at)
+                assert out[at] in ref[near]
+                differ += 1
+        regions, k = ndi.label(mask)
+        several += sum(len(np.unique(markers[regions == i])) > 2 for i in range(1, k + 1))
+    assert several > 5  # clumps of touching objects were there to split
+    assert differ <= 0.001 * foreground.size * 14
+    empty = np.zeros(shape, bool)
+    assert not seeded_watershed(interior, np.zeros(shape, np.int32), mask).any()  # no seeds, no objects
+    assert not seeded_watershed(interior, seeds, empty).any()  # no foreground

@@ -98,6 +98,17 @@ def _local(point, window) -> tuple[int, ...]:
     return tuple(p - s.start for p, s in zip(point, window, strict=True))
 
 
+def _box_around(mask: np.ndarray, points) -> tuple[slice, ...]:
+    """The smallest window holding ``mask``'s True pixels and ``points``, one pixel wider on
+    each side (within the array), so that edges and distances in it are those of the whole."""
+    where = np.nonzero(mask)
+    box = []
+    for i, w in enumerate(where):
+        ends = [int(c[i]) for c in points] + ([int(w.min()), int(w.max())] if w.size else [])
+        box.append(slice(max(min(ends) - 1, 0), min(max(ends) + 2, mask.shape[i])))
+    return tuple(box)
+
+
 def _indices(mask: np.ndarray, window) -> tuple[np.ndarray, ...]:
     """Indices into the full array of the True pixels of ``mask`` (a crop at ``window``)."""
     return tuple(ix + s.start for ix, s in zip(np.nonzero(mask), window, strict=True))
@@ -204,17 +215,21 @@ def plan_add(labels: np.ndarray, probs, point, *, image=None, params: dict | Non
     if region is None and probs is not None and here >= 0.01:
         # the model saw something here: bounded by its foreground
         t = min(float(p["mask"]), 0.5 * here)
-        region = (fg > t) & free
-        markers, n = ndi.label((interior > p["seed"]) & region)
+        # the click's part of the foreground, on the box around it
+        part = _component((fg > t) & free, local)
+        box = _box_around(part, [local])
+        part, inner, at = part[box], interior[box], _local(local, box)
+        markers, n = ndi.label((inner > p["seed"]) & part)
         # seeds within a quarter of a typical diameter of the click are the click's object's own
-        near = _disc(markers.shape, local, 0.25 * diameter, sd, sp)
+        near = _disc(markers.shape, at, 0.25 * diameter, sd, sp)
         mine = np.isin(markers, np.unique(markers[near & (markers > 0)])) & (markers > 0)
         click = mine.astype(markers.dtype)
-        click[local] = 1
+        click[at] = 1
         others = np.where((markers > 0) & ~mine, markers + 1, 0)
-        ws = _flood(-100 * interior, np.maximum(click, others), region, 1, sp)  # interior first, distance on ties
-        region = _component(ws == 1, local)
-        region = _cells(region, [local], interior, diameter, sd, sp) == 1
+        ws = _flood(-100 * inner, np.maximum(click, others), part, 1, sp)  # interior first, distance on ties
+        grown = _cells(_component(ws == 1, at), [at], inner, diameter, sd, sp) == 1
+        region = np.zeros(free.shape, bool)
+        region[box] = grown
     if region is None or not region.any():  # nothing to go on: a disc of the usual size
         region = _disc(free.shape, local, diameter / 2, sd, sp) & free
     region = _component(region, local)
@@ -260,6 +275,14 @@ def _cells(region: np.ndarray, clicks: list, interior, diameter: float, spatial_
     from scipy import ndimage as ndi
     from skimage.morphology import h_maxima
 
+    # on the box around the region and the clicks only (a window around a click is mostly
+    # not the object: 20-50x fewer voxels in 3D)
+    box = _box_around(region, clicks)
+    if any(b.stop - b.start < n for b, n in zip(box, region.shape, strict=True)):
+        out = np.zeros(region.shape, np.int32)
+        out[box] = _cells(region[box], [_local(c, box) for c in clicks], None if interior is None else interior[box],
+                          diameter, spatial_dims, spacing)
+        return out
     sp = np.ones(region.ndim) if spacing is None else np.asarray(spacing, float)
     markers = np.zeros(region.shape, np.int32)
     for i, c in enumerate(clicks, 1):
@@ -395,7 +418,8 @@ def _grow_from_image(image, win, local, free, diameter: float, spatial_dims: int
     if not region[q]:
         return None
     region = _component(region, q)
-    region = ndi.binary_fill_holes(region) & free
+    box = _box_around(region, [])
+    region[box] = ndi.binary_fill_holes(region[box]) & free[box]
     return region if region[local] else None
 
 

@@ -174,9 +174,13 @@ def resolve_scale(config, spatial_shape: Sequence[int], *, diameter=None, spacin
        anisotropy (the same zoom on every axis).
     2. **``"auto"``**: ``estimate()`` gives the diameter per axis, and sets the zoom of every
        axis (to the training median, or only into the training range when the model records
-       one: :func:`_auto_scale`), also when pixel sizes are known. Taking only the overall
-       size from the estimate and the ratio between the axes from the voxel sizes was
-       measured and scored lower (nuclei3d's validation embryos with Z resampled to 1.0 /
+       one: :func:`_auto_scale`). When both pixel sizes are known, the metadata is checked
+       against the image: if the estimated zoom is within :data:`AGREE` of the pixel sizes'
+       ratio (geometric mean over the axes), the objects are the model's kind at the
+       recorded pixel size and the ratio sets the zoom (rule 3: exact, where the estimate is
+       noisy); otherwise the estimate does (objects of another size, or wrong metadata).
+       Taking only the overall size from the estimate and the ratio between the axes from
+       the voxel sizes was measured and scored lower (nuclei3d's validation embryos with Z resampled to 1.0 /
        2.5 um: F1@0.5 0.759 / 0.770 instead of 0.764 / 0.784): the estimate's Z follows a
        Z resampling closely (within 0.91-1.14 of the expected diameter) while its Y and X,
        which such a resampling leaves alone, moved by 0.72-1.31, so tying Z to them adds
@@ -233,6 +237,19 @@ def resolve_scale(config, spatial_shape: Sequence[int], *, diameter=None, spacin
         if found is not None:
             found = parse_diameter(list(found), ndim)
             scale = _auto_scale(trained, found, _diameter_range(ts, ndim))
+            if ratio is not None:
+                # the pixel sizes, checked against the image: where the objects measure what
+                # they imply, the pixel sizes set the zoom (no estimation noise); where not (other
+                # objects, or metadata that is wrong), the objects' measured size does
+                implied = tuple(t / r for t, r in zip(trained, ratio, strict=True))
+                off = math.prod(e / r for e, r in zip(scale, ratio, strict=True)) ** (1 / ndim)
+                if 1 / AGREE <= off <= AGREE:
+                    return _choice(ratio, found, "pixel size",
+                                   f"diameter ~{_fmt(found)} px (estimated) matches pixel size {_fmt_spacing(sp, unit)} "
+                                   f"(model: {_fmt_spacing(ts['pixel_size'], ts.get('unit'))}), which sets the zoom")
+                return _choice(scale, found, "estimated",
+                               f"diameter ~{_fmt(found)} px (estimated; pixel size {_fmt_spacing(sp, unit)} implies "
+                               f"~{_fmt(implied)} px: sized by the estimate)")
             return _choice(scale, found, "estimated", f"diameter ~{_fmt(found)} px (estimated)")
         why = ("no objects found to estimate their size" if trained is not None and estimate is not None
                else f"model {config.name!r} cannot estimate object size (no training size recorded)"
@@ -270,6 +287,12 @@ def _diameter_range(ts: dict, ndim: int) -> tuple[tuple[float, ...], tuple[float
     return tuple(float(v) for v in r[0]), tuple(float(v) for v in r[1])
 
 
+#: ``diameter="auto"`` with both pixel sizes known: the pixel sizes set the zoom when the
+#: estimated zoom is within this factor of theirs (geometric mean over the axes; the size
+#: estimator's own tolerance, :data:`napari_skipseg.inference.size.CONVERGED`).
+AGREE = 1.25
+
+
 def _auto_scale(trained: tuple[float, ...], found: tuple[float, ...],
                 size_range: tuple[tuple[float, ...], tuple[float, ...]] | None) -> tuple[float, ...]:
     """The zoom for an estimated diameter ``found``: to the training median ``trained``, or,
@@ -297,7 +320,7 @@ def _auto_scale(trained: tuple[float, ...], found: tuple[float, ...],
 
 
 def _fmt_spacing(values, unit) -> str:
-    return " x ".join(f"{float(v):.3g}" for v in values) + f" {unit}"
+    return " x ".join(f"{round(float(v), 4):g}" for v in values) + f" {unit}"
 
 
 def _choice(scale, diameter, source: str, what: str) -> ScaleChoice:

@@ -91,29 +91,53 @@ def test_auto_uses_the_estimate(n2d, n3d):
         assert c.scale == pytest.approx([a / b for a, b in zip(t3, (13, 17, 16), strict=True)])
 
 
-def test_auto_with_pixel_sizes_still_sets_every_axis_from_the_estimate():
+def test_auto_with_pixel_sizes_unlike_the_objects_sets_every_axis_from_the_estimate():
     n3d = load_config("nuclei3d")  # trained at 1.75 x 0.8 x 0.8 um, median 13.3 x 16.9 x 15.4 px
-    # an embryo resampled to 1.0 um in Z: Z from the estimate's Z, not from the voxel-size ratio
+    # objects of 31 x 22 x 20 px are not nuclei3d's nuclei at these voxel sizes (they imply
+    # ~23 x 17 x 15 px at 1.0 um, 13 x 17 x 15 at 1.75): the estimate sizes them, every axis
     expected = (13.3 / 31, 16.9 / 22, 15.4 / 20)
-    for spacing, unit in (((1.0, 0.8, 0.8), "um"), ((1000, 800, 800), "nm"), ((1.75, 0.8, 0.8), "micrometer"), (None, None)):
+    for spacing, unit, implied in (((1.0, 0.8, 0.8), "um", "23 x 17 x 15"), ((1000, 800, 800), "nm", "23 x 17 x 15"),
+                                   ((1.75, 0.8, 0.8), "micrometer", "13 x 17 x 15"), (None, None, None)):
         c = resolve_scale(n3d, (90, 124, 127), diameter="auto", spacing=spacing, unit=unit,
                           estimate=lambda: (31.0, 22.0, 20.0))
         assert c.scale == pytest.approx(expected)
         assert c.source == "estimated" and c.diameter == (31.0, 22.0, 20.0)
-        assert one_line(c) == "diameter ~31 x 22 x 20 px (estimated); image resampled x0.43 x 0.77 x 0.77"
+        said = "" if spacing is None else (f"; pixel size {' x '.join(f'{v:g}' for v in spacing)} {unit} implies "
+                                           f"~{implied} px: sized by the estimate")
+        assert one_line(c) == f"diameter ~31 x 22 x 20 px (estimated{said}); image resampled x0.43 x 0.77 x 0.77"
+
+
+def test_auto_with_pixel_sizes_that_the_objects_confirm_takes_the_pixel_sizes():
+    """The metadata checked against the image: objects measuring about what the voxel sizes
+    imply (within AGREE overall) are resampled by the voxel sizes, exactly, not by the noisy
+    estimate; the estimate is still reported."""
+    n3d = load_config("nuclei3d")
+    for est in ((23.0, 17.0, 15.5), (19.0, 20.0, 18.0), (27.0, 14.0, 13.0)):
+        c = resolve_scale(n3d, (90, 124, 127), diameter="auto", spacing=(1.0, 0.8, 0.8), unit="um",
+                          estimate=lambda est=est: est)
+        assert c.scale == pytest.approx((1.0 / 1.75, 1.0, 1.0)) and c.source == "pixel size" and c.diameter == est
+        assert ("(estimated) matches pixel size 1 x 0.8 x 0.8 um (model: 1.75 x 0.8 x 0.8 um), which sets the zoom"
+                in c.message)
+        assert "image resampled x0.57 x 1.00 x 1.00" in c.message
+    # at the training voxel size, objects of about the training size: not resampled at all
+    c = resolve_scale(n3d, (51, 124, 127), diameter="auto", spacing=(1.75, 0.8, 0.8), unit="um",
+                      estimate=lambda: (15.0, 15.0, 17.0))
+    assert c.identity and c.source == "pixel size" and c.message.endswith("; not resampled")
 
 
 def test_auto_with_pixel_sizes_and_a_training_range():
     cfg = ModelConfig(name="r3", spatial_dims=3,
                       training_scale={"object_diameter": [10, 20, 20], "pixel_size": [2.0, 1.0, 1.0], "unit": "um",
                                       "diameter_range": [[8, 16, 16], [12, 24, 24]]})
-    # Y and X within the range, Z above it: only Z resampled, to the range's top, whatever the voxel sizes
+    # objects 3x the range in Y and X: not what 1 x 1 x 1 um voxels imply; Y and X brought to
+    # the range's top, Z (within the range) left alone
+    c = resolve_scale(cfg, (40, 200, 200), diameter="auto", spacing=(2.0, 1.0, 1.0), unit="um",
+                      estimate=lambda: (10.0, 66.0, 66.0))
+    assert c.scale == pytest.approx((1.0, 24 / 66, 24 / 66)) and c.source == "estimated"
+    # objects as the voxel sizes imply (the estimate's zoom within 1.25 of theirs): the voxel sizes
     c = resolve_scale(cfg, (40, 64, 64), diameter="auto", spacing=(1.0, 1.0, 1.0), unit="um",
                       estimate=lambda: (30.0, 18.0, 22.0))
-    assert c.scale == pytest.approx((0.4, 1.0, 1.0))
-    c = resolve_scale(cfg, (40, 64, 64), diameter="auto", spacing=(2.0, 1.0, 1.0), unit="um",
-                      estimate=lambda: (10.0, 30.0, 30.0))
-    assert c.scale == pytest.approx((1.0, 0.8, 0.8))
+    assert c.scale == pytest.approx((0.5, 1.0, 1.0)) and c.source == "pixel size"
 
 
 def test_auto_in_2d_without_a_card_pixel_size_ignores_the_image_pixel_size(n2d):

@@ -53,6 +53,12 @@ MAX_PASSES = 2
 CONVERGED = 1.25
 #: Stop looking at more slices once this many objects were measured.
 ENOUGH_OBJECTS = 12
+#: Checks at half the estimate's zoom (objects that were pieces join up): at most this many.
+ZOOM_OUTS = 3
+#: Largest crop side read for such a check (2D, 3D), in input pixels.
+ZOOM_OUT_READ = {2: 2048, 3: 256}
+#: The check's crop holds this many estimated object diameters across.
+ZOOM_OUT_OBJECTS = 8
 
 
 def estimate_diameter(model, image, channel_axis: int | None = None, device: str = "cpu",
@@ -92,11 +98,13 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
     lead, spatial = shape[:-nd], shape[-nd:]
     rows: list[np.ndarray] = []
     guesses: list[tuple[float, ...]] = []
+    first = None  # (slice index, sample) of the first sample with objects
     for idx in _lead_indices(lead):
         sample = _read(img, idx, spatial, SAMPLE[nd], n_channels)
         found = _estimate_sample(model, sample, n_channels, trained, lo_hi, device, mode)
         if found is None:
             continue
+        first = first or (idx, sample)
         objects, guess = found
         guesses.append(guess)
         if objects is not None:
@@ -104,10 +112,56 @@ def estimate_diameter(model, image, channel_axis: int | None = None, device: str
         if sum(len(r) for r in rows) >= ENOUGH_OBJECTS:
             break
     if rows and sum(len(r) for r in rows):
-        return _in_plane_zoom_shared(np.median(_in_plane_zoom_shared(np.concatenate(rows), trained), axis=0), trained)
-    if guesses:
-        return _in_plane_zoom_shared(np.median(np.array(guesses), axis=0), trained)
-    return None
+        est = _in_plane_zoom_shared(np.median(_in_plane_zoom_shared(np.concatenate(rows), trained), axis=0), trained)
+    elif guesses:
+        est = _in_plane_zoom_shared(np.median(np.array(guesses), axis=0), trained)
+    else:
+        return None
+    if trained is not None and cfg.output == "instances" and nd == 2:  # 3D: not measured with it yet
+        est = _zoom_out_check(model, img, first, spatial, n_channels, trained, lo_hi, device, mode, est)
+    return est
+
+
+def _zoom_out_check(model, img, first, spatial, n_channels, trained, lo_hi, device, mode, est):
+    """``est``, or the size the objects measure when the image is shrunk further, when that is
+    larger.
+
+    A network sees whole objects over a range of sizes around its training size (it was
+    trained with zooms of about 0.5-2): shrunk to half the training size, whole objects still
+    measure what they measured. Objects far larger than anything it was trained on it cuts
+    into pieces of about its training size, whatever their real size, and both passes of the
+    estimate can be fooled by that (a first guess from holey foreground, then pieces that
+    measure the training size at the zoom it suggested): nuclei2d images enlarged x3-x4
+    (nuclei of 70-160 px) were estimated at 25-55 px. Pieces do not keep their size when the
+    image shrinks: they join into the objects they are part of. So the sample is segmented
+    again at half the estimate's zoom (a larger crop of the image, so that enough objects are
+    in it); when the objects then measure more than :data:`CONVERGED` x the estimate, that is
+    the new estimate and the check is repeated, at most :data:`ZOOM_OUTS` times. The crop is
+    the first sample where that holds :data:`ZOOM_OUT_OBJECTS` objects across, else a larger
+    one of the same slice (at most :data:`ZOOM_OUT_READ` a side)."""
+    if first is None:
+        return est
+    idx, sample = first
+    nd = len(trained)
+    geo = lambda v: math.exp(sum(math.log(max(float(x), 1e-6)) for x in v) / len(v))  # noqa: E731
+    for _ in range(ZOOM_OUTS):
+        zoom = tuple(0.5 * t / e for t, e in zip(trained, est, strict=True))
+        if min(zoom) < ZOOM_RANGE[0] or max(zoom) >= 1.0:  # never enlarge here: that is the second pass's job
+            break
+        side = min(max(spatial), int(SAMPLE[nd] / min(zoom)), ZOOM_OUT_READ[nd],
+                   max(SAMPLE[nd], int(ZOOM_OUT_OBJECTS * max(est))))
+        if side > min(sample.shape[:nd]) and side > SAMPLE[nd]:
+            sample = _read(img, idx, spatial, side, n_channels)
+        seg, real = _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, "instances", side=side)
+        objects = _measure(model.config, _objects(model.config, seg))
+        if len(objects) < 3:
+            break
+        found = _in_plane_zoom_shared(np.median(_in_plane_zoom_shared(objects / np.asarray(real)[None, :], trained),
+                                                axis=0), trained)
+        if geo(found) <= CONVERGED * geo(est):
+            break
+        est = found
+    return est
 
 
 def _in_plane_zoom_shared(values: np.ndarray, trained: tuple[float, ...] | None):
@@ -336,15 +390,15 @@ def _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode) -> 
     return best
 
 
-def _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output):
+def _segment_zoomed(model, sample, zoom, n_channels, lo_hi, device, mode, output, side: int | None = None):
     """Segment ``sample`` resized by ``zoom`` (a centred crop of it, so that the resized
-    sample stays within :data:`SAMPLE` a side); returns the segmentation and the zoom
-    actually applied (sizes are whole pixels)."""
+    sample stays within :data:`SAMPLE` a side, or ``side`` before resizing when given);
+    returns the segmentation and the zoom actually applied (sizes are whole pixels)."""
     nd = len(zoom)
     if all(abs(z - 1.0) < 1e-6 for z in zoom):
         return _segment(model, sample, n_channels, lo_hi, device, mode, output), zoom
     spatial = sample.shape[:nd]
-    side = SAMPLE[nd]
+    side = SAMPLE[nd] if side is None else int(side * min(zoom))
     sizes = [min(s, max(8, int(side / z))) for s, z in zip(spatial, zoom, strict=True)]
     crop = tuple(slice((s - n) // 2, (s - n) // 2 + n) for s, n in zip(spatial, sizes, strict=True))
     part = sample[crop]

@@ -319,8 +319,15 @@ def _auto_scale(trained: tuple[float, ...], found: tuple[float, ...],
     return tuple(out)
 
 
+_SHORT = {1.0: "m", 1e-2: "cm", 1e-3: "mm", 1e-6: "um", 1e-9: "nm", 1e-10: "Å"}
+
+
 def _fmt_spacing(values, unit) -> str:
-    return " x ".join(f"{round(float(v), 4):g}" for v in values) + f" {unit}"
+    """``1.75 x 0.8 x 0.8 um``: a long unit name (``micrometer``) by its short one."""
+    short = unit
+    if isinstance(unit, str) and len(unit.strip()) > 2 and unit_factor(unit) is not None:
+        short = _SHORT.get(unit_factor(unit), unit)
+    return " x ".join(f"{round(float(v), 4):g}" for v in values) + f" {short}"
 
 
 def _choice(scale, diameter, source: str, what: str) -> ScaleChoice:

@@ -102,7 +102,8 @@ def test_auto_with_pixel_sizes_unlike_the_objects_sets_every_axis_from_the_estim
                           estimate=lambda: (31.0, 22.0, 20.0))
         assert c.scale == pytest.approx(expected)
         assert c.source == "estimated" and c.diameter == (31.0, 22.0, 20.0)
-        said = "" if spacing is None else (f"; pixel size {' x '.join(f'{v:g}' for v in spacing)} {unit} implies "
+        said = "" if spacing is None else (f"; pixel size {' x '.join(f'{v:g}' for v in spacing)} "
+                                           f"{'um' if unit == 'micrometer' else unit} implies "
                                            f"~{implied} px: sized by the estimate")
         assert one_line(c) == f"diameter ~31 x 22 x 20 px (estimated{said}); image resampled x0.43 x 0.77 x 0.77"
 

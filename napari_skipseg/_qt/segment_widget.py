@@ -192,7 +192,7 @@ class SegmentWidget(QWidget):
                                       "'4,23,23'); the image is resampled to the model's scale")
         self.choice_label = WrapLabel("")
         hint(self.choice_label)
-        self.diameter_label = QLabel("")
+        self.diameter_label = WrapLabel("")  # the scale message can be long (pixel sizes, why)
         self.diameter_button = QPushButton("show diameter")
         self.diameter_button.setToolTip("draw a circle of the object diameter at the centre of the view")
         self.diameter_button.setEnabled(False)
@@ -210,7 +210,7 @@ class SegmentWidget(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setTextVisible(False)
-        self.device_label = QLabel("device: chosen when a job starts")
+        self.device_label = WrapLabel("device: chosen when a job starts")
         self.status = WrapLabel("")
 
         form = QFormLayout()

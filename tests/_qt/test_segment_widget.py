@@ -203,3 +203,18 @@ def test_test_time_flips_follow_the_model_and_reach_the_engine(make_napari_viewe
     assert "4 flips" in w.last_result.info["backend"]
     w.flips_check.setChecked(False)
     assert w.options()["flips"] is False
+
+
+def test_long_messages_wrap_instead_of_widening_the_dock(widget, qtbot):
+    """The scale message names pixel sizes and why (``diameter ~18 x 22 x 20 px (estimated;
+    pixel size 1.75 x 0.8 x 0.8 um implies ...``): it wraps, so the widget does not grow wider
+    than the dock and push its buttons and labels off the window's edge."""
+    _, w = widget
+    narrow = w.minimumSizeHint().width()
+    message = ("diameter ~18 x 22 x 20 px (estimated; pixel size 1.75 x 0.8 x 0.8 um implies ~13 x 17 x 15 px: "
+               "sized by the estimate); image resampled x0.75 x 0.78 x 0.78")
+    for label in (w.diameter_label, w.status, w.choice_label):
+        label.setText(message)
+    qtbot.wait(50)
+    assert w.minimumSizeHint().width() <= narrow
+    assert w.diameter_label.wordWrap() and w.status.wordWrap()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,20 @@ def zoom_z(image: np.ndarray, mask: np.ndarray, zoom: float):
     return resized.astype(image.dtype), labels
 
 
+METHODS = ("plain", "auto", "spacing", "auto+spacing")
+
+
+def segment_method(model, method: str, image, channel_axis, flips: bool, spacing=None,
+                   unit: str = "um") -> tuple[np.ndarray, str]:
+    """One of :data:`METHODS`: not resampled; ``diameter="auto"``; the voxel size only (the
+    zoom to the model's training voxel size); both (what the CLI does for a file that records
+    its voxel size)."""
+    kwargs = {"diameter": "auto"} if method in ("auto", "auto+spacing") else {}
+    if method in ("spacing", "auto+spacing"):
+        kwargs.update(spacing=spacing, unit=unit)
+    return segment_with(model, image, channel_axis, flips, **kwargs)
+
+
 def segment_with(model, image, channel_axis, flips: bool, **kwargs) -> tuple[np.ndarray, str]:
     """Labels of ``predict(..., **kwargs)`` (``diameter``, ``spacing``, ``unit``) and its
     one-line scale message."""
@@ -93,14 +108,7 @@ def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float],
     from napari_skipseg.evaluate import ImageScore, overall, score_image
     from napari_skipseg.io import read_image
 
-    methods = {
-        "plain": lambda img, sp: segment_with(model, img, None, flips),
-        "auto": lambda img, sp: segment_with(model, img, None, flips, diameter="auto"),
-        "spacing": lambda img, sp: segment_with(model, img, None, flips, spacing=sp, unit="um"),
-        "auto+spacing": lambda img, sp: segment_with(model, img, None, flips, diameter="auto", spacing=sp, unit="um"),
-    }
-    if only:
-        methods = {m: fn for m, fn in methods.items() if m in only}
+    methods = [m for m in METHODS if not only or m in only]
     rows: dict = {}
     print(f"{'z um':>5} " + " ".join(f"{m:>13}" for m in methods) + f" {'objects':>8} {'seconds':>8}")
     first = None
@@ -118,8 +126,8 @@ def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float],
             zoom = 1.0 if target is None else own[0] / target
             img, lab = zoom_z(np.asarray(image), mask, zoom)
             spacing = (own[0] * mask.shape[0] / lab.shape[0], own[1], own[2])  # the true voxel size after resizing
-            for m, fn in methods.items():
-                pred, msg = fn(img, spacing)
+            for m in methods:
+                pred, msg = segment_method(model, m, img, None, flips, spacing)
                 metrics, counts = score_image(lab, pred, "instances", model.config.num_classes)
                 scores[m].append(ImageScore(name, metrics, counts, 0.0))
                 msgs[m].append(msg)
@@ -136,20 +144,14 @@ def z_spacing_rows(model, folder: Path, names: list[str], spacings: list[float],
 
 
 def segment_plain(model, image, channel_axis, flips: bool) -> np.ndarray:
-    from napari_skipseg.inference.engine import predict, run
-
-    return np.asarray(run(predict(model, image, channel_axis=channel_axis, output="instances",
-                                  device="cpu", flips=flips)).labels)
+    """Labels without resampling."""
+    return segment_with(model, image, channel_axis, flips)[0]
 
 
 def segment_auto(model, image, channel_axis, flips: bool) -> tuple[np.ndarray, str]:
     """Labels with ``diameter="auto"`` (the engine estimates the size, resamples per block and
     maps the result back) and the one-line scale message."""
-    from napari_skipseg.inference.engine import predict, run
-
-    result = run(predict(model, image, channel_axis=channel_axis, output="instances", device="cpu",
-                         flips=flips, diameter="auto"))
-    return result.labels, result.info.get("scale_message", "")
+    return segment_with(model, image, channel_axis, flips, diameter="auto")
 
 
 def main(argv=None) -> int:
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--flips", action="store_true", help="test-time flips (off by default: CPU time)")
     p.add_argument("--z-spacings", type=float, nargs="+", default=None,
                    help="3D: resample only Z to these voxel sizes (um) instead of --zooms")
-    p.add_argument("--methods", nargs="+", default=None, choices=("plain", "auto", "spacing", "auto+spacing"),
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
                    help="with --z-spacings: only these (default: all four); with --zooms: these "
                    "(default: plain auto; spacing and auto+spacing pass the zoomed file's true voxel "
                    "size, the file's / zoom)")
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     from napari_skipseg.model.store import load_model, resolve_model
 
     model = load_model(args.model)
-    folder = args.data or Path("/work/shared/data") / args.model
+    folder = args.data or Path(os.environ.get("SKIPSEG_DATA", ROOT.parent / "shared" / "data")) / args.model
     if args.split == "validation":
         names = sorted(json.loads((resolve_model(args.model) / "validation_split.json").read_text())["validation"])
     else:
@@ -210,11 +212,8 @@ def main(argv=None) -> int:
             elif any(m in ("spacing", "auto+spacing") for m in methods):
                 raise SystemExit(f"{name}: methods spacing and auto+spacing need files that record their voxel size")
             for m in methods:
-                kwargs = {"diameter": "auto"} if m in ("auto", "auto+spacing") else {}
-                if m in ("spacing", "auto+spacing"):
-                    kwargs.update(spacing=spacing, unit=meta.unit or "um")
                 t0 = time.perf_counter()
-                pred, msg = segment_with(model, image, ca, args.flips, **kwargs)
+                pred, msg = segment_method(model, m, image, ca, args.flips, spacing, meta.unit or "um")
                 seconds[m] += time.perf_counter() - t0
                 metrics, counts = score_image(mask, pred, "instances", model.config.num_classes)
                 scores[m].append(ImageScore(name, metrics, counts, 0.0))

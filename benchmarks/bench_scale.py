@@ -168,12 +168,16 @@ def main(argv=None) -> int:
                    help="with --z-spacings: only these (default: all four); with --zooms: these "
                    "(default: plain auto; spacing and auto+spacing pass the zoomed file's true voxel "
                    "size, the file's / zoom)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help="with --zooms: the voxel size (um) of files that record none (e.g. the plant crops of "
+                   "nuclei3d: 0.28 0.127 0.127), for the spacing methods")
     p.add_argument("--no-reference", action="store_true", help="with --z-spacings: no row for the files as they are")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
     from napari_skipseg.batch import open_source
     from napari_skipseg.evaluate import ImageScore, overall, score_image
+    from napari_skipseg.inference.scale import unit_factor
     from napari_skipseg.io import read_image
     from napari_skipseg.model.store import load_model, resolve_model
 
@@ -205,15 +209,17 @@ def main(argv=None) -> int:
             mask = np.asarray(read_image(folder / "masks" / name)[0])
             shape = mask.shape
             image, mask = zoom_pair(np.asarray(image), mask, zoom, ca)
-            spacing = None
-            if meta.spacing is not None and len(meta.spacing) == mask.ndim:
+            spacing, unit = meta.spacing, meta.unit or "um"
+            if unit_factor(unit) is None:  # pixels: no voxel size recorded
+                spacing, unit = args.spacing, "um"
+            if spacing is not None and len(spacing) == mask.ndim:
                 # the zoomed volume's true voxel size (the file's / zoom, exactly per axis)
-                spacing = tuple(float(v) * a / b for v, a, b in zip(meta.spacing, shape, mask.shape, strict=True))
+                spacing = tuple(float(v) * a / b for v, a, b in zip(spacing, shape, mask.shape, strict=True))
             elif any(m in ("spacing", "auto+spacing") for m in methods):
-                raise SystemExit(f"{name}: methods spacing and auto+spacing need files that record their voxel size")
+                raise SystemExit(f"{name}: methods spacing and auto+spacing need files that record their voxel size, or --spacing")
             for m in methods:
                 t0 = time.perf_counter()
-                pred, msg = segment_method(model, m, image, ca, args.flips, spacing, meta.unit or "um")
+                pred, msg = segment_method(model, m, image, ca, args.flips, spacing, unit)
                 seconds[m] += time.perf_counter() - t0
                 metrics, counts = score_image(mask, pred, "instances", model.config.num_classes)
                 scores[m].append(ImageScore(name, metrics, counts, 0.0))

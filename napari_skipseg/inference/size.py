@@ -148,7 +148,6 @@ def _zoom_out_check(model, img, first, spatial, n_channels, trained, lo_hi, devi
         return est
     idx, sample = first
     nd = len(trained)
-    geo = lambda v: math.exp(sum(math.log(max(float(x), 1e-6)) for x in v) / len(v))  # noqa: E731
     for _ in range(ZOOM_OUTS):
         zoom = tuple(0.5 * t / e for t, e in zip(trained, est, strict=True))
         if min(zoom) < ZOOM_RANGE[0] or max(zoom) >= 1.0:  # never enlarge here: that is the second pass's job
@@ -163,10 +162,15 @@ def _zoom_out_check(model, img, first, spatial, n_channels, trained, lo_hi, devi
             break
         found = _in_plane_zoom_shared(np.median(_in_plane_zoom_shared(objects / np.asarray(real)[None, :], trained),
                                                 axis=0), trained)
-        if geo(found) <= CONVERGED * geo(est):
+        if _geo(found) <= CONVERGED * _geo(est):
             break
         est = found
     return est
+
+
+def _geo(values) -> float:
+    """Geometric mean over the axes (sizes under 1e-6 count as 1e-6)."""
+    return math.exp(float(np.mean(np.log(np.maximum(np.asarray(values, dtype=float), 1e-6)))))
 
 
 def _in_plane_zoom_shared(values: np.ndarray, trained: tuple[float, ...] | None):
@@ -369,9 +373,7 @@ def _broke_up(objects: np.ndarray, trained: tuple[float, ...]) -> bool:
     13 px nuclei after a x2-3 zoom: 9-16 px in working pixels for 20 px ones). Such a pass is
     not trusted: the objects of the first pass, at scale 1, are measured instead.
     """
-    working = math.exp(float(np.mean(np.log(np.maximum(np.median(objects, axis=0), 1e-6)))))
-    target = math.exp(sum(math.log(t) for t in trained) / len(trained))
-    return working < target / CONVERGED
+    return _geo(np.median(objects, axis=0)) < _geo(trained) / CONVERGED
 
 
 def _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode) -> tuple[float, ...]:
@@ -381,15 +383,14 @@ def _semantic_start(model, sample, n_channels, trained, lo_hi, device, mode) -> 
     above the right one; at the right one they measure the training size."""
     cfg = model.config
     nd = cfg.spatial_dims
-    geo_t = math.exp(sum(math.log(t) for t in trained) / nd)
+    geo_t = _geo(trained)
     best, best_err = (1.0,) * nd, math.inf
     for z in (0.5, 1.0, 2.0):
         seg, real = _segment_zoomed(model, sample, (z,) * nd, n_channels, lo_hi, device, mode, "semantic")
         comps = _measure(cfg, _objects(cfg, seg))
         if not len(comps):
             continue
-        geo = math.exp(float(np.mean(np.log(np.median(comps, axis=0)))))
-        err = abs(math.log(geo / geo_t))
+        err = abs(math.log(_geo(np.median(comps, axis=0)) / geo_t))
         if err < best_err:
             best, best_err = tuple(real), err
     return best

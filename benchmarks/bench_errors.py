@@ -131,6 +131,7 @@ def main() -> None:
 
     import tifffile
 
+    from napari_skipseg.batch import open_source
     from napari_skipseg.evaluate import pair_files, split_names
     from napari_skipseg.inference.engine import predict, run
     from napari_skipseg.metrics import InstanceScores, match_instances
@@ -148,8 +149,10 @@ def main() -> None:
     pairs = pairs[: args.limit] if args.limit else pairs
     total, missed, wrong, axes = InstanceScores(0, 0, 0, 0.0), Counter(), Counter(), Counter()
     for image_path, mask_path in pairs:
-        image, truth = tifffile.imread(image_path), tifffile.imread(mask_path)
-        seg = run(predict(model, image, output="instances", keep_probabilities=True))
+        image, _, channel_axis = open_source(image_path, None)  # as `skipseg evaluate` reads it
+        truth = tifffile.imread(mask_path)
+        seg = run(predict(model, np.asarray(image), output="instances", channel_axis=channel_axis,
+                          keep_probabilities=True))
         labels = np.asarray(seg.labels)
         total = total + match_instances(truth, labels, 0.5)
         found = sort_errors(truth, labels, np.asarray(seg.probabilities, np.float32), dict(cfg.postprocess),

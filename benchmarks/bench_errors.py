@@ -17,8 +17,9 @@ left without a match is put under one reason, looked at in that order:
 
 For merged pairs it reports along which axis their centres lie apart (physical units with
 ``--spacing``): nuclei stacked in Z are the usual 3D merge. The unmatched predicted objects
-(false positives) are sorted as ``nothing there`` (under 30 % on true objects), ``piece``
-(most of it on one true object matched to another predicted one, or split) and ``other``.
+(false positives) are sorted as ``nothing there`` (under 30 % on true objects), ``merged``
+(it holds at least half of two or more true objects) and ``piece`` (the rest: part of a true
+object, or one outlined too poorly to match).
 
     PYTHONPATH=$PWD python benchmarks/bench_errors.py --model nuclei3d \\
         --data ../shared/data/nuclei3d_embryo --split validation --spacing 1.75 0.8 0.8 [--json OUT]
@@ -84,8 +85,8 @@ def sort_errors(truth: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
         if foreground[where].mean() < 0.3:
             missed["no foreground"] += 1
             continue
-        shares = table[k, 1:] / t_size[k]
-        best = int(pi[1:][np.argmax(shares)]) if shares.size else 0
+        shares = table[k, pi != 0] / t_size[k]
+        best = int(pi[pi != 0][np.argmax(shares)]) if shares.size else 0
         if not shares.size or shares.max() < 0.3:
             missed["foreground, no object"] += 1
             continue
@@ -107,7 +108,7 @@ def sort_errors(truth: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
         if p in matched_p:
             continue
         c = col[p]
-        on_true = 1 - table[0, c] / p_size[c]
+        on_true = 1 - (table[row[0], c] if 0 in row else 0) / p_size[c]
         if on_true < 0.3:
             wrong["nothing there"] += 1
         elif len(holds_most(p)) >= 2:

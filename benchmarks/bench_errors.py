@@ -41,28 +41,20 @@ REASONS = ("no foreground", "foreground, no object", "merged: one seed over both
            "split", "outline")
 
 
-def overlaps(truth: np.ndarray, pred: np.ndarray):
-    """Overlap counts ``(table, true ids, pred ids, true sizes, pred sizes)``, row/column 0 the
-    background."""
-    t_ids, t_inv = np.unique(truth, return_inverse=True)
-    p_ids, p_inv = np.unique(pred, return_inverse=True)
-    table = np.bincount(t_inv.ravel() * len(p_ids) + p_inv.ravel(),
-                        minlength=len(t_ids) * len(p_ids)).reshape(len(t_ids), len(p_ids))
-    return table, t_ids, p_ids, table.sum(1), table.sum(0)
-
-
 def sort_errors(truth: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, post: dict,
                 spacing=None) -> dict:
     """Reasons for each missed true object and each unmatched predicted one in one image (see
     the module's docstring), plus the separations of merged pairs."""
     from scipy import ndimage as ndi
 
-    from napari_skipseg.metrics import iou_matrix
+    from napari_skipseg.metrics import overlap_table
 
-    iou, t_ids, p_ids = iou_matrix(truth, labels)
-    matched_t = set(t_ids[np.nonzero((iou > 0.5).any(1))[0]].tolist()) if iou.size else set()
-    matched_p = set(p_ids[np.nonzero((iou > 0.5).any(0))[0]].tolist()) if iou.size else set()
-    table, ti, pi, t_size, p_size = overlaps(truth, labels)
+    table, ti, pi = overlap_table(truth, labels)
+    t_size, p_size = table.sum(1), table.sum(0)
+    iou = table / np.maximum(t_size[:, None] + p_size[None, :] - table, 1)
+    match = (iou > 0.5) & (ti != 0)[:, None] & (pi != 0)[None, :]  # as match_instances pairs them
+    matched_t, matched_p = set(ti[match.any(1)].tolist()), set(pi[match.any(0)].tolist())
+    t_ids, p_ids = ti[ti != 0], pi[pi != 0]
     row = {int(t): k for k, t in enumerate(ti)}
     col = {int(p): k for k, p in enumerate(pi)}
     foreground = probabilities[1] + probabilities[2] > post["mask"]
@@ -118,6 +110,39 @@ def sort_errors(truth: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
     return {"missed": missed, "unmatched predictions": wrong, "merge axes": merges}
 
 
+def segmented_split(model_name: str, data: str | Path, split: str, diameter=None, limit: int = 0):
+    """``(model, pairs, segment)`` for a model's ``split`` (``train``, ``validation`` or
+    ``all``) of the files in ``data`` (images/ and masks/); ``segment(image_path, mask_path)``
+    returns ``(image, probabilities, labels, truth)`` as ``skipseg evaluate`` segments it (the
+    engine, the card's thresholds and flips, the file read with its channel axis)."""
+    import tifffile
+
+    from napari_skipseg.batch import open_source
+    from napari_skipseg.evaluate import pair_files, split_names
+    from napari_skipseg.inference.engine import predict, run
+    from napari_skipseg.model.store import load_model, resolve_model
+
+    folder = resolve_model(model_name)
+    model = load_model(folder)
+    if model.config.output != "instances":
+        raise SystemExit(f"model {model.config.name!r} is semantic: these benchmarks are about instances")
+    data = Path(data)
+    names = None if split == "all" else split_names(folder, split)
+    if names is not None:  # a split over several folders (nuclei3d: embryos and plant crops)
+        names = [n for n in names if (data / "images" / n).is_file()]
+    pairs = pair_files(data / "images", data / "masks", names)
+    pairs = pairs[:limit] if limit else pairs
+
+    def segment(image_path: Path, mask_path: Path):
+        image, _, channel_axis = open_source(image_path, None)
+        image = np.asarray(image)
+        seg = run(predict(model, image, output="instances", channel_axis=channel_axis, keep_probabilities=True,
+                          diameter=diameter))
+        return image, np.asarray(seg.probabilities, np.float32), np.asarray(seg.labels), tifffile.imread(mask_path)
+
+    return model, pairs, segment
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="nuclei3d")
@@ -127,37 +152,20 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, nargs="+", help="pixel size per axis, for the merge axes")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--diameter", help="object diameter: 'auto' or pixels (default: none, the image as it is)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
-    import tifffile
-
-    from napari_skipseg.batch import open_source
-    from napari_skipseg.evaluate import pair_files, split_names
-    from napari_skipseg.inference.engine import predict, run
     from napari_skipseg.metrics import InstanceScores, match_instances
-    from napari_skipseg.model.store import load_model, resolve_model
 
-    folder = resolve_model(args.model)
-    model = load_model(folder)
+    diameter = args.diameter if args.diameter in (None, "auto") else float(args.diameter)
+    model, pairs, segment = segmented_split(args.model, args.data, args.split, diameter, args.limit)
     cfg = model.config
-    if cfg.output != "instances":
-        raise SystemExit(f"model {cfg.name!r} is semantic: this benchmark sorts instance errors")
-    names = None if args.split == "all" else split_names(folder, args.split)
-    if names is not None:  # a split over several folders (nuclei3d: embryos and plant crops)
-        names = [n for n in names if (Path(args.data) / "images" / n).is_file()]
-    pairs = pair_files(Path(args.data) / "images", Path(args.data) / "masks", names)
-    pairs = pairs[: args.limit] if args.limit else pairs
     total, missed, wrong, axes = InstanceScores(0, 0, 0, 0.0), Counter(), Counter(), Counter()
     for image_path, mask_path in pairs:
-        image, _, channel_axis = open_source(image_path, None)  # as `skipseg evaluate` reads it
-        truth = tifffile.imread(mask_path)
-        seg = run(predict(model, np.asarray(image), output="instances", channel_axis=channel_axis,
-                          keep_probabilities=True))
-        labels = np.asarray(seg.labels)
+        _, probabilities, labels, truth = segment(image_path, mask_path)
         total = total + match_instances(truth, labels, 0.5)
-        found = sort_errors(truth, labels, np.asarray(seg.probabilities, np.float32), dict(cfg.postprocess),
-                            args.spacing)
+        found = sort_errors(truth, labels, probabilities, dict(cfg.postprocess), args.spacing)
         missed.update(found["missed"])
         wrong.update(found["unmatched predictions"])
         axes.update(found["merge axes"])
@@ -169,7 +177,7 @@ def main() -> None:
         "missed, by reason": {r: missed[r] for r in REASONS},
         "unmatched predictions": dict(wrong),
         "merged pairs apart mainly along": {names_of_axes[a]: n for a, n in sorted(axes.items())},
-        "spacing": args.spacing,
+        "spacing": args.spacing, "diameter": args.diameter,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

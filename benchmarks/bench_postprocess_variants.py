@@ -92,30 +92,23 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
 
-    import tifffile
+    from bench_errors import segmented_split
 
-    from napari_skipseg.batch import open_source
-    from napari_skipseg.evaluate import pair_files, split_names, tune_instances
-    from napari_skipseg.inference.engine import predict, run
+    from napari_skipseg.evaluate import tune_instances
     from napari_skipseg.inference.postprocess import instance_labels
     from napari_skipseg.metrics import InstanceScores, match_instances
-    from napari_skipseg.model.store import load_model, resolve_model
 
-    folder = resolve_model(args.model)
-    model = load_model(folder)
+    data = {}  # split -> [(image, probabilities, truth)]
+    for split in args.splits:
+        model, pairs, segment = segmented_split(args.model, args.data, split)
+        data[split] = []
+        for pair in pairs:
+            image, probabilities, _, truth = segment(*pair)
+            data[split].append((image, probabilities, truth))
+        print(f"{split}: {len(data[split])} images segmented", flush=True)
     cfg = model.config
     post = dict(cfg.postprocess)
     diameter = cfg.training_scale["object_diameter"]
-    data = {}  # split -> [(image, probabilities, truth)]
-    for split in args.splits:
-        names = [n for n in split_names(folder, split) if (Path(args.data) / "images" / n).is_file()]
-        data[split] = []
-        for image_path, mask_path in pair_files(Path(args.data) / "images", Path(args.data) / "masks", names):
-            image, _, channel_axis = open_source(image_path, None)
-            image = np.asarray(image)
-            seg = run(predict(model, image, output="instances", channel_axis=channel_axis, keep_probabilities=True))
-            data[split].append((image, np.asarray(seg.probabilities, np.float32), tifffile.imread(mask_path)))
-        print(f"{split}: {len(data[split])} images segmented", flush=True)
 
     def f1(labels_of) -> dict:
         out = {}

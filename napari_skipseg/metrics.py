@@ -33,18 +33,28 @@ class InstanceScores:
         return InstanceScores(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, iou)
 
 
-def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """IoU between every true and every predicted object (background 0 excluded).
+def overlap_table(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels shared by every true and every predicted id, background 0 included when present.
 
-    Returns ``(iou, true_ids, pred_ids)`` with ``iou[i, j]`` for ``true_ids[i]``, ``pred_ids[j]``.
+    Returns ``(table, true_ids, pred_ids)`` with ``table[i, j]`` the pixels where ``truth`` is
+    ``true_ids[i]`` and ``pred`` is ``pred_ids[j]`` (its row and column sums: each id's size).
     """
     if truth.shape != pred.shape:
         raise ValueError(f"truth {truth.shape} and prediction {pred.shape} differ in shape")
     t_ids, t_inv = np.unique(truth, return_inverse=True)
     p_ids, p_inv = np.unique(pred, return_inverse=True)
-    overlap = np.bincount(
+    table = np.bincount(
         t_inv.ravel() * len(p_ids) + p_inv.ravel(), minlength=len(t_ids) * len(p_ids)
     ).reshape(len(t_ids), len(p_ids))
+    return table, t_ids, p_ids
+
+
+def iou_matrix(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IoU between every true and every predicted object (background 0 excluded).
+
+    Returns ``(iou, true_ids, pred_ids)`` with ``iou[i, j]`` for ``true_ids[i]``, ``pred_ids[j]``.
+    """
+    overlap, t_ids, p_ids = overlap_table(truth, pred)
     t_area = overlap.sum(axis=1, keepdims=True)
     p_area = overlap.sum(axis=0, keepdims=True)
     union = t_area + p_area - overlap
